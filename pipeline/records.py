@@ -1,0 +1,88 @@
+"""Typed records of the shard contract (DESIGN 3.2): one sample's metadata and the shard index.
+
+These are the only shapes that cross from the dataset adapters into the teacher and student
+stages, so they live here, below every other package.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in original-image pixels
+
+INDEX_FILE = "index.json"
+INDEX_FORMAT = 1
+
+
+class SampleRecord(BaseModel):
+    """The `json` member of every shard sample."""
+
+    label: int = Field(ge=0, description="index into ShardIndex.classes")
+    class_name: str = Field(description="human-readable class name (e.g. from words.txt)")
+    boxes: list[Box] = Field(default_factory=list, description="[x0, y0, x1, y1] in pixels")
+    width: int = Field(gt=0)
+    height: int = Field(gt=0)
+    source: str = Field(description="path of the image inside the raw dataset")
+    domain: str | None = Field(default=None, description="domain name for domain-shift sets")
+    repairs: list[str] = Field(default_factory=list, description="honest fixes applied")
+
+
+class ShardInfo(BaseModel):
+    name: str
+    count: int
+    sha256: str
+    keys: list[str]
+
+
+class SkippedSample(BaseModel):
+    source: str
+    reason: str
+
+
+class ShardIndex(BaseModel):
+    """`index.json` next to the shards; its content hash is the dataset fingerprint."""
+
+    format: int = INDEX_FORMAT
+    dataset: str
+    split: str
+    shard_size: int
+    classes: list[str] = Field(description="human class names, position = label")
+    class_ids: list[str] = Field(description="dataset-native ids (wnids, folder names, COCO ids)")
+    shards: list[ShardInfo]
+    skipped: list[SkippedSample] = Field(default_factory=list)
+    fingerprint: str = ""
+
+    def compute_fingerprint(self) -> str:
+        """sha256 over everything that defines the samples (not the fingerprint itself)."""
+        body = self.model_dump(exclude={"fingerprint"})
+        canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    @property
+    def num_samples(self) -> int:
+        return sum(s.count for s in self.shards)
+
+    def shard_offsets(self) -> list[int]:
+        """Row of each shard's first sample in row-aligned arrays (the map cache)."""
+        offsets, total = [], 0
+        for shard in self.shards:
+            offsets.append(total)
+            total += shard.count
+        return offsets
+
+
+def read_index(shard_dir: str | Path) -> ShardIndex:
+    """Load and verify `index.json`; a tampered or stale index is an error, not a guess."""
+    path = Path(shard_dir) / INDEX_FILE
+    if not path.exists():
+        raise FileNotFoundError(
+            f"no shard index at {path}; write the shards first (make shards DATASET=...)"
+        )
+    index = ShardIndex.model_validate_json(path.read_text())
+    if index.fingerprint != index.compute_fingerprint():
+        raise ValueError(f"{path}: fingerprint does not match its content; rewrite the shards")
+    return index
