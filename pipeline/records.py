@@ -24,6 +24,9 @@ class SampleRecord(BaseModel):
     label: int = Field(ge=0, description="index into ShardIndex.classes")
     class_name: str = Field(description="human-readable class name (e.g. from words.txt)")
     boxes: list[Box] = Field(default_factory=list, description="[x0, y0, x1, y1] in pixels")
+    box_labels: list[int] = Field(
+        default_factory=list, description="class index of each box (empty: all are `label`)"
+    )
     width: int = Field(gt=0)
     height: int = Field(gt=0)
     source: str = Field(description="path of the image inside the raw dataset")
@@ -54,11 +57,19 @@ class ShardIndex(BaseModel):
     class_ids: list[str] = Field(description="dataset-native ids (wnids, folder names, COCO ids)")
     shards: list[ShardInfo]
     skipped: list[SkippedSample] = Field(default_factory=list)
+    repaired: list[SkippedSample] = Field(default_factory=list, description="kept, with a fix")
+    source_fingerprint: str = Field(
+        default="", description="hash of the raw files' names, sizes and mtimes (rerun check)"
+    )
     fingerprint: str = ""
 
     def compute_fingerprint(self) -> str:
-        """sha256 over everything that defines the samples (not the fingerprint itself)."""
-        body = self.model_dump(exclude={"fingerprint"})
+        """sha256 over everything that defines the samples.
+
+        The source listing is left out on purpose: touching a raw file must not invalidate
+        every cache built on shards whose bytes did not change.
+        """
+        body = self.model_dump(exclude={"fingerprint", "source_fingerprint"})
         canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
