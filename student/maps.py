@@ -1,0 +1,218 @@
+"""Map geometry: move a cached C_VLM map with the image's geometric augmentation (DESIGN 5).
+
+The cache holds C_VLM on the teacher's G x G grid over the teacher's *view* of the image (the
+original image padded to a square, resized, or center-cropped: the manifest's `geometry`). The
+student sees a crop of the original image, maybe flipped, resized to img_size, and needs the map
+on its own g x g patch grid over exactly those pixels.
+
+A C_VLM cell is a constant density over its rectangle, so the mass that lands in a student cell is
+the teacher cell's mass times the fraction of its area inside the student cell. Both grids are
+axis-aligned, so that fraction factorizes into an x part and a y part and the whole resampling is
+`Fy @ C @ Fx^T`. This is exact area resampling (what rasterizing the map at pixel resolution,
+cropping and average-pooling approximates) at O(g * G) cost, cheap enough to run per sample in the
+loader's workers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
+
+# A crop that keeps less than this share of the teacher's mass yields a map made of rounding
+# slivers, not signal: the row is marked invalid instead of renormalizing noise up to 1.
+MIN_KEPT_MASS = 1e-3
+
+VIEW_MODES = ("pad", "resize", "crop")
+
+
+@dataclass(frozen=True)
+class Rect:
+    """An axis-aligned rectangle in original-image pixel coordinates (x1, y1 exclusive)."""
+
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+
+    def __post_init__(self) -> None:
+        if not (self.x1 > self.x0 and self.y1 > self.y0):
+            raise ValueError(f"empty rectangle {self}")
+
+    @property
+    def width(self) -> float:
+        return self.x1 - self.x0
+
+    @property
+    def height(self) -> float:
+        return self.y1 - self.y0
+
+    @classmethod
+    def from_crop(cls, top: int, left: int, height: int, width: int) -> Rect:
+        """The rectangle of torchvision's crop parameters (top, left, height, width)."""
+        return cls(float(left), float(top), float(left + width), float(top + height))
+
+
+def teacher_view_rect(geometry: Mapping[str, Any], width: int, height: int) -> Rect:
+    """Where the teacher's square view (and so its G x G grid) lies over an original image.
+
+    `geometry` is the cache manifest's view geometry; its `mode` says how the teacher made its
+    square input from a `width` x `height` image:
+    - "pad": pasted centered on a max(w, h) square (LLaVA-1.5's expand2square), so the grid
+      reaches past the image on the short side; those cells fall outside every crop.
+    - "resize": stretched to the square, so the grid covers exactly the image.
+    - "crop": center-cropped to a min(w, h) square (CLIP's processor), so the grid covers it.
+    """
+    mode = geometry.get("mode")
+    if mode not in VIEW_MODES:
+        raise ValueError(f"map geometry mode {mode!r} is not one of {VIEW_MODES}: {dict(geometry)}")
+    if mode == "resize":
+        return Rect(0.0, 0.0, float(width), float(height))
+    side = max(width, height) if mode == "pad" else min(width, height)
+    # Integer offsets, as PIL's paste / crop place them: (side - w) // 2 on each axis.
+    x0 = -((side - width) // 2) if mode == "pad" else (width - side) // 2
+    y0 = -((side - height) // 2) if mode == "pad" else (height - side) // 2
+    return Rect(float(x0), float(y0), float(x0 + side), float(y0 + side))
+
+
+def center_crop_rect(width: int, height: int, crop_fraction: float = 1.0) -> Rect:
+    """The evaluation view: the centered square of side crop_fraction * min(w, h).
+
+    Equal to "resize the short side to S / crop_fraction, then center-crop S" (timm's eval
+    transform), expressed in original coordinates so the map follows the same rectangle.
+    """
+    if not 0.0 < crop_fraction <= 1.0:
+        raise ValueError(f"crop_fraction must be in (0, 1], got {crop_fraction}")
+    side = max(1, round(min(width, height) * crop_fraction))
+    left, top = (width - side) // 2, (height - side) // 2
+    return Rect.from_crop(top, left, side, side)
+
+
+def overlap_fractions(source_edges: np.ndarray, target_edges: np.ndarray) -> np.ndarray:
+    """[n_target, n_source]: the share of each source interval's length inside each target one."""
+    lo = np.maximum(target_edges[:-1, None], source_edges[None, :-1])
+    hi = np.minimum(target_edges[1:, None], source_edges[None, 1:])
+    return np.clip(hi - lo, 0.0, None) / np.diff(source_edges)[None, :]
+
+
+def resample_mass(
+    mass_map: np.ndarray, map_rect: Rect, out_rect: Rect, out_grid: int, flip: bool = False
+) -> np.ndarray:
+    """Mass of `mass_map` (cells tiling `map_rect`) inside each cell of a grid over `out_rect`.
+
+    `flip` mirrors the output left-right, as a horizontal flip applied after the crop does.
+    Mass outside `out_rect` is dropped; nothing is renormalized here.
+    """
+    if mass_map.ndim != 2:
+        raise ValueError(f"expected a 2-D map, got shape {mass_map.shape}")
+    rows, cols = mass_map.shape
+    fy = overlap_fractions(
+        np.linspace(map_rect.y0, map_rect.y1, rows + 1),
+        np.linspace(out_rect.y0, out_rect.y1, out_grid + 1),
+    )  # [g, G_rows]
+    fx = overlap_fractions(
+        np.linspace(map_rect.x0, map_rect.x1, cols + 1),
+        np.linspace(out_rect.x0, out_rect.x1, out_grid + 1),
+    )  # [g, G_cols]
+    out = fy @ mass_map.astype(np.float64) @ fx.T  # [g, g]
+    if flip:
+        out = out[:, ::-1]
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def normalize_mass(mass: np.ndarray, reference_total: float = 1.0) -> tuple[np.ndarray, bool]:
+    """(mass / its sum, True), or (zeros, False) when too little mass is left to mean anything."""
+    total = float(mass.sum())
+    if not np.isfinite(total) or total <= MIN_KEPT_MASS * reference_total:
+        return np.zeros_like(mass, dtype=np.float32), False
+    return (mass / total).astype(np.float32), True
+
+
+def transform_map(
+    c_vlm: np.ndarray,
+    valid: bool,
+    view_rect: Rect,
+    crop_rect: Rect,
+    out_grid: int,
+    flip: bool = False,
+) -> tuple[np.ndarray, bool]:
+    """A cached C_VLM row on the student's grid after crop (+ flip); (zeros, False) if invalid."""
+    if not valid:
+        return np.zeros((out_grid, out_grid), dtype=np.float32), False
+    c_vlm = np.asarray(c_vlm, dtype=np.float32)
+    mass = resample_mass(c_vlm, view_rect, crop_rect, out_grid, flip)
+    return normalize_mass(mass, reference_total=float(c_vlm.sum()))
+
+
+class PairedTransform:
+    """One geometric view of a sample, applied to the image and its map with the same parameters.
+
+    Training: torchvision's RandomResizedCrop parameters (drawn in original-image pixels) and a
+    horizontal flip; evaluation: a deterministic center crop. The image then goes through
+    torchvision's kernels (resize with antialias, flip, scale, normalize), the map through
+    `transform_map` on the very same rectangle, so the two cannot drift apart.
+    """
+
+    def __init__(
+        self,
+        img_size: int,
+        patch_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        train: bool,
+        scale: tuple[float, float] = (0.25, 1.0),
+        ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0),
+        hflip_p: float = 0.5,
+        eval_crop_fraction: float = 1.0,
+    ) -> None:
+        if img_size % patch_size:
+            raise ValueError(f"img_size {img_size} is not a multiple of patch_size {patch_size}")
+        self.img_size = img_size
+        self.grid = img_size // patch_size
+        self.mean, self.std = list(mean), list(std)
+        self.train = train
+        self.hflip_p = hflip_p
+        self.eval_crop_fraction = eval_crop_fraction
+        # Used only for its parameter sampler, so the crop distribution is torchvision's own.
+        self._random_crop = v2.RandomResizedCrop(img_size, scale=scale, ratio=ratio)
+
+    def sample_view(self, image: Image.Image) -> tuple[Rect, bool]:
+        """The crop rectangle (original pixels) and whether to flip, for this image."""
+        if not self.train:
+            return center_crop_rect(image.width, image.height, self.eval_crop_fraction), False
+        params = self._random_crop.make_params([image])
+        flip = bool(torch.rand(()) < self.hflip_p)
+        return Rect.from_crop(**params), flip
+
+    def apply_image(self, image: Image.Image, crop: Rect, flip: bool) -> torch.Tensor:
+        """[3, S, S] float image of `crop`, resized, maybe flipped, normalized."""
+        out = TF.resized_crop(
+            image,
+            top=int(crop.y0),
+            left=int(crop.x0),
+            height=int(crop.height),
+            width=int(crop.width),
+            size=[self.img_size, self.img_size],
+            antialias=True,
+        )
+        if flip:
+            out = TF.horizontal_flip(out)
+        tensor = TF.to_dtype(TF.pil_to_tensor(out), torch.float32, scale=True)  # [3, S, S]
+        return TF.normalize(tensor, self.mean, self.std)
+
+    def __call__(
+        self, image: Image.Image, c_vlm: np.ndarray | None, valid: bool, view_rect: Rect | None
+    ) -> tuple[torch.Tensor, np.ndarray, bool]:
+        """(image [3, S, S], map [g, g] summing to 1 or zeros, map valid)."""
+        crop, flip = self.sample_view(image)
+        tensor = self.apply_image(image, crop, flip)
+        if c_vlm is None or view_rect is None:
+            return tensor, np.zeros((self.grid, self.grid), dtype=np.float32), False
+        student_map, map_valid = transform_map(c_vlm, valid, view_rect, crop, self.grid, flip)
+        return tensor, student_map, map_valid
