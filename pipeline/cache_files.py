@@ -13,6 +13,7 @@ by nature, and `If-None-Match: *` for create-if-absent (S3 and moto support it).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import uuid
@@ -119,8 +120,6 @@ class EntryFiles:
         return True
 
     def remove(self, relative: str) -> None:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             self.fs.rm_file(self.path(relative))
-        except FileNotFoundError:
-            pass
         self.fs.invalidate_cache(self.path(relative))

@@ -1,0 +1,697 @@
+"""The map-cache entry (DESIGN 3.3): Zarr v3 arrays row-aligned with the shards, one commit per shard.
+
+See `pipeline/cache.py` for the on-disk format. This module is the only code that writes it.
+
+Why it is safe under concurrency:
+- the arrays' metadata is deterministic, so racing creators write identical `zarr.json` bytes;
+- the manifest is created with an atomic create-if-absent, and whoever loses validates the
+  winner's manifest against its own request (CacheMismatchError if they differ);
+- each shard is exactly one chunk of every array, written with one slice assignment per array,
+  so a shard's rows are never mixed with another shard's; each chunk is one atomic object
+  (rename locally, one PUT on S3);
+- a shard counts as done only once its commit record exists, written after the data; readers
+  refuse anything else, and a writer that dies mid-shard leaves the shard pending for the rerun;
+- writers claim a shard (create-if-absent of a claim file with a lease) before computing it, so
+  two extractors split the work instead of doubling it. If a lease expires while its holder is
+  still alive, both write whole chunks of the same deterministic maps: wasted work, not damage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import socket
+import time
+import uuid
+from collections import Counter
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from importlib import metadata
+from typing import Any
+
+import numpy as np
+import zarr
+import zarr.errors
+from zarr.storage import FsspecStore, LocalStore
+
+from pipeline.cache_files import EntryFiles, canonical_json, pretty_json
+from pipeline.cache_spec import (
+    CACHE_FORMAT_VERSION,
+    CacheMismatchError,
+    CacheSpec,
+    cache_key,
+    full_cache_hash,
+)
+from pipeline.records import ShardIndex
+
+MANIFEST_FILE = "manifest.json"
+MAPS_GROUP = "maps.zarr"
+COMMITS_DIR = "commits"
+CLAIMS_DIR = "claims"
+
+MAP_ARRAYS = ("c_vlm", "c_fore", "c_back")
+# name -> (zarr data type, value of rows never written); strings are zarr 3's variable-length
+# UTF-8 ("string" data type, vlen-utf8 codec), which plain zarr reads back as numpy strings.
+ROW_ARRAYS: dict[str, tuple[str, Any]] = {
+    "c_vlm": ("float16", 0.0),
+    "c_fore": ("float16", 0.0),
+    "c_back": ("float16", 0.0),
+    "valid": ("bool", False),
+    "fg_correct": ("int8", -1),
+    "key": ("string", ""),
+    "reason": ("string", ""),
+    "answer": ("string", ""),
+}
+_NUMPY_DTYPES = {"float16": np.float16, "bool": np.bool_, "int8": np.int8, "string": str}
+
+# A valid C_VLM sums to 1. Before storage we check in float32 against 1e-3; the stored float16
+# rounds each non-negative entry by at most 2**-11 relative, moving the sum by <= 4.9e-4, so
+# readers check stored rows against 2e-3 (still catches any map that was never normalized).
+NORMALIZED_ATOL_INPUT = 1e-3
+NORMALIZED_ATOL_STORED = 2e-3
+
+# Long enough for a 1000-image shard on a slow GPU; an expired claim only costs duplicate work.
+DEFAULT_LEASE_S = 2 * 3600.0
+
+
+class ShardNotCommittedError(LookupError):
+    """A reader asked for rows whose shard has no commit record (missing or half written)."""
+
+
+@dataclasses.dataclass
+class ShardMaps:
+    """The rows of one shard, in the shard's sample order."""
+
+    keys: list[str]
+    c_vlm: np.ndarray  # float [n, G, G], sums to 1 on valid rows, zeros on invalid rows
+    c_fore: np.ndarray  # float [n, G, G], raw head/layer mean of the foreground rows
+    c_back: np.ndarray  # float [n, G, G], raw head/layer mean of the background rows
+    valid: np.ndarray  # bool [n]
+    reason: list[str]  # "" when valid
+    answer: list[str]  # the teacher's answer text
+    fg_correct: np.ndarray  # int8 [n]: 1, 0, or -1 when unknown
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @classmethod
+    def from_results(cls, results: Sequence[Any]) -> ShardMaps:
+        """Stack the teacher's MapResults (duck-typed: pipeline does not import teacher)."""
+        if not results:
+            raise ValueError("no MapResults to stack; a shard has at least one sample")
+        return cls(
+            keys=[r.key for r in results],
+            c_vlm=np.stack([np.asarray(r.c_vlm, dtype=np.float32) for r in results]),
+            c_fore=np.stack([np.asarray(r.c_fore, dtype=np.float32) for r in results]),
+            c_back=np.stack([np.asarray(r.c_back, dtype=np.float32) for r in results]),
+            valid=np.array([bool(r.valid) for r in results], dtype=bool),
+            reason=[str(r.reason) for r in results],
+            answer=[str(r.answer) for r in results],
+            fg_correct=np.array([int(r.fg_correct) for r in results], dtype=np.int8),
+        )
+
+    def check(self, grid: int, where: str, expected_keys: Sequence[str] | None = None) -> None:
+        """Raise ValueError naming `where` and the row if these rows break the cache contract."""
+        n = len(self.keys)
+        for name in MAP_ARRAYS:
+            shape = np.shape(getattr(self, name))
+            if shape != (n, grid, grid):
+                raise ValueError(f"{where}: {name} has shape {shape}, expected {(n, grid, grid)}")
+        for name in ("valid", "fg_correct"):
+            if np.shape(getattr(self, name)) != (n,):
+                raise ValueError(f"{where}: {name} has shape {np.shape(getattr(self, name))}")
+        for name in ("reason", "answer"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(f"{where}: {name} has {len(getattr(self, name))} rows, not {n}")
+        if expected_keys is not None and list(self.keys) != list(expected_keys):
+            first = next(
+                (
+                    i
+                    for i, (a, b) in enumerate(zip(self.keys, expected_keys, strict=False))
+                    if a != b
+                ),
+                min(len(self.keys), len(expected_keys)),
+            )
+            raise ValueError(
+                f"{where}: keys do not match the shard's index (first difference at row {first}); "
+                "rows must be in the shard's sample order"
+            )
+        if not set(np.unique(self.fg_correct).tolist()) <= {-1, 0, 1}:
+            raise ValueError(f"{where}: fg_correct must be 1, 0 or -1")
+        for row in range(n):
+            for name in MAP_ARRAYS:
+                if not np.isfinite(getattr(self, name)[row]).all():
+                    raise ValueError(f"{where}: row {row} ({self.keys[row]}): {name} is not finite")
+            c_vlm = np.asarray(self.c_vlm[row], dtype=np.float64)
+            if self.valid[row]:
+                if (c_vlm < 0).any() or abs(c_vlm.sum() - 1.0) > NORMALIZED_ATOL_INPUT:
+                    raise ValueError(
+                        f"{where}: row {row} ({self.keys[row]}) is marked valid but c_vlm is not "
+                        f"a normalized non-negative map (sum {c_vlm.sum():.6f}, min {c_vlm.min():.3g})"
+                    )
+            else:
+                if not self.reason[row]:
+                    raise ValueError(
+                        f"{where}: row {row} ({self.keys[row]}) is invalid without a reason"
+                    )
+                if (c_vlm != 0).any():
+                    raise ValueError(
+                        f"{where}: row {row} ({self.keys[row]}) is invalid but c_vlm is not zeros"
+                    )
+
+
+def default_writer_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def library_versions() -> dict[str, str]:
+    """Versions that can change stored bytes or maps; read from metadata, importing nothing."""
+    versions = {}
+    for dist in (
+        "zarr",
+        "numcodecs",
+        "numpy",
+        "fsspec",
+        "s3fs",
+        "torch",
+        "transformers",
+        "bitsandbytes",
+    ):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def _utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _jsonable(value: Any) -> Any:
+    """Caller-given geometry may be a dict, a dataclass or a pydantic model; store plain JSON."""
+    if hasattr(value, "model_dump"):
+        value = value.model_dump(mode="json")
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
+    return json.loads(canonical_json(value))
+
+
+def spec_differences(left: Any, right: Any, prefix: str = "") -> list[str]:
+    """Dotted paths where two JSON values differ, for error messages a person can act on."""
+    if isinstance(left, dict) and isinstance(right, dict):
+        out = []
+        for name in sorted(set(left) | set(right)):
+            path = f"{prefix}.{name}" if prefix else name
+            if name not in left or name not in right:
+                out.append(path)
+            else:
+                out += spec_differences(left[name], right[name], path)
+        return out
+    return [] if left == right else [prefix or "<value>"]
+
+
+def _zarr_store(
+    url: str, storage_options: dict[str, Any] | None, read_only: bool
+) -> LocalStore | FsspecStore:
+    """Zarr's own store for `url`: LocalStore (atomic renames) locally, FsspecStore elsewhere."""
+    files = EntryFiles(url, storage_options)
+    if files.is_local:
+        return LocalStore(files.root, read_only=read_only)
+    return FsspecStore.from_url(url, storage_options=storage_options or {}, read_only=read_only)
+
+
+class CacheEntry:
+    """One content-addressed entry: `<root>/<cache_key>/` (DESIGN 3.3)."""
+
+    def __init__(
+        self,
+        url: str,
+        manifest: dict[str, Any],
+        storage_options: dict[str, Any] | None = None,
+        index: ShardIndex | None = None,
+        writer_id: str | None = None,
+    ) -> None:
+        self.path = url.rstrip("/")
+        self.manifest = manifest
+        self.storage_options = storage_options
+        self.writer_id = writer_id or default_writer_id()
+        self._files = EntryFiles(self.path, storage_options)
+        self._index = index  # known to writers; lets write_shard check row alignment by key
+        self._shards = {s["name"]: s for s in manifest["shards"]}
+        self._group: zarr.Group | None = None
+
+    # ---- identity -------------------------------------------------------------------------
+    @property
+    def key(self) -> str:
+        return self.manifest["cache_key"]
+
+    @property
+    def spec(self) -> CacheSpec:
+        return CacheSpec.model_validate(self.manifest["spec"])
+
+    @property
+    def grid(self) -> int:
+        return int(self.manifest["grid"])
+
+    @property
+    def shard_names(self) -> list[str]:
+        return [s["name"] for s in self.manifest["shards"]]
+
+    def shard_rows(self, shard_name: str) -> tuple[int, int]:
+        """[start, stop) rows of a shard in every array."""
+        info = self._shard_info(shard_name)
+        return info["row_offset"], info["row_offset"] + info["count"]
+
+    def _shard_info(self, shard_name: str) -> dict[str, Any]:
+        if shard_name not in self._shards:
+            raise KeyError(f"{self.path}: no shard named {shard_name!r} in this entry's manifest")
+        return self._shards[shard_name]
+
+    # ---- creation and opening -------------------------------------------------------------
+    @classmethod
+    def create_or_open(
+        cls,
+        root: str,
+        spec: CacheSpec,
+        index: ShardIndex,
+        grid: int,
+        geometry: Any,
+        storage_options: dict[str, Any] | None = None,
+        writer_id: str | None = None,
+    ) -> CacheEntry:
+        """The entry for `spec` under `root`, created if absent; safe when many processes race."""
+        if spec.dataset_fingerprint != index.fingerprint:
+            raise CacheMismatchError(
+                f"spec.dataset_fingerprint {spec.dataset_fingerprint} is not the fingerprint of "
+                f"the shards at hand ({index.fingerprint}); build the spec from this index"
+            )
+        if (spec.dataset, spec.split) != (index.dataset, index.split):
+            raise CacheMismatchError(
+                f"spec is for {spec.dataset}/{spec.split} but the index is {index.dataset}/{index.split}"
+            )
+        url = f"{str(root).rstrip('/')}/{cache_key(spec)}"
+        wanted = _new_manifest(spec, index, grid, _jsonable(geometry), writer_id or "")
+        files = EntryFiles(url, storage_options)
+        if not files.exists(MANIFEST_FILE):
+            # Arrays first, manifest last: a manifest therefore always means the arrays exist.
+            _create_arrays(_zarr_store(f"{url}/{MAPS_GROUP}", storage_options, False), wanted)
+            files.put_if_absent(MANIFEST_FILE, pretty_json(wanted))
+        found = files.get_json(MANIFEST_FILE)
+        _require_same_identity(url, found, wanted)
+        entry = cls(url, found, storage_options, index=index, writer_id=writer_id)
+        entry._check_arrays()
+        return entry
+
+    def _maps_url(self) -> str:
+        return f"{self.path}/{MAPS_GROUP}"
+
+    def group(self, writable: bool = False) -> zarr.Group:
+        """The Zarr group of the arrays (plain zarr; rows of pending shards are meaningless)."""
+        if writable or self._group is None:
+            store = _zarr_store(self._maps_url(), self.storage_options, read_only=not writable)
+            group = zarr.open_group(store, mode="r+" if writable else "r")
+            if writable:
+                return group
+            self._group = group
+        return self._group
+
+    def _check_arrays(self) -> None:
+        try:
+            group = self.group()
+        except (FileNotFoundError, zarr.errors.BaseZarrError) as err:
+            raise CacheMismatchError(
+                f"{self._maps_url()}: maps group missing or unreadable ({err})"
+            ) from err
+        for name, expected in self.manifest["arrays"].items():
+            if name not in group:
+                raise CacheMismatchError(f"{self._maps_url()}: array {name!r} is missing")
+            array = group[name]
+            found = {
+                "data_type": array.metadata.to_dict()["data_type"],
+                "shape": list(array.shape),
+                "chunks": list(array.chunks),
+            }
+            if found != expected:
+                raise CacheMismatchError(
+                    f"{self._maps_url()}/{name}: stored {found} but the manifest says {expected}"
+                )
+
+    def check_matches(self, index: ShardIndex) -> None:
+        """Raise CacheMismatchError unless this entry was built from exactly these shards."""
+        mine = self.manifest["spec"]["dataset_fingerprint"]
+        if mine != index.fingerprint:
+            raise CacheMismatchError(
+                f"cache entry {self.path} was built from shards with fingerprint {mine}, but the "
+                f"shards at hand have fingerprint {index.fingerprint}; extract maps for these shards"
+            )
+        if [s["name"] for s in self.manifest["shards"]] != [s.name for s in index.shards]:
+            raise CacheMismatchError(f"cache entry {self.path}: shard list differs from the index")
+
+    # ---- shard state ----------------------------------------------------------------------
+    def committed_shards(self) -> set[str]:
+        names = self._files.list_names(COMMITS_DIR, suffix=".json")
+        return {n.removesuffix(".json") for n in names} & set(self._shards)
+
+    def pending_shards(self) -> list[str]:
+        """Shards without a commit record, in index order (the work a rerun still has to do)."""
+        done = self.committed_shards()
+        return [name for name in self.shard_names if name not in done]
+
+    def shard_states(self) -> dict[str, str]:
+        done = self.committed_shards()
+        return {name: "committed" if name in done else "pending" for name in self.shard_names}
+
+    def commit_record(self, shard_name: str) -> dict[str, Any]:
+        self._shard_info(shard_name)
+        try:
+            return self._files.get_json(f"{COMMITS_DIR}/{shard_name}.json")
+        except FileNotFoundError as err:
+            raise ShardNotCommittedError(self._not_committed_message(shard_name)) from err
+
+    def _not_committed_message(self, shard_name: str) -> str:
+        return (
+            f"{self.path}: shard {shard_name} is not committed (pending or interrupted); "
+            "its rows are not readable until an extraction run commits it"
+        )
+
+    # ---- claims ---------------------------------------------------------------------------
+    def claim_shard(self, shard_name: str, lease_s: float = DEFAULT_LEASE_S) -> bool:
+        """True if this writer may compute `shard_name` now: it is pending and nobody else
+        holds a live claim. Claims expire after `lease_s` so a dead writer's shard is redone."""
+        self._shard_info(shard_name)
+        relative = f"{CLAIMS_DIR}/{shard_name}.json"
+        body = pretty_json(
+            {
+                "writer": self.writer_id,
+                "claimed_at": time.time(),
+                "expires_at": time.time() + lease_s,
+            }
+        )
+        if not self._files.put_if_absent(relative, body):
+            try:
+                held = self._files.get_json(relative)
+            except FileNotFoundError:  # released between our attempt and our read
+                held = {"expires_at": 0.0, "writer": ""}
+            if held.get("writer") != self.writer_id:
+                if float(held.get("expires_at", 0.0)) > time.time():
+                    return False
+                # Stale lease: take it over. Two takers can both get here; they then compute
+                # the same deterministic chunks, which costs time but cannot corrupt anything.
+                self._files.remove(relative)
+                if not self._files.put_if_absent(relative, body):
+                    return False
+        # A writer may have committed and released between our pending check and our claim.
+        if self._files.exists(f"{COMMITS_DIR}/{shard_name}.json"):
+            self.release_shard(shard_name)
+            return False
+        return True
+
+    def release_shard(self, shard_name: str) -> None:
+        """Drop this writer's claim (never someone else's)."""
+        relative = f"{CLAIMS_DIR}/{shard_name}.json"
+        try:
+            held = self._files.get_json(relative)
+        except FileNotFoundError:
+            return
+        if held.get("writer") == self.writer_id:
+            self._files.remove(relative)
+
+    # ---- writing and reading --------------------------------------------------------------
+    def write_shard(self, shard_name: str, maps: ShardMaps) -> bool:
+        """Store one shard's rows, then its commit record. False if it was already committed."""
+        info = self._shard_info(shard_name)
+        where = f"{self.path} shard {shard_name}"
+        if len(maps) != info["count"]:
+            raise ValueError(f"{where}: got {len(maps)} rows, the shard has {info['count']}")
+        expected_keys = None
+        if self._index is not None:
+            expected_keys = next(s.keys for s in self._index.shards if s.name == shard_name)
+        maps.check(self.grid, where, expected_keys)
+        if self._files.exists(f"{COMMITS_DIR}/{shard_name}.json"):
+            self.release_shard(shard_name)
+            return False
+        start, stop = self.shard_rows(shard_name)
+        group = self.group(writable=True)
+        # One slice assignment per array covering exactly one chunk: written whole, never merged.
+        for name in MAP_ARRAYS:
+            group[name][start:stop] = np.asarray(getattr(maps, name), dtype=np.float16)  # [n, G, G]
+        group["valid"][start:stop] = np.asarray(maps.valid, dtype=bool)  # [n]
+        group["fg_correct"][start:stop] = np.asarray(maps.fg_correct, dtype=np.int8)  # [n]
+        for name, values in (("key", maps.keys), ("reason", maps.reason), ("answer", maps.answer)):
+            group[name][start:stop] = np.array(values, dtype=str)  # [n]
+        record = _commit_record(self, shard_name, info, maps)
+        created = self._files.put_if_absent(f"{COMMITS_DIR}/{shard_name}.json", pretty_json(record))
+        self.release_shard(shard_name)
+        return created
+
+    def read_shard(self, shard_name: str) -> ShardMaps:
+        """The committed rows of one shard; ShardNotCommittedError for anything else."""
+        self._shard_info(shard_name)
+        if not self._files.exists(f"{COMMITS_DIR}/{shard_name}.json"):
+            raise ShardNotCommittedError(self._not_committed_message(shard_name))
+        start, stop = self.shard_rows(shard_name)
+        group = self.group()
+        return ShardMaps(
+            keys=[str(k) for k in group["key"][start:stop]],
+            c_vlm=group["c_vlm"][start:stop],
+            c_fore=group["c_fore"][start:stop],
+            c_back=group["c_back"][start:stop],
+            valid=group["valid"][start:stop],
+            reason=[str(r) for r in group["reason"][start:stop]],
+            answer=[str(a) for a in group["answer"][start:stop]],
+            fg_correct=group["fg_correct"][start:stop],
+        )
+
+    def summary(self) -> dict[str, Any]:
+        """Counts for the flow's summary artifact, from the commit records alone (cheap)."""
+        committed = sorted(self.committed_shards())
+        by_reason: Counter[str] = Counter()
+        rows = valid = fg_right = fg_wrong = 0
+        for name in committed:
+            record = self.commit_record(name)
+            rows += record["count"]
+            valid += record["valid"]
+            by_reason.update(record["invalid_by_reason"])
+            fg_right += record["fg_correct"]["correct"]
+            fg_wrong += record["fg_correct"]["wrong"]
+        known = fg_right + fg_wrong
+        return {
+            "cache_key": self.key,
+            "path": self.path,
+            "rows_total": int(self.manifest["num_rows"]),
+            "shards_total": len(self._shards),
+            "shards_committed": len(committed),
+            "shards_pending": len(self._shards) - len(committed),
+            "rows_written": rows,
+            "rows_valid": valid,
+            "rows_invalid": rows - valid,
+            "invalid_by_reason": dict(sorted(by_reason.items())),
+            "fg_known": known,
+            "fg_accuracy": fg_right / known if known else None,
+        }
+
+
+def _new_manifest(
+    spec: CacheSpec, index: ShardIndex, grid: int, geometry: Any, writer_id: str
+) -> dict[str, Any]:
+    if grid <= 0:
+        raise ValueError(f"grid must be positive, got {grid}")
+    num_rows = index.num_samples
+    # Chunk = shard: one chunk per shard is what makes a shard one writer's atomic unit.
+    chunk_rows = max(1, index.shard_size)
+    for position, shard in enumerate(index.shards[:-1]):
+        if shard.count != index.shard_size:
+            raise ValueError(
+                f"index {index.dataset}/{index.split}: shard {shard.name} (#{position}) has "
+                f"{shard.count} samples; all but the last must have shard_size={index.shard_size} "
+                "for shards to be chunks"
+            )
+    arrays = {}
+    for name, (data_type, _) in ROW_ARRAYS.items():
+        per_row = [grid, grid] if name in MAP_ARRAYS else []
+        arrays[name] = {
+            "data_type": data_type,
+            "shape": [num_rows, *per_row],
+            "chunks": [chunk_rows, *per_row],
+        }
+    offsets = index.shard_offsets()
+    return {
+        "format_version": CACHE_FORMAT_VERSION,
+        "cache_key": cache_key(spec),
+        "cache_hash": full_cache_hash(spec),
+        "spec": spec.model_dump(mode="json"),
+        "grid": grid,
+        "geometry": geometry,
+        "shard_size": index.shard_size,
+        "num_rows": num_rows,
+        "shards": [
+            {"name": s.name, "count": s.count, "sha256": s.sha256, "row_offset": offset}
+            for s, offset in zip(index.shards, offsets, strict=True)
+        ],
+        "arrays": arrays,
+        "shard_state": (
+            f"derived, never stored here: a shard is committed iff {COMMITS_DIR}/<shard>.json "
+            "exists; otherwise pending and its rows must not be read"
+        ),
+        "library_versions": library_versions(),
+        "created": _utc_now(),
+        "created_by": writer_id,
+    }
+
+
+# What must agree between a found manifest and a request; the rest (time, versions) is history.
+_IDENTITY_FIELDS = (
+    "format_version",
+    "cache_key",
+    "cache_hash",
+    "spec",
+    "grid",
+    "geometry",
+    "shard_size",
+    "num_rows",
+    "shards",
+    "arrays",
+)
+
+
+def _require_same_identity(url: str, found: dict[str, Any], wanted: dict[str, Any]) -> None:
+    differing = [f for f in _IDENTITY_FIELDS if found.get(f) != wanted.get(f)]
+    if differing:
+        details = spec_differences(
+            {f: found.get(f) for f in differing}, {f: wanted.get(f) for f in differing}
+        )
+        raise CacheMismatchError(
+            f"{url}/{MANIFEST_FILE} does not match the requested entry (differs in: "
+            f"{', '.join(details[:8])}); refusing to reuse it. Use another cache root or "
+            "remove this entry"
+        )
+
+
+def _create_arrays(store: Any, manifest: dict[str, Any]) -> None:
+    """Create the group and arrays; a racing creator writes identical metadata, so ignore it."""
+    group = zarr.open_group(store, mode="a", zarr_format=3)
+    for name, (data_type, fill) in ROW_ARRAYS.items():
+        if name in group:
+            continue  # validated against the manifest after opening
+        layout = manifest["arrays"][name]
+        try:
+            group.create_array(
+                name,
+                shape=tuple(layout["shape"]),
+                chunks=tuple(layout["chunks"]),
+                dtype=_NUMPY_DTYPES[data_type],
+                fill_value=fill,
+                overwrite=False,
+            )
+        except zarr.errors.ContainsArrayError:
+            continue
+
+
+def _commit_record(
+    entry: CacheEntry, shard_name: str, info: dict[str, Any], maps: ShardMaps
+) -> dict[str, Any]:
+    valid = np.asarray(maps.valid, dtype=bool)
+    fg = np.asarray(maps.fg_correct)
+    reasons = Counter(r for r, ok in zip(maps.reason, valid, strict=True) if not ok)
+    return {
+        "shard": shard_name,
+        "sha256": info["sha256"],
+        "cache_key": entry.key,
+        "row_start": info["row_offset"],
+        "row_stop": info["row_offset"] + info["count"],
+        "count": info["count"],
+        "valid": int(valid.sum()),
+        "invalid": int((~valid).sum()),
+        "invalid_by_reason": dict(sorted(reasons.items())),
+        "fg_correct": {
+            "correct": int((fg == 1).sum()),
+            "wrong": int((fg == 0).sum()),
+            "unknown": int((fg == -1).sum()),
+        },
+        "writer": entry.writer_id,
+        "committed_at": _utc_now(),
+    }
+
+
+def open_entry(
+    path_or_url: str,
+    storage_options: dict[str, Any] | None = None,
+    expect: CacheSpec | None = None,
+) -> CacheEntry:
+    """Open an existing entry for reading; with `expect`, refuse one built for another spec."""
+    url = str(path_or_url).rstrip("/")
+    files = EntryFiles(url, storage_options)
+    try:
+        manifest = files.get_json(MANIFEST_FILE)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(
+            f"no map-cache entry at {url} ({MANIFEST_FILE} missing); "
+            "`python -m pipeline cache ls <root>` lists the entries of a root"
+        ) from err
+    _check_self_consistent(url, manifest)
+    if expect is not None and manifest["cache_hash"] != full_cache_hash(expect):
+        wanted = expect.model_dump(mode="json")
+        details = spec_differences(manifest["spec"], wanted)
+        raise CacheMismatchError(
+            f"{url} holds maps for another spec (entry {manifest['cache_key']}, requested "
+            f"{cache_key(expect)}; differs in: {', '.join(details[:8]) or 'format'})"
+        )
+    entry = CacheEntry(url, manifest, storage_options)
+    entry._check_arrays()
+    return entry
+
+
+def _check_self_consistent(url: str, manifest: dict[str, Any]) -> None:
+    """A manifest whose stored spec does not hash to its own key was edited or is foreign."""
+    required = ("format_version", "cache_key", "cache_hash", "spec", "grid", "shards", "arrays")
+    missing = [f for f in required if f not in manifest]
+    if missing:
+        raise CacheMismatchError(f"{url}/{MANIFEST_FILE}: missing fields {missing}")
+    if manifest["format_version"] != CACHE_FORMAT_VERSION:
+        raise CacheMismatchError(
+            f"{url}/{MANIFEST_FILE}: format version {manifest['format_version']}, this code reads "
+            f"{CACHE_FORMAT_VERSION}"
+        )
+    try:
+        spec = CacheSpec.model_validate(manifest["spec"])
+    except ValueError as err:
+        raise CacheMismatchError(f"{url}/{MANIFEST_FILE}: unreadable spec ({err})") from err
+    if full_cache_hash(spec) != manifest["cache_hash"] or cache_key(spec) != manifest["cache_key"]:
+        raise CacheMismatchError(
+            f"{url}/{MANIFEST_FILE}: the spec no longer hashes to the entry's key "
+            f"{manifest['cache_key']} (edited by hand?); refusing to use it"
+        )
+    directory = url.rsplit("/", 1)[-1]
+    if directory != manifest["cache_key"]:
+        raise CacheMismatchError(
+            f"{url}: directory name {directory!r} is not the entry's key {manifest['cache_key']!r}"
+        )
+
+
+def find_entry(
+    root: str, spec: CacheSpec, storage_options: dict[str, Any] | None = None
+) -> CacheEntry:
+    """The existing entry for `spec` under `root` (readers: the student, the CLI)."""
+    return open_entry(f"{str(root).rstrip('/')}/{cache_key(spec)}", storage_options, expect=spec)
+
+
+def scan_root(
+    root: str, storage_options: dict[str, Any] | None = None
+) -> tuple[list[CacheEntry], list[str]]:
+    """Entries under `root`, and one message per directory that looks like a broken entry."""
+    files = EntryFiles(str(root), storage_options)
+    entries, problems = [], []
+    for name in files.list_names(""):
+        if not files.exists(f"{name}/{MANIFEST_FILE}"):
+            continue
+        try:
+            entries.append(open_entry(files.url_of(name), storage_options))
+        except (CacheMismatchError, ValueError, OSError) as err:
+            problems.append(f"{files.url_of(name)}: {err}")
+    return entries, problems
+
+
+def list_entries(root: str, storage_options: dict[str, Any] | None = None) -> list[CacheEntry]:
+    return scan_root(root, storage_options)[0]
