@@ -62,23 +62,36 @@ class Rect:
 def teacher_view_rect(geometry: Mapping[str, Any], width: int, height: int) -> Rect:
     """Where the teacher's square view (and so its G x G grid) lies over an original image.
 
-    `geometry` is the cache manifest's view geometry; its `mode` says how the teacher made its
-    square input from a `width` x `height` image:
-    - "pad": pasted centered on a max(w, h) square (LLaVA-1.5's expand2square), so the grid
-      reaches past the image on the short side; those cells fall outside every crop.
-    - "resize": stretched to the square, so the grid covers exactly the image.
-    - "crop": center-cropped to a min(w, h) square (CLIP's processor), so the grid covers it.
+    `geometry` is the cache manifest's view geometry: `mode` and the view's `size` in pixels
+    (a full per-image ViewGeometry from teacher/view.py works too: its extra fields are
+    recomputed). The teacher resizes the image to integer sizes and pastes it at integer
+    offsets on a size x size canvas; this repeats that arithmetic, so the grid lands on the
+    same original pixels the teacher saw:
+    - "pad": long edge fitted to `size`, centered; the grid reaches past the image on the short
+      side, and those cells fall outside every crop.
+    - "crop": short edge fitted to `size`, center crop; the grid covers a centered square.
+    - "resize": stretched; the grid covers exactly the image.
     """
     mode = geometry.get("mode")
     if mode not in VIEW_MODES:
         raise ValueError(f"map geometry mode {mode!r} is not one of {VIEW_MODES}: {dict(geometry)}")
     if mode == "resize":
         return Rect(0.0, 0.0, float(width), float(height))
-    side = max(width, height) if mode == "pad" else min(width, height)
-    # Integer offsets, as PIL's paste / crop place them: (side - w) // 2 on each axis.
-    x0 = -((side - width) // 2) if mode == "pad" else (width - side) // 2
-    y0 = -((side - height) // 2) if mode == "pad" else (height - side) // 2
-    return Rect(float(x0), float(y0), float(x0 + side), float(y0 + side))
+    size = geometry.get("size")
+    if not isinstance(size, int) or size <= 0:
+        raise ValueError(
+            f"map geometry needs the view's integer 'size' in pixels: {dict(geometry)}"
+        )
+    edge = max(width, height) if mode == "pad" else min(width, height)
+    new_w, new_h = max(1, round(width * size / edge)), max(1, round(height * size / edge))
+    offset_x, offset_y = (size - new_w) // 2, (size - new_h) // 2  # view pixels
+    scale_x, scale_y = new_w / width, new_h / height  # view pixels per original pixel
+    return Rect(
+        -offset_x / scale_x,
+        -offset_y / scale_y,
+        (size - offset_x) / scale_x,
+        (size - offset_y) / scale_y,
+    )
 
 
 def center_crop_rect(width: int, height: int, crop_fraction: float = 1.0) -> Rect:

@@ -81,7 +81,7 @@ def test_padded_teacher_view_on_wide_image():
     # 128x64 image padded to a 128 square: the teacher grid (16, 8 px cells) starts 32 px
     # above the image. A box in original pixels must come back in the same place.
     width, height = 128, 64
-    view = teacher_view_rect({"mode": "pad"}, width, height)
+    view = teacher_view_rect({"mode": "pad", "size": 336}, width, height)
     assert (view.x0, view.y0, view.x1, view.y1) == (0.0, -32.0, 128.0, 96.0)
     box = (16.0, 8.0, 56.0, 48.0)  # cell-aligned in the padded frame (offsets 40, 80)
     teacher_map = box_density_map(box, (0, -32, 128, 96), 16).astype(np.float32)
@@ -152,17 +152,37 @@ def test_invalid_cache_row_stays_invalid():
 
 
 @pytest.mark.parametrize(
-    ("mode", "size", "expected"),
+    ("geometry", "size", "expected"),
     [
-        ("pad", (100, 60), (0, -20, 100, 80)),
-        ("pad", (61, 100), (-19, 0, 81, 100)),  # (100 - 61) // 2 = 19 px of padding on the left
-        ("resize", (100, 60), (0, 0, 100, 60)),
-        ("crop", (100, 60), (20, 0, 80, 60)),
+        # long edge 100 -> 50 px view, short edge 30 px pasted 10 px down: 20 original px
+        ({"mode": "pad", "size": 50}, (100, 60), (0, -20, 100, 80)),
+        # (100 - 61) // 2 = 19 px of padding on the left at scale 1
+        ({"mode": "pad", "size": 100}, (61, 100), (-19, 0, 81, 100)),
+        # 60 * 336 / 100 = 201.6 -> 202 px pasted (336 - 202) // 2 = 67 px down, 60/202 px each
+        ({"mode": "pad", "size": 336}, (100, 60), (0, -67 * 60 / 202, 100, 269 * 60 / 202)),
+        # short edge 60 -> 30 px, long edge 50 px cut by 10 view px = 20 original px each side
+        ({"mode": "crop", "size": 30}, (100, 60), (20, 0, 80, 60)),
+        ({"mode": "resize", "size": 336}, (100, 60), (0, 0, 100, 60)),
     ],
 )
-def test_teacher_view_rect_by_mode(mode, size, expected):
-    rect = teacher_view_rect({"mode": mode}, *size)
-    assert (rect.x0, rect.y0, rect.x1, rect.y1) == expected
+def test_teacher_view_rect_by_mode(geometry, size, expected):
+    rect = teacher_view_rect(geometry, *size)
+    np.testing.assert_allclose((rect.x0, rect.y0, rect.x1, rect.y1), expected, atol=1e-9)
+
+
+def test_full_teacher_view_geometry_record_is_accepted():
+    # The teacher's per-image ViewGeometry dump: extra fields are fine, size and mode drive it.
+    record = {
+        "mode": "pad", "size": 50, "original_width": 100, "original_height": 60,
+        "scale_x": 0.5, "scale_y": 0.5, "offset_x": 0.0, "offset_y": 10.0,
+    }  # fmt: skip
+    rect = teacher_view_rect(record, 100, 60)
+    assert (rect.x0, rect.y0, rect.x1, rect.y1) == (0, -20, 100, 80)
+
+
+def test_view_geometry_without_size_is_a_clear_error():
+    with pytest.raises(ValueError, match="'size'"):
+        teacher_view_rect({"mode": "pad"}, 10, 10)
 
 
 def test_unknown_view_mode_is_a_clear_error():
