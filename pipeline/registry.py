@@ -46,7 +46,9 @@ def load_registry() -> dict[str, DatasetEntry]:
 def get_entry(name: str) -> DatasetEntry:
     registry = load_registry()
     if name not in registry:
-        raise KeyError(f"unknown dataset {name!r}; registered: {', '.join(sorted(registry))} ({REGISTRY_FILE})")
+        raise KeyError(
+            f"unknown dataset {name!r}; registered: {', '.join(sorted(registry))} ({REGISTRY_FILE})"
+        )
     return registry[name]
 
 

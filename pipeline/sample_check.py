@@ -15,7 +15,14 @@ from PIL import Image, UnidentifiedImageError
 from pipeline.records import Box
 
 # Pillow format name -> shard member extension (webdataset decodes by extension).
-FORMAT_EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "BMP": "bmp", "WEBP": "webp", "GIF": "gif", "TIFF": "tif"}
+FORMAT_EXTENSIONS = {
+    "JPEG": "jpg",
+    "PNG": "png",
+    "BMP": "bmp",
+    "WEBP": "webp",
+    "GIF": "gif",
+    "TIFF": "tif",
+}
 
 
 class BadSample(Exception):

@@ -34,10 +34,14 @@ def wnid(label: int) -> str:
     return f"n{WNID_BASE + label}"
 
 
-def _polygon(cx: float, cy: float, radius: float, sides: int, phase: float) -> list[tuple[float, float]]:
+def _polygon(
+    cx: float, cy: float, radius: float, sides: int, phase: float
+) -> list[tuple[float, float]]:
     return [
-        (cx + radius * math.cos(phase + 2 * math.pi * k / sides),
-         cy + radius * math.sin(phase + 2 * math.pi * k / sides))
+        (
+            cx + radius * math.cos(phase + 2 * math.pi * k / sides),
+            cy + radius * math.sin(phase + 2 * math.pi * k / sides),
+        )
         for k in range(sides)
     ]
 
@@ -89,7 +93,9 @@ def _background(rng: np.random.Generator) -> Image.Image:
         t = (xs * rng.random() + ys * rng.random())[..., None] / 2
     elif kind == 1:  # smooth noise
         coarse = rng.random((8, 8))
-        t = np.array(Image.fromarray((coarse * 255).astype(np.uint8)).resize((size, size), Image.BICUBIC))
+        t = np.array(
+            Image.fromarray((coarse * 255).astype(np.uint8)).resize((size, size), Image.BICUBIC)
+        )
         t = (t / 255.0)[..., None]
     elif kind == 2:  # stripes
         period = rng.integers(6, 16)
@@ -101,7 +107,9 @@ def _background(rng: np.random.Generator) -> Image.Image:
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
 
 
-def render_sample(label: int, rng: np.random.Generator) -> tuple[Image.Image, tuple[int, int, int, int]]:
+def render_sample(
+    label: int, rng: np.random.Generator
+) -> tuple[Image.Image, tuple[int, int, int, int]]:
     """One image of class `label` and its true box [x0, y0, x1, y1) in pixels."""
     image = _background(rng)
     r = float(rng.uniform(9, 18))
@@ -117,7 +125,9 @@ def render_sample(label: int, rng: np.random.Generator) -> tuple[Image.Image, tu
     return image, bbox
 
 
-def write_sample_dataset(root: Path, train_per_class: int = 40, val_per_class: int = 10, seed: int = 0) -> Path:
+def write_sample_dataset(
+    root: Path, train_per_class: int = 40, val_per_class: int = 10, seed: int = 0
+) -> Path:
     """Write the dataset under `root` (TinyImageNet layout). Deterministic for a given seed."""
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)

@@ -114,7 +114,9 @@ class _ShardSink:
         self.pending = []
 
 
-def _checked(samples: list[RawSample], threads: int) -> Iterator[tuple[RawSample, CheckedImage | BadSample]]:
+def _checked(
+    samples: list[RawSample], threads: int
+) -> Iterator[tuple[RawSample, CheckedImage | BadSample]]:
     def check(sample: RawSample) -> CheckedImage | BadSample:
         try:
             return check_image(sample.path)
@@ -154,7 +156,12 @@ def write_shards(
     skipped = list(result.skipped)
     repaired: list[SkippedSample] = []
     seen_keys: set[str] = set()
-    bar = tqdm(total=len(result.samples), desc=f"shards {dataset}/{split}", unit="img", disable=not progress)
+    bar = tqdm(
+        total=len(result.samples),
+        desc=f"shards {dataset}/{split}",
+        unit="img",
+        disable=not progress,
+    )
     for sample, checked in _checked(result.samples, threads):
         bar.update()
         source = str(sample.path.relative_to(root)) if root else str(sample.path)
@@ -182,7 +189,9 @@ def write_shards(
             domain=sample.domain,
             repairs=repairs,
         )
-        sink.add({"__key__": key, checked.ext: checked.data, "json": record.model_dump_json().encode()})
+        sink.add(
+            {"__key__": key, checked.ext: checked.data, "json": record.model_dump_json().encode()}
+        )
     sink.flush()
     bar.close()
 

@@ -1,9 +1,9 @@
 """TinyImageNet's own layout.
 
-    wnids.txt                       one wnid per line (the class order = labels)
-    words.txt                       wnid<TAB>comma-separated names
-    train/<wnid>/images/*.JPEG      with train/<wnid>/<wnid>_boxes.txt: file x0 y0 x1 y1
-    val/images/*.JPEG               with val/val_annotations.txt: file wnid x0 y0 x1 y1
+wnids.txt                       one wnid per line (the class order = labels)
+words.txt                       wnid<TAB>comma-separated names
+train/<wnid>/images/*.JPEG      with train/<wnid>/<wnid>_boxes.txt: file x0 y0 x1 y1
+val/images/*.JPEG               with val/val_annotations.txt: file wnid x0 y0 x1 y1
 """
 
 from __future__ import annotations
@@ -102,7 +102,9 @@ class TinyImageNetAdapter(DatasetAdapter):
         for path in images:
             entry = table.get(path.name)
             if entry is None or entry[0] not in label_of:
-                reason = "not in val_annotations.txt" if entry is None else f"unknown wnid {entry[0]}"
+                reason = (
+                    "not in val_annotations.txt" if entry is None else f"unknown wnid {entry[0]}"
+                )
                 result.skipped.append(SkippedSample(source=str(path), reason=reason))
                 continue
             wnid, box = entry
