@@ -1,0 +1,254 @@
+"""Training and evaluation loops (DETR's engine.py), and `fit`, which runs epochs with resume,
+metrics, checkpoints and figures under one run directory."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from collections import defaultdict
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from student.checkpoint import TrainingState, checkpoint_paths, load_checkpoint, save_checkpoint
+from student.config import TrainConfig
+from student.loss import InteractionCriterion, renormalize
+from student.model import IViT
+from student.plots import denormalize, plot_curves, plot_overlays
+
+LAST = "checkpoint-last"
+AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {
+        k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()
+    }
+
+
+def autocast(device: torch.device, amp: bool, dtype: torch.dtype = torch.bfloat16):
+    """Mixed precision on CUDA only; CPU runs plain fp32 (CPU autocast is slow and changes
+    numerics the resume test relies on)."""
+    if amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype=dtype)
+    return contextlib.nullcontext()
+
+
+def forward_outputs(model: IViT, images: torch.Tensor, with_interactions: bool) -> dict:
+    """Record interactions only when the criterion needs them."""
+    if with_interactions:
+        return model.forward_with_interactions(images)
+    return {"logits": model(images), "align_rows": None}
+
+
+def train_one_epoch(
+    model: IViT,
+    criterion: InteractionCriterion,
+    loader: Iterable[dict],
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    device: torch.device,
+    epoch: int,
+    amp: bool,
+    *,
+    step: int = 0,
+    scaler: torch.amp.GradScaler | None = None,
+    amp_dtype: torch.dtype = torch.bfloat16,
+    grad_clip: float | None = None,
+) -> dict:
+    """One pass over `loader`; `step` is the global optimizer step at the start (for the
+    per-update schedule). Returns sample-weighted means of the loss terms, top-1, the last lr
+    and the global step at the end."""
+    model.train()
+    criterion.train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    sums: dict[str, float] = defaultdict(float)
+    seen = correct = 0
+    bar = tqdm(loader, desc=f"train {epoch}", leave=False, dynamic_ncols=True)
+    for batch in bar:
+        batch = to_device(batch, device)
+        with autocast(device, amp, amp_dtype):
+            outputs = forward_outputs(model, batch["image"], criterion.alignment)
+            losses = criterion(outputs, batch)
+        loss = losses["loss"]
+        if not math.isfinite(loss.item()):
+            raise FloatingPointError(
+                f"loss is {loss.item()} at epoch {epoch} step {step}: {losses}"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+        else:
+            loss.backward()
+        if grad_clip:
+            torch.nn.utils.clip_grad_norm_(trainable, grad_clip)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        step += 1
+        scheduler.step_update(num_updates=step)
+
+        n = batch["label"].shape[0]
+        seen += n
+        correct += (outputs["logits"].argmax(-1) == batch["label"]).sum().item()
+        for name, value in losses.items():
+            sums[name] += value.item() * n
+        bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+    if seen == 0:
+        raise ValueError(f"train loader yielded no batches in epoch {epoch}")
+    return {
+        **{name: total / seen for name, total in sums.items()},
+        "top1": correct / seen,
+        "lr": optimizer.param_groups[0]["lr"],
+        "step": step,
+        "samples": seen,
+    }
+
+
+@torch.no_grad()
+def evaluate(
+    model: IViT,
+    loader: Iterable[dict],
+    device: torch.device,
+    *,
+    criterion: InteractionCriterion | None = None,
+    amp: bool = False,
+) -> dict:
+    """Top-1 and loss (cross-entropy, or the criterion's terms when given); batches carrying a
+    "domain" list add per-domain top-1 and their variance across domains."""
+    model.eval()
+    sums: dict[str, float] = defaultdict(float)
+    seen = correct = 0
+    per_domain: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # domain -> [correct, seen]
+    for batch in tqdm(loader, desc="eval", leave=False, dynamic_ncols=True):
+        batch = to_device(batch, device)
+        with autocast(device, amp):
+            if criterion is not None:
+                outputs = forward_outputs(model, batch["image"], criterion.alignment)
+                losses = criterion(outputs, batch)
+            else:
+                outputs = {"logits": model(batch["image"])}
+                losses = {
+                    "loss": nn.functional.cross_entropy(outputs["logits"].float(), batch["label"])
+                }
+        hits = outputs["logits"].argmax(-1) == batch["label"]  # [B]
+        n = hits.shape[0]
+        seen += n
+        correct += hits.sum().item()
+        for name, value in losses.items():
+            sums[name] += value.item() * n
+        for domain, hit in zip(batch.get("domain") or [], hits.tolist(), strict=False):
+            per_domain[domain][0] += int(hit)
+            per_domain[domain][1] += 1
+    if seen == 0:
+        raise ValueError("evaluation loader yielded no batches")
+    result = {
+        **{name: total / seen for name, total in sums.items()},
+        "top1": correct / seen,
+        "samples": seen,
+    }
+    if per_domain:
+        accuracies = {d: c / s for d, (c, s) in sorted(per_domain.items())}
+        result["domains"] = accuracies
+        result["domain_variance"] = float(np.var(list(accuracies.values())))
+    return result
+
+
+@torch.no_grad()
+def save_interaction_overlays(model: IViT, batch: dict, out_path: Path, count: int) -> Path | None:
+    """Image, C_VFM, C_VLM and C_AGT (CLS rows, mean over blocks) for the first `count` images."""
+    if count <= 0:
+        return None
+    model.eval()
+    images = batch["image"][:count]
+    device = next(model.parameters()).device
+    outputs = model.forward_with_interactions(images.to(device))
+    g = model.grid
+
+    def as_grid(rows: torch.Tensor | None) -> np.ndarray | None:
+        if rows is None:
+            return None
+        return renormalize(rows.float().mean(0)).reshape(-1, g, g).cpu().numpy()  # [b, g, g]
+
+    c_vlm = batch.get("c_vlm")
+    cfg = model.data_config
+    return plot_overlays(
+        out_path,
+        denormalize(images.float(), cfg["mean"], cfg["std"]),
+        {
+            "C_VFM": as_grid(outputs["vfm_cls"]),
+            "C_VLM": None if c_vlm is None else c_vlm[:count].float().cpu().numpy(),
+            "C_AGT": as_grid(outputs["agt_cls"]),
+        },
+        titles=[str(k) for k in batch.get("key", [])[:count]] or None,
+    )
+
+
+def fit(
+    model: IViT,
+    criterion: InteractionCriterion,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    train_loader: Iterable[dict],
+    val_loader: Iterable[dict] | None,
+    cfg: TrainConfig,
+    device: torch.device | str = "cpu",
+    resolved_config: dict | None = None,
+) -> list[dict]:
+    """Epochs from the last checkpoint (if `cfg.resume`) to `cfg.epochs`; each epoch appends a
+    line to metrics.jsonl, rewrites checkpoint-last and the figures. Returns this call's rows."""
+    device = torch.device(device)
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if resolved_config is not None:
+        (run_dir / "config.json").write_text(json.dumps(resolved_config, indent=2, default=str))
+    model.to(device)
+    amp_dtype = AMP_DTYPES[cfg.amp_dtype]
+    use_amp = cfg.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda") if use_amp and amp_dtype == torch.float16 else None
+    state = TrainingState()
+    if cfg.resume and checkpoint_paths(run_dir / LAST)[1].is_file():
+        state = load_checkpoint(run_dir / LAST, model, optimizer, scheduler, scaler)
+        _move_optimizer_state(optimizer, device)
+    metrics_path = run_dir / "metrics.jsonl"
+    rows = []
+    for epoch in range(state.epoch, cfg.epochs):
+        train = train_one_epoch(
+            model, criterion, train_loader, optimizer, scheduler, device, epoch, use_amp,
+            step=state.step, scaler=scaler, amp_dtype=amp_dtype, grad_clip=cfg.grad_clip,
+        )  # fmt: skip
+        state = TrainingState(epoch=epoch + 1, step=train["step"])
+        row = {"epoch": epoch + 1, "step": state.step, "lr": train["lr"]}
+        row.update({f"train_{k}": train[k] for k in ("loss", "ce", "align", "top1")})
+        if val_loader is not None and (
+            (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
+        ):
+            val = evaluate(model, val_loader, device, criterion=criterion, amp=use_amp)
+            row.update({f"val_{k}": v for k, v in val.items() if k != "samples"})
+            first = next(iter(val_loader), None)
+            if first is not None:
+                save_interaction_overlays(
+                    model, first, run_dir / "overlays" / f"epoch-{epoch + 1:03d}.png", cfg.overlays
+                )
+        save_checkpoint(run_dir / LAST, model, optimizer, state, scheduler, scaler)
+        with metrics_path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        plot_curves(metrics_path, run_dir / "curves.png")
+        rows.append(row)
+    return rows
+
+
+def _move_optimizer_state(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    """safetensors loads on CPU; AdamW's moments must live with their parameters."""
+    for slots in optimizer.state.values():
+        for key, value in slots.items():
+            if torch.is_tensor(value) and key != "step":
+                slots[key] = value.to(device)

@@ -1,0 +1,76 @@
+"""The student's criterion (paper Eq. 13-14, DESIGN 5): cross-entropy plus the alignment of each
+block's CLS interaction row to the teacher's C_VLM.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from student.config import KlDirection
+
+
+def renormalize(rows: torch.Tensor) -> torch.Tensor:
+    """Rows over patch tokens (prefix tokens already dropped) rescaled to sum 1."""
+    return rows / rows.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(rows.dtype).tiny)
+
+
+def kl_divergence(p: torch.Tensor, q: torch.Tensor, floor: float) -> torch.Tensor:
+    """KL(p || q) along the last axis; p's exact zeros contribute 0 (xlogy), q is floored."""
+    return (torch.xlogy(p, p) - p * q.clamp_min(floor).log()).sum(dim=-1)
+
+
+class InteractionCriterion(nn.Module):
+    """loss = CE + lambda * mean over blocks and valid rows of KL (named terms, DETR-style).
+
+    `outputs` is IViT.forward_with_interactions's dict; `batch` is the loader's dict with
+    c_vlm [B, g, g] and map_valid [B]. Rows whose map is invalid in the cache carry no
+    alignment signal; a batch without any valid row has align = 0 (never NaN).
+    """
+
+    def __init__(
+        self,
+        align_lambda: float = 1.0,
+        kl_direction: KlDirection = "vlm||agt",
+        kl_eps: float = 1e-6,
+        alignment: bool = True,
+    ) -> None:
+        super().__init__()
+        self.align_lambda = align_lambda
+        self.kl_direction = kl_direction
+        self.kl_eps = kl_eps
+        self.alignment = alignment and align_lambda > 0
+
+    def forward(
+        self, outputs: dict[str, torch.Tensor | None], batch: dict
+    ) -> dict[str, torch.Tensor]:
+        logits = outputs["logits"]  # [B, K]
+        ce = F.cross_entropy(logits.float(), batch["label"])  # []
+        align = self.alignment_term(outputs.get("align_rows"), batch)  # []
+        return {"loss": ce + self.align_lambda * align, "ce": ce, "align": align}
+
+    def alignment_term(self, rows: torch.Tensor | None, batch: dict) -> torch.Tensor:
+        device = batch["label"].device
+        if not self.alignment or rows is None or "c_vlm" not in batch:
+            return torch.zeros((), device=device)
+        c_vlm = batch["c_vlm"]  # [B, g, g]
+        valid = batch["map_valid"].to(device=device, dtype=torch.bool)  # [B]
+        _, batch_size, num_patches = rows.shape  # [L, B, P]
+        if c_vlm.shape[0] != batch_size or c_vlm[0].numel() != num_patches:
+            raise ValueError(
+                f"batch['c_vlm'] has shape {tuple(c_vlm.shape)} but the student has "
+                f"{batch_size} rows of {num_patches} patches: the loader must resample C_VLM "
+                "to the student's grid"
+            )
+        if not bool(valid.any()):
+            return rows.sum() * 0.0  # keeps the graph, no NaN from an empty mean
+        student = renormalize(rows[:, valid].float())  # [L, V, P]
+        teacher = c_vlm[valid].reshape(1, -1, num_patches).float()  # [1, V, P]
+        if self.kl_direction == "vlm||agt":
+            kl = kl_divergence(teacher.expand_as(student), student, self.kl_eps)  # [L, V]
+        else:
+            # The paper's literal KL(C_AGT || C_VLM): C_VLM's zeros would make it infinite.
+            smoothed = (teacher + self.kl_eps) / (1.0 + num_patches * self.kl_eps)  # [1, V, P]
+            kl = kl_divergence(student, smoothed.expand_as(student), self.kl_eps)  # [L, V]
+        return kl.mean()  # mean over blocks and valid rows

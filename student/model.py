@@ -1,0 +1,211 @@
+"""The I-ViT (DESIGN 5): a timm ViT, frozen, whose every block attends through an
+InteractionAttention; plus backbone loading and the parameter/FLOP summary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import timm
+import torch
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from student.config import StudentConfig
+from student.layers import InteractionAttention, InteractionRecord
+
+
+class WeightsUnavailableError(RuntimeError):
+    """The pretrained backbone could not be had; the message says how to supply it."""
+
+
+def create_backbone(cfg: StudentConfig) -> VisionTransformer:
+    """A timm ViT with `cfg.num_classes` outputs and the weights `cfg.weights` names.
+
+    Loading goes through timm's own pretrained path (checkpoint_filter_fn, pos-embed resampling,
+    classifier dropped when the class count differs) whether the source is a file or the hub.
+    Built under a fixed seed so that the new head is the same in every process (resume relies
+    on it), without disturbing the caller's RNG.
+    """
+    kwargs = dict(cfg.model_kwargs, num_classes=cfg.num_classes)
+    if cfg.img_size is not None:
+        kwargs["img_size"] = cfg.img_size
+    if cfg.model not in timm.list_models():
+        raise ValueError(f"StudentConfig.model: unknown timm model {cfg.model!r}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        vit = _create_with_weights(cfg, kwargs)
+    if not isinstance(vit, VisionTransformer):
+        raise TypeError(
+            f"StudentConfig.model: {cfg.model!r} builds {type(vit).__name__}; the I-ViT needs a "
+            "timm VisionTransformer"
+        )
+    return vit
+
+
+def _create_with_weights(cfg: StudentConfig, kwargs: dict) -> nn.Module:
+    if cfg.weights is not None and cfg.weights.lower() == "none":
+        warnings.warn(
+            f"WEIGHTS=none: {cfg.model} starts from RANDOM weights and stays frozen; results "
+            "mean nothing beyond tests and the demo",
+            stacklevel=3,
+        )
+        return timm.create_model(cfg.model, pretrained=False, **kwargs)
+    if cfg.weights is not None:
+        path = Path(cfg.weights)
+        if not path.is_file():
+            raise WeightsUnavailableError(
+                f"StudentConfig.weights: no such file {path} (expected a .safetensors, .pth or "
+                ".bin state dict of {cfg.model}; WEIGHTS=none for random weights)"
+            )
+        try:
+            return timm.create_model(
+                cfg.model, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs
+            )
+        except (RuntimeError, KeyError, ValueError) as err:
+            raise WeightsUnavailableError(
+                f"StudentConfig.weights: {path} does not load into {cfg.model}: {err}"
+            ) from err
+    try:
+        return timm.create_model(cfg.model, pretrained=True, **kwargs)
+    except Exception as err:  # network, hub and cache errors all mean the same to the user
+        raise WeightsUnavailableError(
+            f"could not fetch pretrained weights for {cfg.model} through timm ({type(err).__name__}: "
+            f"{err}). Without network, download them elsewhere (e.g. `hf download timm/"
+            f"{cfg.model}.augreg_in21k_ft_in1k model.safetensors`) and pass the file: "
+            "`make train WEIGHTS=/path/to/model.safetensors` (StudentConfig.weights); "
+            "WEIGHTS=none starts from random weights (tests and demo only)"
+        ) from err
+
+
+class IViT(nn.Module):
+    """Frozen timm ViT + Interaction Queries + gates + a new trainable head."""
+
+    def __init__(self, vit: VisionTransformer, cfg: StudentConfig) -> None:
+        super().__init__()
+        if cfg.aligns and vit.cls_token is None:
+            raise ValueError(
+                f"StudentConfig.model: {cfg.model} has no class token, but the alignment uses the "
+                "CLS row of the attention; pick a ViT with class_token=True or alignment=False"
+            )
+        grid = vit.patch_embed.grid_size
+        if grid[0] != grid[1]:
+            raise ValueError(f"StudentConfig: the patch grid {grid} must be square to meet C_VLM")
+        self.vit = vit
+        self.cfg = cfg
+        self.grid: int = grid[0]
+        self.num_prefix_tokens: int = vit.num_prefix_tokens
+        num_tokens = vit.patch_embed.num_patches + vit.num_prefix_tokens
+        for p in vit.parameters():
+            p.requires_grad_(False)
+        for block in vit.blocks:
+            block.attn = InteractionAttention(
+                block.attn,
+                num_tokens,
+                interaction_queries=cfg.interaction_queries,
+                gate=cfg.gate,
+                gate_hidden=cfg.gate_hidden,
+                trainable_original_queries=cfg.align_on_original,
+            )
+        vit.head.requires_grad_(True)
+
+    @property
+    def interaction_layers(self) -> list[InteractionAttention]:
+        return [block.attn for block in self.vit.blocks]
+
+    @property
+    def data_config(self) -> dict:
+        """Input size, interpolation, mean and std the loader should normalize with."""
+        config = timm.data.resolve_model_data_config(self.vit)
+        # The pretrained cfg states the checkpoint's size; the built model may differ (img_size).
+        return {**config, "input_size": (3, *self.vit.patch_embed.img_size)}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.vit(x)  # [B, K]
+
+    def forward_with_interactions(self, x: torch.Tensor) -> dict[str, torch.Tensor | None]:
+        """Logits plus per-block CLS rows for the loss and the overlays.
+
+        Returns logits [B, K]; vfm_cls [L, B, P]; agt_cls [L, B, P] or None; gates [L, B, 2]
+        (mean g1, g2 over heads and rows) or None; align_rows: the rows the alignment
+        constrains (agt_cls, or vfm_cls with align_on_original), None when nothing aligns.
+        """
+        with self._recording() as rec:
+            logits = self.vit(x)  # [B, K]
+        vfm = torch.stack(rec.vfm_cls)  # [L, B, P]
+        agt = torch.stack(rec.agt_cls) if rec.agt_cls else None  # [L, B, P]
+        gates = torch.stack(rec.gates) if rec.gates else None  # [L, B, 2]
+        aligned = vfm if self.cfg.align_on_original else agt
+        align = aligned if self.cfg.aligns else None
+        return {
+            "logits": logits,
+            "vfm_cls": vfm,
+            "agt_cls": agt,
+            "gates": gates,
+            "align_rows": align,
+        }
+
+    @contextlib.contextmanager
+    def _recording(self) -> Iterator[InteractionRecord]:
+        rec = InteractionRecord(num_prefix_tokens=self.num_prefix_tokens)
+        layers = self.interaction_layers
+        for layer in layers:
+            layer.recorder = rec
+        try:
+            yield rec
+        finally:
+            for layer in layers:
+                layer.recorder = None
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
+
+    def frozen_state_dict(self) -> dict[str, torch.Tensor]:
+        trainable = {n for n, p in self.named_parameters() if p.requires_grad}
+        return {n: t for n, t in self.state_dict().items() if n not in trainable}
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, total
+
+
+def count_forward_flops(model: nn.Module, img_size: int, batch: int = 1) -> int:
+    """Forward FLOPs (2 per multiply-add) of one batch, from torch's FlopCounterMode.
+
+    It counts matmuls and convolutions; softmax and norms are not counted, as in the usual ViT
+    FLOP tables. SDPA runs on its math backend here because the CPU flash kernel is invisible to
+    the counter, which would undercount the plain ViT's attention and flatter the ratio.
+    """
+    x = torch.zeros(batch, 3, img_size, img_size)
+    was_training = model.training
+    model.eval()
+    with (
+        torch.no_grad(),
+        sdpa_kernel(SDPBackend.MATH),
+        FlopCounterMode(display=False) as counter,
+    ):
+        model(x)
+    model.train(was_training)
+    return int(counter.get_total_flops())
+
+
+def summarize(ivit: IViT, plain: nn.Module) -> str:
+    """Trainable/total parameters and forward FLOPs of the I-ViT against the plain ViT."""
+    img_size = ivit.data_config["input_size"][-1]
+    it, itot = count_parameters(ivit)
+    _, ptot = count_parameters(plain)
+    iflops = count_forward_flops(ivit, img_size)
+    pflops = count_forward_flops(plain, img_size)
+    return (
+        f"I-ViT {ivit.cfg.model} @ {img_size}px: trainable {it / 1e6:.3f}M of {itot / 1e6:.3f}M "
+        f"params (plain ViT {ptot / 1e6:.3f}M, x{itot / ptot:.3f}); forward "
+        f"{iflops / 1e9:.2f} GFLOPs vs {pflops / 1e9:.2f} (x{iflops / pflops:.3f})"
+    )

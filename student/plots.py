@@ -1,0 +1,90 @@
+"""Run figures: loss/accuracy curves from metrics.jsonl and interaction overlays
+(image, C_VFM, C_VLM, C_AGT) for a few validation images."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: runs write PNGs, never open windows
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    lines = Path(path).read_text().splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def plot_curves(metrics_path: str | Path, out_path: str | Path) -> Path:
+    """Loss terms and top-1 per epoch, train and validation, side by side."""
+    rows = read_metrics(metrics_path)
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    for key, style in (
+        ("train_loss", "-"),
+        ("train_ce", "--"),
+        ("train_align", ":"),
+        ("val_loss", "-."),
+    ):
+        points = [(r["epoch"], r[key]) for r in rows if r.get(key) is not None]
+        if points:
+            ax_loss.plot(*zip(*points, strict=True), style, marker="o", label=key)
+    for key in ("train_top1", "val_top1"):
+        points = [(r["epoch"], r[key]) for r in rows if r.get(key) is not None]
+        if points:
+            ax_acc.plot(*zip(*points, strict=True), marker="o", label=key)
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
+    ax_acc.set(xlabel="epoch", ylabel="top-1", title="accuracy", ylim=(0, 1))
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def denormalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """[B, 3, H, W] normalized -> [B, H, W, 3] in [0, 1] for display."""
+    m = torch.tensor(mean, dtype=images.dtype).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=images.dtype).view(1, 3, 1, 1)
+    return (images.detach().cpu() * s + m).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+
+
+def plot_overlays(
+    out_path: str | Path,
+    images: np.ndarray,
+    maps: dict[str, np.ndarray | None],
+    titles: Sequence[str] | None = None,
+) -> Path:
+    """One row per image: the image, then each map ([B, g, g], None when absent) upsampled
+    over it. Maps are shown as given (each already a distribution over the grid)."""
+    columns = [(name, m) for name, m in maps.items() if m is not None]
+    n = images.shape[0]
+    fig, axes = plt.subplots(
+        n, 1 + len(columns), figsize=(2.2 * (1 + len(columns)), 2.2 * n), squeeze=False
+    )
+    h, w = images.shape[1:3]
+    for i in range(n):
+        axes[i, 0].imshow(images[i])
+        axes[i, 0].set_title(titles[i] if titles else "image", fontsize=8)
+        for j, (name, grid_maps) in enumerate(columns, start=1):
+            axes[i, j].imshow(images[i])
+            axes[i, j].imshow(
+                grid_maps[i], cmap="jet", alpha=0.5, extent=(0, w, h, 0), interpolation="nearest"
+            )
+            axes[i, j].set_title(name, fontsize=8)
+        for ax in axes[i]:
+            ax.axis("off")
+    fig.tight_layout()
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=80)
+    plt.close(fig)
+    return out
