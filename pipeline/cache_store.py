@@ -291,8 +291,9 @@ class CacheEntry:
             raise CacheMismatchError(
                 f"spec is for {spec.dataset}/{spec.split} but the index is {index.dataset}/{index.split}"
             )
+        writer_id = writer_id or default_writer_id()
         url = f"{str(root).rstrip('/')}/{cache_key(spec)}"
-        wanted = _new_manifest(spec, index, grid, _jsonable(geometry), writer_id or "")
+        wanted = _new_manifest(spec, index, grid, _jsonable(geometry), writer_id)
         files = EntryFiles(url, storage_options)
         if not files.exists(MANIFEST_FILE):
             # Arrays first, manifest last: a manifest therefore always means the arrays exist.

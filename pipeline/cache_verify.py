@@ -1,0 +1,115 @@
+"""Checking a map-cache entry against its own manifest and commit records (`cache verify`).
+
+Reads with plain zarr and json only, so it also catches damage done by tools other than ours:
+arrays whose metadata drifted from the manifest, commit records that disagree with their rows,
+and committed rows that are neither a normalized map nor an invalid row with a reason.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.cache_spec import CacheMismatchError
+from pipeline.cache_store import (
+    MAP_ARRAYS,
+    NORMALIZED_ATOL_STORED,
+    CacheEntry,
+    ShardNotCommittedError,
+)
+
+
+@dataclass(frozen=True)
+class Problem:
+    where: str  # "manifest", an array name, or a shard name with its row
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.message}"
+
+
+def verify_entry(entry: CacheEntry) -> list[Problem]:
+    """Every disagreement found; an empty list means the entry is sound."""
+    try:
+        entry._check_arrays()
+    except CacheMismatchError as err:
+        return [Problem("arrays", str(err))]
+    problems: list[Problem] = []
+    group = entry.group()
+    for shard_name in sorted(entry.committed_shards(), key=entry.shard_names.index):
+        problems += _verify_shard(entry, group, shard_name)
+    return problems
+
+
+def _verify_shard(entry: CacheEntry, group, shard_name: str) -> list[Problem]:
+    start, stop = entry.shard_rows(shard_name)
+    info = next(s for s in entry.manifest["shards"] if s["name"] == shard_name)
+    try:
+        record = entry.commit_record(shard_name)
+    except (ShardNotCommittedError, ValueError) as err:
+        return [Problem(shard_name, f"commit record unreadable ({err})")]
+    problems = [
+        Problem(
+            shard_name, f"commit record says {field}={record.get(field)!r}, manifest says {want!r}"
+        )
+        for field, want in (
+            ("sha256", info["sha256"]),
+            ("row_start", start),
+            ("row_stop", stop),
+            ("count", info["count"]),
+            ("cache_key", entry.key),
+        )
+        if record.get(field) != want
+    ]
+    # One read per array of exactly this shard's chunk.
+    c_vlm = group["c_vlm"][start:stop].astype(np.float64)  # [n, G, G]
+    others = {name: group[name][start:stop] for name in MAP_ARRAYS[1:]}  # [n, G, G] each
+    valid = group["valid"][start:stop]  # [n]
+    reason = [str(r) for r in group["reason"][start:stop]]
+    keys = [str(k) for k in group["key"][start:stop]]
+    fg = group["fg_correct"][start:stop]  # [n]
+
+    for row in range(stop - start):
+        where = f"{shard_name} row {row} (global {start + row}, key {keys[row]!r})"
+        if not keys[row]:
+            problems.append(Problem(where, "empty key: the row was never written"))
+        for name, maps in (("c_vlm", c_vlm), *others.items()):
+            if not np.isfinite(maps[row]).all():
+                problems.append(Problem(where, f"{name} has non-finite values"))
+        if fg[row] not in (-1, 0, 1):
+            problems.append(Problem(where, f"fg_correct is {int(fg[row])}, not 1/0/-1"))
+        if valid[row]:
+            total = c_vlm[row].sum()
+            if (c_vlm[row] < 0).any():
+                problems.append(Problem(where, "valid c_vlm has negative values"))
+            if not abs(total - 1.0) <= NORMALIZED_ATOL_STORED:
+                problems.append(Problem(where, f"valid c_vlm sums to {total:.6f}, not 1"))
+        else:
+            if not reason[row]:
+                problems.append(Problem(where, "invalid row without a reason"))
+            if np.nan_to_num(c_vlm[row], nan=1.0).any():
+                problems.append(Problem(where, "invalid row with a non-zero c_vlm"))
+    if len(set(keys)) != len(keys):
+        problems.append(Problem(shard_name, "duplicate keys within the shard"))
+
+    invalid_reasons = Counter(r for r, ok in zip(reason, valid, strict=True) if not ok)
+    counted = {
+        "valid": int(valid.sum()),
+        "invalid": int((~valid).sum()),
+        "invalid_by_reason": dict(sorted(invalid_reasons.items())),
+        "fg_correct": {
+            "correct": int((fg == 1).sum()),
+            "wrong": int((fg == 0).sum()),
+            "unknown": int((fg == -1).sum()),
+        },
+    }
+    for field, found in counted.items():
+        if record.get(field) != found:
+            problems.append(
+                Problem(
+                    shard_name, f"commit record says {field}={record.get(field)}, rows give {found}"
+                )
+            )
+    return problems
