@@ -70,7 +70,7 @@ class StudentConfig(BaseModel):
         ),
     )
     kl_eps: float = Field(
-        default=1e-6, gt=0.0, description="smoothing for 'agt||vlm' and log floors"
+        default=1e-6, gt=0.0, description="smoothing of C_VLM for the literal agt||vlm direction"
     )
     seed: int = Field(default=0, description="seeds random init (WEIGHTS=none, new head, gates)")
 

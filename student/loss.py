@@ -16,8 +16,10 @@ def renormalize(rows: torch.Tensor) -> torch.Tensor:
     return rows / rows.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(rows.dtype).tiny)
 
 
-def kl_divergence(p: torch.Tensor, q: torch.Tensor, floor: float) -> torch.Tensor:
-    """KL(p || q) along the last axis; p's exact zeros contribute 0 (xlogy), q is floored."""
+def kl_divergence(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) along the last axis; p's exact zeros contribute 0 (xlogy). q is floored at
+    the dtype's smallest normal only so that a softmax underflow cannot produce log(0)."""
+    floor = torch.finfo(q.dtype).tiny
     return (torch.xlogy(p, p) - p * q.clamp_min(floor).log()).sum(dim=-1)
 
 
@@ -68,9 +70,9 @@ class InteractionCriterion(nn.Module):
         student = renormalize(rows[:, valid].float())  # [L, V, P]
         teacher = c_vlm[valid].reshape(1, -1, num_patches).float()  # [1, V, P]
         if self.kl_direction == "vlm||agt":
-            kl = kl_divergence(teacher.expand_as(student), student, self.kl_eps)  # [L, V]
+            kl = kl_divergence(teacher.expand_as(student), student)  # [L, V]
         else:
             # The paper's literal KL(C_AGT || C_VLM): C_VLM's zeros would make it infinite.
             smoothed = (teacher + self.kl_eps) / (1.0 + num_patches * self.kl_eps)  # [1, V, P]
-            kl = kl_divergence(student, smoothed.expand_as(student), self.kl_eps)  # [L, V]
+            kl = kl_divergence(student, smoothed.expand_as(student))  # [L, V]
         return kl.mean()  # mean over blocks and valid rows
