@@ -1,0 +1,152 @@
+"""The fast path: SDPA for every layer's output, plus only the attention rows we need.
+
+`rows_attention_forward` is registered with transformers' AttentionInterface and used by the
+language model only (the vision tower keeps SDPA). While a RowCapture is active it computes,
+for the selected decoder layers, softmax(q k^T * scaling + mask) for a handful of query rows
+(the forced answer's rows at prefill, the single query of every decode step), keeps the
+image-token columns and accumulates their head mean. Full attention is never materialized:
+the extra work is O(rows x keys) per head instead of O(keys^2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
+import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+ROWS_ATTENTION = "lfi_rows"
+
+
+class RowCapture:
+    """Head/layer-mean attention rows over the image columns, for a batch of sequences.
+
+    Positions are indices into the (left-padded) batch sequence. `prefill_rows[b]` lists the
+    query positions kept from the prompt's forward; every decode step keeps its single query,
+    whose position is `prompt_length + step`.
+    """
+
+    def __init__(
+        self,
+        prefill_rows: torch.Tensor,  # [B, R] long, padded positions (repeat the last to fill)
+        image_start: torch.Tensor,  # [B] long, position of each sequence's first image token
+        num_image_tokens: int,
+        prompt_length: int,  # padded prompt length P
+        layers: list[int],
+        heads: list[int] | None,
+    ) -> None:
+        self.prefill_rows = prefill_rows
+        self.image_start = image_start
+        self.num_image_tokens = num_image_tokens
+        self.prompt_length = prompt_length
+        self.layers = set(layers)
+        self.first_layer = min(layers)
+        self.heads = heads
+        self.prefill: torch.Tensor | None = None  # [B, R, I], summed over layers
+        self.decode: list[torch.Tensor] = []  # per step: [B, I], summed over layers
+
+    def record(
+        self,
+        layer_idx: int,
+        query: torch.Tensor,  # [B, H, q, D]
+        key: torch.Tensor,  # [B, Hkv, K, D] (whole cache)
+        attention_mask: torch.Tensor | None,  # [B or 1, 1, q, K] bool/additive, or None = causal
+        scaling: float,
+    ) -> None:
+        if layer_idx not in self.layers:
+            return
+        batch, heads, q_len, dim = query.shape
+        kv_heads, k_len = key.shape[1], key.shape[2]
+        if q_len > 1:
+            rows = self.prefill_rows.to(query.device)  # [B, R] absolute positions
+        else:
+            rows = torch.full((batch, 1), k_len - 1, device=query.device)  # [B, 1]
+        n_rows = rows.shape[1]
+        local = rows - (k_len - q_len)  # [B, R] index into this forward's queries
+        q = query.gather(2, local[:, None, :, None].expand(batch, heads, n_rows, dim))  # [B,H,R,D]
+        # GQA without repeat_kv: query heads h = g * n_rep + r share key head g.
+        n_rep = heads // kv_heads
+        q = q.reshape(batch, kv_heads, n_rep * n_rows, dim)  # [B, Hkv, n_rep*R, D]
+        scores = (q.float() @ key.float().transpose(-1, -2)) * scaling  # [B, Hkv, n_rep*R, K]
+        scores = scores.view(batch, heads, n_rows, k_len)  # [B, H, R, K]
+        if attention_mask is None:
+            # SDPA's is_causal path: a query sees every key at or before its own position.
+            keys = torch.arange(k_len, device=query.device)
+            allowed = keys[None, None, :] <= rows[:, :, None]  # [B, R, K]
+            scores = scores.masked_fill(~allowed[:, None], float("-inf"))
+        else:
+            mask = attention_mask[:, 0].expand(batch, q_len, k_len)  # [B, q, K]
+            mask = mask.gather(1, local[:, :, None].expand(batch, n_rows, k_len))  # [B, R, K]
+            if mask.dtype == torch.bool:
+                scores = scores.masked_fill(~mask[:, None], float("-inf"))
+            else:
+                scores = scores + mask[:, None].float()
+        probs = scores.softmax(dim=-1)  # [B, H, R, K]
+        if self.heads is not None:
+            probs = probs[:, self.heads]
+        columns = self.image_start.to(query.device)[:, None] + torch.arange(
+            self.num_image_tokens, device=query.device
+        )  # [B, I]
+        head_mean = probs.mean(dim=1)  # [B, R, K]
+        image_rows = head_mean.gather(2, columns[:, None, :].expand(batch, n_rows, -1))  # [B,R,I]
+        if q_len > 1:
+            self.prefill = image_rows if self.prefill is None else self.prefill + image_rows
+        elif layer_idx == self.first_layer:
+            self.decode.append(image_rows[:, 0])  # a new decode step begins
+        else:
+            self.decode[-1] = self.decode[-1] + image_rows[:, 0]
+
+    def row(self, item: int, position: int) -> torch.Tensor:
+        """Layer-mean image attention [I] of the query at padded `position` of sequence `item`."""
+        if position >= self.prompt_length:
+            step = position - self.prompt_length
+            return self.decode[step][item] / len(self.layers)
+        if self.prefill is None:
+            raise RuntimeError("no prefill forward was captured")
+        matches = (self.prefill_rows[item] == position).nonzero()
+        if len(matches) == 0:
+            raise KeyError(f"prefill row {position} of item {item} was not requested")
+        return self.prefill[item, int(matches[0, 0])] / len(self.layers)
+
+
+_ACTIVE: ContextVar[RowCapture | None] = ContextVar("lfi_row_capture", default=None)
+
+
+def rows_attention_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    is_causal: bool | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    capture = _ACTIVE.get()
+    if capture is not None:
+        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+        capture.record(module.layer_idx, query, key, attention_mask, scale)
+    return sdpa_attention_forward(
+        module, query, key, value, attention_mask,
+        dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs,
+    )  # fmt: skip
+
+
+def register_rows_attention() -> None:
+    """Make ROWS_ATTENTION a valid attn_implementation (idempotent); masks as for SDPA."""
+    AttentionInterface.register(ROWS_ATTENTION, rows_attention_forward)
+    AttentionMaskInterface.register(ROWS_ATTENTION, sdpa_mask)
+
+
+@contextmanager
+def capturing(capture: RowCapture) -> Iterator[RowCapture]:
+    token = _ACTIVE.set(capture)
+    try:
+        yield capture
+    finally:
+        _ACTIVE.reset(token)

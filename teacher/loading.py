@@ -1,0 +1,108 @@
+"""Loading LLaVA-1.5 (hub id, local directory or the tiny teacher) with bitsandbytes quantization.
+
+One code path for every checkpoint: `from_pretrained` with a BitsAndBytesConfig when quantized,
+SDPA in the vision tower and the row-capturing attention (teacher.capture) in the language model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+from transformers import BitsAndBytesConfig, LlavaForConditionalGeneration, LlavaProcessor
+
+from teacher.capture import ROWS_ATTENTION, register_rows_attention
+from teacher.config import TeacherConfig
+
+TINY_ALIAS = "tiny"
+TINY_DIR = Path("data/models/tiny-llava")
+
+
+class TeacherWeightsError(RuntimeError):
+    """The checkpoint could not be found locally nor downloaded."""
+
+
+def resolve_model(model: str) -> str:
+    if model == TINY_ALIAS:
+        if not (TINY_DIR / "config.json").exists():
+            raise TeacherWeightsError(
+                f"TEACHER=tiny but {TINY_DIR} holds no checkpoint; build it with "
+                f"`make tiny-teacher` (python -m teacher.tiny --out {TINY_DIR})"
+            )
+        return str(TINY_DIR)
+    return model
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def quantization_config(cfg: TeacherConfig) -> BitsAndBytesConfig | None:
+    dtype = getattr(torch, cfg.dtype)
+    if cfg.quant == "4bit":
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=dtype,
+            # The vision tower and projector stay in full precision, as in LLaVA's own 4-bit setup.
+            llm_int8_skip_modules=["vision_tower", "multi_modal_projector", "lm_head"],
+        )
+    if cfg.quant == "8bit":
+        return BitsAndBytesConfig(
+            load_in_8bit=True,
+            llm_int8_skip_modules=["vision_tower", "multi_modal_projector", "lm_head"],
+        )
+    return None
+
+
+def load_model_and_processor(
+    cfg: TeacherConfig,
+) -> tuple[LlavaForConditionalGeneration, LlavaProcessor, str]:
+    """(model in eval mode, processor, resolved path or hub id)."""
+    source = resolve_model(cfg.model)
+    device = resolve_device(cfg.device)
+    register_rows_attention()
+    try:
+        processor = LlavaProcessor.from_pretrained(source, revision=cfg.revision)
+        model = LlavaForConditionalGeneration.from_pretrained(
+            source,
+            revision=cfg.revision,
+            dtype=getattr(torch, cfg.dtype),
+            quantization_config=quantization_config(cfg),
+            device_map=device,
+            attn_implementation={"text_config": ROWS_ATTENTION, "vision_config": "sdpa"},
+            trust_remote_code=False,
+        )
+    except OSError as err:  # hub unreachable, repo missing, no cached weights, bad directory
+        raise TeacherWeightsError(
+            f"could not load teacher weights {source!r}: {err}\n"
+            "Without network access the weights must already be on disk: download "
+            "llava-hf/llava-1.5-7b-hf once (huggingface-cli download llava-hf/llava-1.5-7b-hf) "
+            "and set TEACHER=/path/to/that/directory, or use TEACHER=tiny "
+            "(`make tiny-teacher` builds a random tiny LLaVA for offline runs)."
+        ) from err
+    if processor.tokenizer.pad_token is None:
+        # LLaVA-1.5's tokenizer has a <pad> token; this guards other checkpoints.
+        processor.tokenizer.pad_token = processor.tokenizer.unk_token
+    processor.tokenizer.padding_side = "left"  # batched generation continues every row at its end
+    return model.eval(), processor, source
+
+
+def weights_fingerprint(source: str, model: LlavaForConditionalGeneration) -> dict:
+    """What identifies the weights: the hub commit when known, else hashes of local files."""
+    commit = getattr(model.config, "_commit_hash", None)
+    fingerprint: dict = {"source": source, "commit": commit}
+    path = Path(source)
+    if path.is_dir():
+        digest = hashlib.sha256()
+        for file in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.json")):
+            # Header + size is enough to tell checkpoints apart without reading 14 GB.
+            with file.open("rb") as fh:
+                digest.update(file.name.encode() + fh.read(1 << 20))
+            digest.update(str(file.stat().st_size).encode())
+        fingerprint["files_sha256"] = digest.hexdigest()
+    fingerprint["text_layers"] = model.config.text_config.num_hidden_layers
+    return fingerprint
