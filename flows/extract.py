@@ -1,0 +1,252 @@
+"""The extraction flow: shards -> teacher -> map cache, one task per uncommitted shard.
+
+    python -m flows.extract --dataset sample --teacher tiny        (what `make extract` runs)
+
+The flow body is plain calls; the work is in `teacher.shard_job` and `pipeline.cache`. Tasks get
+paths, keys and a JSON config, so any task runner (threads, a Dask cluster, remote workers) can
+place them; each worker process loads its teacher once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Literal
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.futures import as_completed
+from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import BaseModel, Field
+
+import flows  # noqa: F401  (Prefect settings)
+from flows.runtime import default_concurrency, device_pool, get_teacher
+from pipeline.cache import CacheEntry, CacheSpec
+from pipeline.config import ShardsConfig
+from pipeline.paths import data_dir
+from pipeline.records import read_index
+from pipeline.shards_command import ensure_shards
+
+
+class ExtractParams(BaseModel):
+    """Everything an extraction run needs; Prefect renders it as the deployment's form."""
+
+    dataset: str = Field("sample", description="a name from data/registry.json")
+    split: str = Field("train", description="dataset split")
+    root: str | None = Field(None, description="raw dataset folder (default: the registry's)")
+    shards_root: str = Field(str(data_dir() / "shards"), description="where shards live")
+    shard_size: int = Field(1000, ge=1, description="samples per shard when shards are written")
+    teacher: str = Field("llava-hf/llava-1.5-7b-hf", description="hub id, local dir, or 'tiny'")
+    quant: Literal["4bit", "8bit", "none"] = "4bit"
+    dtype: Literal["float16", "bfloat16", "float32"] = "float16"
+    prompt: Literal["prompt1", "prompt2", "prompt3", "dense"] = "prompt1"
+    answer_mode: Literal["forced-foreground", "generate"] = "forced-foreground"
+    cache_root: str = Field(str(data_dir() / "cache"), description="local path or s3:// URL")
+    batch_size: int = Field(8, ge=1, description="images per teacher forward")
+    concurrency: int = Field(0, ge=0, description="shards at once; 0 = one per GPU (1 on CPU)")
+    audit: bool = Field(False, description="record token ids and positions next to each map")
+    previews: int = Field(6, ge=0, description="overlay PNGs saved in the entry")
+
+    def teacher_config_json(self) -> str:
+        from teacher import TeacherConfig
+
+        return TeacherConfig(
+            model=self.teacher,
+            quant=self.quant,
+            dtype=self.dtype,
+            prompt=self.prompt,
+            answer_mode=self.answer_mode,
+            batch_size=self.batch_size,
+            audit=self.audit,
+        ).model_dump_json()
+
+    def shard_dir(self) -> Path:
+        return Path(self.shards_root) / self.dataset / self.split
+
+
+def _open_entry(params: ExtractParams, device: str = "auto") -> tuple[CacheEntry, object]:
+    """The cache entry for these params (created when absent) and this process's teacher."""
+    index = read_index(params.shard_dir())
+    teacher = get_teacher(params.teacher_config_json(), index.classes, device)
+    spec = CacheSpec(
+        dataset=index.dataset,
+        split=index.split,
+        dataset_fingerprint=index.fingerprint,
+        teacher=teacher.spec(),
+    )
+    entry = CacheEntry.create_or_open(
+        params.cache_root, spec, index, grid=teacher.grid, geometry=teacher.geometry_spec()
+    )
+    return entry, teacher
+
+
+@task(retries=1, retry_delay_seconds=5)
+def prepare_shards(params: ExtractParams) -> str:
+    """Write the shards if they are missing or stale; returns their directory."""
+    config = ShardsConfig(
+        dataset=params.dataset,
+        split=params.split,
+        root=params.root,
+        shards=Path(params.shards_root),
+        shard_size=params.shard_size,
+    )
+    outcome = ensure_shards(config)
+    get_run_logger().info(
+        "shards %s: %d samples in %d shard(s), %s",
+        outcome.out_dir,
+        outcome.index.num_samples,
+        len(outcome.index.shards),
+        "up to date" if outcome.up_to_date else "written",
+    )
+    return str(outcome.out_dir)
+
+
+@task(retries=2, retry_delay_seconds=10)
+def open_cache_entry(params: ExtractParams) -> tuple[str, list[str]]:
+    """Create or open the entry; returns its location and the shards still to compute."""
+    entry, _ = _open_entry(params)
+    return entry.path, entry.pending_shards()
+
+
+@task(retries=2, retry_delay_seconds=10, task_run_name="extract {shard_name}")
+def extract_shard(params: ExtractParams, shard_name: str, poll_s: float = 2.0) -> dict:
+    """Compute and commit one shard, unless another writer holds or finished it."""
+    from teacher.shard_job import extract_shard_maps
+
+    logger = get_run_logger()
+    with device_pool().acquire() as device:
+        entry, teacher = _open_entry(params, device if device != "cpu" else "auto")
+        while not entry.claim_shard(shard_name):
+            if shard_name in entry.committed_shards():
+                logger.info("%s: committed by another writer", shard_name)
+                return {"shard": shard_name, "status": "committed elsewhere"}
+            time.sleep(poll_s)  # another live writer holds it: wait for its commit or lease
+        started = time.perf_counter()
+        try:
+            maps = extract_shard_maps(teacher, params.shard_dir() / shard_name)
+            written = entry.write_shard(shard_name, maps)
+        finally:
+            entry.release_shard(shard_name)
+    seconds = time.perf_counter() - started
+    logger.info(
+        "%s: %d rows in %.1f s (%d invalid)",
+        shard_name,
+        len(maps),
+        seconds,
+        int((~maps.valid).sum()),
+    )
+    return {
+        "shard": shard_name,
+        "status": "written" if written else "committed elsewhere",
+        "rows": len(maps),
+        "seconds": seconds,
+    }
+
+
+@task
+def publish_summary(
+    params: ExtractParams, entry_path: str, results: list[dict], wall_s: float
+) -> dict:
+    """Summary artifact: where the entry is, what it holds, and preview overlays."""
+    from teacher.previews import save_previews
+
+    entry, _ = _open_entry(params)
+    summary = entry.summary()
+    written = [r for r in results if r.get("status") == "written"]
+    rows_now = sum(r["rows"] for r in written)
+    seconds = sum(r["seconds"] for r in written)
+    summary["seconds_per_image"] = seconds / rows_now if rows_now else None
+    summary["wall_seconds"] = wall_s
+    summary["previews"] = save_previews(entry, params.shard_dir(), count=params.previews)
+    fg = summary["fg_accuracy"]
+    lines = [
+        f"# Map cache entry `{summary['cache_key']}`",
+        f"- location: `{summary['path']}`",
+        f"- shards committed: {summary['shards_committed']}/{summary['shards_total']}",
+        f"- rows written: {summary['rows_written']} ({summary['rows_invalid']} invalid)",
+        f"- foreground accuracy: {'n/a' if fg is None else f'{fg:.1%}'}",
+        "- time per image (this run): "
+        + ("n/a (nothing computed)" if not rows_now else f"{seconds / rows_now:.3f} s"),
+        "## Invalid rows by reason",
+        *(f"- {reason}: {n}" for reason, n in summary["invalid_by_reason"].items()),
+        "## Previews",
+        *(f"- `{p}`" for p in summary["previews"]),
+    ]
+    create_markdown_artifact(
+        "\n".join(lines), key="extract-summary", description="map cache summary"
+    )
+    if results:
+        create_table_artifact(results, key="extract-shards", description="per-shard results")
+    return summary
+
+
+@flow(name="extract-maps", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=1))
+def extract_flow(params: ExtractParams) -> dict:
+    """Teacher maps for every uncommitted shard of a dataset split, into the map cache."""
+    started = time.perf_counter()
+    prepare_shards(params)
+    entry_path, pending = open_cache_entry(params)
+    progress = create_progress_artifact(
+        0.0, description=f"shards committed by this run of {len(pending)}"
+    )
+    results = []
+    for done, future in enumerate(as_completed(extract_shard.map(params, pending)), start=1):
+        results.append(future.result())
+        update_progress_artifact(progress, 100.0 * done / max(1, len(pending)))
+    update_progress_artifact(progress, 100.0)
+    return publish_summary(params, entry_path, results, time.perf_counter() - started)
+
+
+def run_extract(params: ExtractParams, runner: str = "threads", workers: int = 2) -> dict:
+    """Run the flow with the chosen task runner (threads in-process, or a local Dask cluster)."""
+    concurrency = params.concurrency or default_concurrency()
+    if runner == "dask":
+        from prefect_dask import DaskTaskRunner
+
+        task_runner = DaskTaskRunner(
+            cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True}
+        )
+    else:
+        task_runner = ThreadPoolTaskRunner(max_workers=concurrency)
+    return extract_flow.with_options(task_runner=task_runner)(params)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m flows.extract", description=__doc__)
+    for name, field in ExtractParams.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        if field.annotation is bool:
+            parser.add_argument(flag, action="store_true", help=field.description)
+        else:
+            parser.add_argument(flag, default=field.default, help=field.description)
+    parser.add_argument("--runner", choices=["threads", "dask"], default="threads")
+    parser.add_argument("--workers", type=int, default=2, help="Dask worker processes")
+    args = vars(parser.parse_args(argv))
+    runner, workers = args.pop("runner"), args.pop("workers")
+    params = ExtractParams.model_validate({k: v for k, v in args.items() if v is not None})
+    summary = run_extract(params, runner, workers)
+    print(
+        json.dumps(
+            {
+                k: summary[k]
+                for k in ("cache_key", "path", "rows_written", "rows_invalid", "fg_accuracy")
+            },
+            indent=1,
+        )
+    )
+    print(f"map cache entry: {summary['path']}")
+    if summary["previews"]:
+        print(f"preview overlays: {Path(summary['previews'][0]).parent}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""Per-process state of flow workers: loaded teachers and the accelerator each task may use.
+
+Tasks receive paths and keys, never models (DESIGN 6); a worker process loads a teacher once
+and keeps it for every shard it is given, whichever task runner placed the task there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import queue
+import threading
+from collections.abc import Iterator
+from functools import lru_cache
+
+import torch
+
+
+@lru_cache(maxsize=2)
+def _teacher(config_json: str, vocabulary: tuple[str, ...], device: str):
+    from teacher import TeacherConfig, load_teacher
+
+    config = TeacherConfig.model_validate_json(config_json)
+    if device != "auto":
+        config = config.model_copy(update={"device": device})
+    return load_teacher(config, vocabulary=list(vocabulary))
+
+
+_load_lock = threading.Lock()
+
+
+def get_teacher(config_json: str, vocabulary: list[str], device: str = "auto"):
+    """This process's teacher for `config_json` (loaded on first use, then reused)."""
+    canonical = json.dumps(json.loads(config_json), sort_keys=True)
+    with _load_lock:  # two threads must not load the same 7B model twice
+        return _teacher(canonical, tuple(vocabulary), device)
+
+
+class DevicePool:
+    """Hands each concurrent task its own GPU (or the CPU), so one task runs per device."""
+
+    def __init__(self) -> None:
+        count = torch.cuda.device_count()
+        self.devices = [f"cuda:{i}" for i in range(count)] or ["cpu"]
+        self._free: queue.Queue[str] = queue.Queue()
+        for device in self.devices:
+            self._free.put(device)
+
+    @contextlib.contextmanager
+    def acquire(self) -> Iterator[str]:
+        device = self._free.get()
+        try:
+            yield device
+        finally:
+            self._free.put(device)
+
+
+_pool: DevicePool | None = None
+
+
+def device_pool() -> DevicePool:
+    global _pool
+    if _pool is None:
+        _pool = DevicePool()
+    return _pool
+
+
+def default_concurrency() -> int:
+    """One task per GPU; one on a CPU-only machine (a teacher already uses every core)."""
+    return max(1, torch.cuda.device_count())
