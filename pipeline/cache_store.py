@@ -572,7 +572,10 @@ def _require_same_identity(url: str, found: dict[str, Any], wanted: dict[str, An
 
 def _create_arrays(store: Any, manifest: dict[str, Any]) -> None:
     """Create the group and arrays; a racing creator writes identical metadata, so ignore it."""
-    group = zarr.open_group(store, mode="a", zarr_format=3)
+    try:
+        group = zarr.open_group(store, mode="a", zarr_format=3)
+    except zarr.errors.ContainsGroupError:  # another creator won the race between check and set
+        group = zarr.open_group(store, mode="r+", zarr_format=3)
     for name, (data_type, fill) in ROW_ARRAYS.items():
         if name in group:
             continue  # validated against the manifest after opening
