@@ -94,6 +94,18 @@ def teacher_view_rect(geometry: Mapping[str, Any], width: int, height: int) -> R
     )
 
 
+def check_view_geometry(geometry: Any, where: str) -> None:
+    """Fail early (in the main process, naming the file) if `geometry` cannot place a map."""
+    if not isinstance(geometry, Mapping):
+        raise ValueError(
+            f"{where}: 'geometry' must be an object with mode and size, got {geometry!r}"
+        )
+    try:
+        teacher_view_rect(geometry, 1, 1)
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from err
+
+
 def center_crop_rect(width: int, height: int, crop_fraction: float = 1.0) -> Rect:
     """The evaluation view: the centered square of side crop_fraction * min(w, h).
 

@@ -1,0 +1,431 @@
+"""The student's input pipeline: WebDataset shards joined with cached C_VLM maps (DESIGN 3, 5).
+
+Per worker, the stages are:
+
+    tar reader (shards split by node, then by worker) -> FRACTION subset by key
+    -> join with the shard's committed maps (read once per shard) -> sample shuffle buffer
+    -> decode + one geometric view applied to image and map together -> batches
+
+The join sits before the shuffle buffer on purpose: the tar reader delivers a shard's samples
+contiguously, so each shard's rows are read from the cache once, as one chunk per array; after
+the buffer, shards interleave. Decoding sits after the buffer so it holds compressed bytes.
+
+Batches are dicts: image float[B, 3, S, S] (normalized), label long[B], c_vlm float[B, g, g]
+(g = S / patch; sums to 1 where map_valid, zeros elsewhere), map_valid bool[B], key list[str],
+domain list[str | None].
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import webdataset as wds
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from pipeline.cache import CacheEntry, ShardNotCommittedError, open_entry
+from pipeline.records import INDEX_FILE, SampleRecord, ShardIndex, read_index
+from pipeline.shard_reader import image_member
+from student.maps import PairedTransform, Rect, check_view_geometry, teacher_view_rect
+
+log = logging.getLogger(__name__)
+
+Batch = dict[str, Any]
+
+
+class LoaderConfig(BaseModel):
+    """Everything that decides which samples a loader yields and how they look."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    shard_dir: Path = Field(
+        description="data/shards/<dataset> (the split is a subfolder) or the split folder itself"
+    )
+    split: str
+    cache_entry: str | None = Field(
+        default=None, description="<cache root>/<cache_key> path or URL; None: no maps"
+    )
+    storage_options: dict[str, Any] | None = Field(
+        default=None, description="fsspec options for a cache entry on an object store"
+    )
+    img_size: int = Field(gt=0)
+    patch_size: int = Field(gt=0)
+    batch_size: int = Field(gt=0)
+    train: bool
+    num_workers: int = Field(default=4, ge=0)
+    fraction: float = Field(
+        default=1.0, gt=0.0, le=1.0, description="seeded share of the keys to use (1/10/50/100 %)"
+    )
+    seed: int = 0
+    mean: tuple[float, float, float] = Field(description="the backbone's pretrained_cfg mean")
+    std: tuple[float, float, float] = Field(description="the backbone's pretrained_cfg std")
+    crop_scale: tuple[float, float] = Field(
+        default=(0.25, 1.0),
+        description=(
+            "RandomResizedCrop area range; above timm's 0.08 because a crop that misses the "
+            "object leaves no C_VLM mass and so no alignment signal for that sample"
+        ),
+    )
+    crop_ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0)
+    hflip_p: float = Field(default=0.5, ge=0.0, le=1.0)
+    eval_crop_fraction: float = Field(
+        default=1.0,
+        gt=0.0,
+        le=1.0,
+        description="eval center crop of the short side; 1.0 because small images lose objects",
+    )
+    shuffle_buffer: int = Field(default=1000, ge=0, description="samples; 0 keeps shard order")
+
+    @model_validator(mode="after")
+    def _grid_fits(self) -> LoaderConfig:
+        if self.img_size % self.patch_size:
+            raise ValueError(
+                f"LoaderConfig: img_size {self.img_size} is not a multiple of patch_size "
+                f"{self.patch_size}"
+            )
+        return self
+
+    @property
+    def grid(self) -> int:
+        return self.img_size // self.patch_size
+
+
+# ---- which samples ------------------------------------------------------------------------
+
+
+def in_fraction(key: str, fraction: float, seed: int) -> bool:
+    """Whether `key` belongs to the seeded FRACTION subset.
+
+    A hash of (seed, key), not a random draw, so every epoch, worker and rank agrees on the
+    subset without communicating, and a larger fraction contains every smaller one.
+    """
+    if fraction >= 1.0:
+        return True
+    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") < fraction * 2**64
+
+
+class FractionFilter:
+    """Picklable predicate on raw webdataset samples (workers receive it by pickling)."""
+
+    def __init__(self, fraction: float, seed: int) -> None:
+        self.fraction, self.seed = fraction, seed
+
+    def __call__(self, sample: dict[str, Any]) -> bool:
+        return in_fraction(sample["__key__"], self.fraction, self.seed)
+
+
+def derive_seed(*parts: object) -> int:
+    """A 63-bit seed from labelled parts (run seed, epoch, repeat): stable across processes."""
+    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+def resolve_split_dir(shard_dir: Path, split: str) -> Path:
+    """The folder with index.json: `shard_dir/split`, or `shard_dir` if it is that split."""
+    for candidate in (shard_dir / split, shard_dir):
+        if (candidate / INDEX_FILE).exists():
+            index_split = read_index(candidate).split
+            if index_split != split:
+                raise ValueError(
+                    f"{candidate / INDEX_FILE} is split {index_split!r}, not {split!r}"
+                )
+            return candidate
+    raise FileNotFoundError(
+        f"no {INDEX_FILE} in {shard_dir / split} or {shard_dir}; write the shards first "
+        f"(make shards DATASET=... SPLIT={split})"
+    )
+
+
+def distributed_position() -> tuple[int, int]:
+    """(rank, world size) exactly as webdataset's split_by_node will see them."""
+    rank, world_size, _, _ = wds.utils.pytorch_worker_info()
+    return rank, world_size
+
+
+def epoch_length(
+    index: ShardIndex,
+    batch_size: int,
+    train: bool,
+    fraction: float = 1.0,
+    seed: int = 0,
+    num_workers: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+) -> int:
+    """Batches one rank yields per epoch.
+
+    Training: every rank yields the same number of full batches (DDP needs equal step counts),
+    selected samples // (world_size * batch_size). Evaluation: this rank's shards as its workers
+    split them, each worker ending with a partial batch.
+    """
+    counts = [sum(in_fraction(k, fraction, seed) for k in shard.keys) for shard in index.shards]
+    if train:
+        return sum(counts) // (world_size * batch_size)
+    workers = max(1, num_workers)
+    rank_counts = counts[rank::world_size]
+    return sum(-(-sum(rank_counts[w::workers]) // batch_size) for w in range(workers))
+
+
+# ---- the map join --------------------------------------------------------------------------
+
+
+class ShardMapJoin:
+    """Pipeline stage: attach each sample's cached C_VLM row, reading each shard's rows once.
+
+    Samples of shards without a commit record get no map (map_valid False) rather than
+    stopping training: a cache still being extracted is usable, and the skip is logged once.
+    """
+
+    def __init__(self, entry_path: str, storage_options: dict[str, Any] | None) -> None:
+        self.entry_path = entry_path
+        self.storage_options = storage_options
+        self._entry: CacheEntry | None = None  # opened lazily: once per worker process
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_entry": None}  # zarr handles stay in the process that made them
+
+    def entry(self) -> CacheEntry:
+        if self._entry is None:
+            self._entry = open_entry(self.entry_path, self.storage_options)
+        return self._entry
+
+    def read_rows(self, shard_name: str) -> dict[str, tuple[np.ndarray, bool]] | None:
+        """key -> (c_vlm [G, G] float16, valid) for a committed shard, None for a pending one."""
+        entry = self.entry()
+        try:
+            entry.commit_record(shard_name)  # the commit is written after the data: check it first
+        except ShardNotCommittedError:
+            log.warning("%s: shard %s has no committed maps; its samples train without C_VLM",
+                        self.entry_path, shard_name)  # fmt: skip
+            return None
+        start, stop = entry.shard_rows(shard_name)
+        group = entry.group()
+        # Only what the student needs, one chunk each: c_fore/c_back/answer stay on disk.
+        keys = group["key"][start:stop]  # [n]
+        c_vlm = group["c_vlm"][start:stop]  # [n, G, G] float16
+        valid = group["valid"][start:stop]  # [n]
+        return {str(k): (c_vlm[i], bool(valid[i])) for i, k in enumerate(keys)}
+
+    def __call__(self, samples: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        current_url, rows = None, None
+        for sample in samples:
+            url = sample["__url__"]
+            if url != current_url:
+                current_url, rows = url, self.read_rows(Path(url).name)
+            if rows is None:
+                sample["teacher_map"] = None
+            else:
+                key = sample["__key__"]
+                if key not in rows:
+                    raise KeyError(
+                        f"{self.entry_path}: committed maps of {Path(url).name} have no row for "
+                        f"sample {key!r}; the entry does not belong to these shards"
+                    )
+                sample["teacher_map"] = rows[key]
+            yield sample
+
+
+# ---- decode, augment, collate -----------------------------------------------------------
+
+
+class DecodeAndView:
+    """Pipeline stage: raw sample -> image tensor, label, student-grid map (one shared view)."""
+
+    def __init__(self, transform: PairedTransform, geometry: dict[str, Any] | None) -> None:
+        self.transform = transform
+        self.geometry = geometry
+
+    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
+        key, url = sample["__key__"], sample.get("__url__", "?")
+        try:
+            record = SampleRecord.model_validate_json(sample["json"])
+        except (KeyError, ValueError) as err:
+            raise ValueError(f"{url}: sample {key!r} has no valid json record ({err})") from err
+        _, data = image_member(sample)
+        image = Image.open(io.BytesIO(data)).convert("RGB")
+        if image.size != (record.width, record.height):
+            raise ValueError(
+                f"{url}: sample {key!r} decodes to {image.size} but its record says "
+                f"{(record.width, record.height)}; maps would land on the wrong pixels"
+            )
+        teacher_map = sample.get("teacher_map")
+        view: Rect | None = None
+        c_vlm, valid = None, False
+        if teacher_map is not None and self.geometry is not None:
+            c_vlm, valid = teacher_map
+            view = teacher_view_rect(self.geometry, record.width, record.height)
+        tensor, student_map, map_valid = self.transform(image, c_vlm, valid, view)
+        return {
+            "image": tensor,  # [3, S, S]
+            "label": record.label,
+            "c_vlm": student_map,  # [g, g]
+            "map_valid": map_valid,
+            "key": key,
+            "domain": record.domain,
+        }
+
+
+def collate(samples: list[dict[str, Any]]) -> Batch:
+    return {
+        "image": torch.stack([s["image"] for s in samples]),  # [B, 3, S, S]
+        "label": torch.tensor([s["label"] for s in samples], dtype=torch.long),  # [B]
+        "c_vlm": torch.from_numpy(np.stack([s["c_vlm"] for s in samples])),  # [B, g, g]
+        "map_valid": torch.tensor([s["map_valid"] for s in samples], dtype=torch.bool),  # [B]
+        "key": [s["key"] for s in samples],
+        "domain": [s["domain"] for s in samples],
+    }
+
+
+# ---- the loader ---------------------------------------------------------------------------
+
+
+class ShardMapLoader:
+    """An epoch-aware iterable of batches for one rank (call `set_epoch` like a DistributedSampler).
+
+    Training reshuffles the shard order (the same on every rank, so the node split stays a
+    partition) and the sample buffer each epoch, and yields exactly `len(self)` full batches on
+    every rank, repeating this rank's shards if they run short, so DDP ranks step together.
+    Evaluation is deterministic: shard order, center view, every selected sample once.
+    """
+
+    def __init__(self, config: LoaderConfig) -> None:
+        self.config = config
+        self.split_dir = resolve_split_dir(config.shard_dir, config.split)
+        self.index = read_index(self.split_dir)
+        self.entry = self._open_cache()
+        self.rank, self.world_size = distributed_position()
+        if len(self.index.shards) < self.world_size:
+            raise ValueError(
+                f"{self.split_dir}: {len(self.index.shards)} shards cannot feed {self.world_size} "
+                "ranks (shards are the unit of distribution); write smaller shards"
+            )
+        self.epoch = 0
+        self._length = epoch_length(
+            self.index, config.batch_size, config.train, config.fraction, config.seed,
+            config.num_workers, self.rank, self.world_size,
+        )  # fmt: skip
+        if self._length == 0:
+            raise ValueError(
+                f"{self.split_dir}: fraction {config.fraction} of {self.index.num_samples} samples "
+                f"gives no batch of {config.batch_size} on each of {self.world_size} ranks"
+            )
+
+    def _open_cache(self) -> CacheEntry | None:
+        if self.config.cache_entry is None:
+            return None
+        entry = open_entry(self.config.cache_entry, self.config.storage_options)
+        entry.check_matches(self.index)  # CacheMismatchError naming both fingerprints
+        check_view_geometry(entry.manifest.get("geometry"), f"{entry.path}/manifest.json")
+        pending = entry.pending_shards()
+        if pending:
+            log.warning("%s: %d of %d shards have no committed maps yet (%s...)",
+                        entry.path, len(pending), len(entry.shard_names), pending[0])  # fmt: skip
+        return entry
+
+    @property
+    def grid(self) -> int:
+        return self.config.grid
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self._length
+
+    def shard_urls(self, epoch: int, repeat: int = 0) -> list[str]:
+        urls = [str(self.split_dir / shard.name) for shard in self.index.shards]
+        if self.config.train:
+            random.Random(derive_seed("shards", self.config.seed, epoch, repeat)).shuffle(urls)
+        return urls
+
+    def dataset(self, epoch: int, repeat: int = 0) -> wds.WebDataset:
+        """The per-worker pipeline of one pass (a fresh object: its seeds depend on the epoch)."""
+        cfg = self.config
+        pipeline = wds.WebDataset(
+            self.shard_urls(epoch, repeat),
+            shardshuffle=False,  # shuffled above, identically on every rank
+            nodesplitter=wds.split_by_node,
+            workersplitter=wds.split_by_worker,
+            empty_check=False,  # a worker may own no shard when workers outnumber shards
+        )
+        if cfg.fraction < 1.0:
+            pipeline = pipeline.select(FractionFilter(cfg.fraction, cfg.seed))
+        geometry = None
+        if self.entry is not None:
+            pipeline = pipeline.compose(ShardMapJoin(self.entry.path, cfg.storage_options))
+            geometry = self.entry.manifest["geometry"]
+        if cfg.train and cfg.shuffle_buffer > 0:
+            pipeline = pipeline.shuffle(
+                cfg.shuffle_buffer, seed=derive_seed("samples", cfg.seed, epoch, repeat)
+            )
+        transform = PairedTransform(
+            cfg.img_size, cfg.patch_size, cfg.mean, cfg.std, cfg.train,
+            scale=cfg.crop_scale, ratio=cfg.crop_ratio, hflip_p=cfg.hflip_p,
+            eval_crop_fraction=cfg.eval_crop_fraction,
+        )  # fmt: skip
+        pipeline = pipeline.map(DecodeAndView(transform, geometry))
+        return pipeline.batched(cfg.batch_size, collation_fn=collate, partial=not cfg.train)
+
+    def _batches(self, epoch: int, repeat: int = 0) -> Iterator[Batch]:
+        cfg = self.config
+        generator = torch.Generator().manual_seed(derive_seed("views", cfg.seed, epoch, repeat))
+        loader = wds.WebLoader(
+            self.dataset(epoch, repeat),
+            batch_size=None,  # batched inside the workers
+            num_workers=cfg.num_workers,
+            generator=generator,  # seeds the workers' crops and flips per epoch
+            persistent_workers=False,
+        )
+        yield from loader
+
+    def __iter__(self) -> Iterator[Batch]:
+        if not self.config.train:
+            yield from self._batches(self.epoch)
+            return
+        produced, repeat = 0, 0
+        while produced < self._length:
+            before = produced
+            for batch in self._batches(self.epoch, repeat):
+                yield batch
+                produced += 1
+                if produced == self._length:
+                    return
+            if produced == before:
+                raise RuntimeError(
+                    f"{self.split_dir}: rank {self.rank} got no full batch from its shards"
+                )
+            repeat += 1
+
+
+def build_loader(
+    shard_dir: str | Path,
+    cache_entry: str | None,
+    split: str,
+    img_size: int,
+    patch_size: int,
+    batch_size: int,
+    train: bool,
+    num_workers: int,
+    *,
+    mean: tuple[float, float, float],
+    std: tuple[float, float, float],
+    fraction: float = 1.0,
+    seed: int = 0,
+    **options: Any,
+) -> ShardMapLoader:
+    """The loader for one split; `options` are the other LoaderConfig fields (crop_scale, ...)."""
+    config = LoaderConfig(
+        shard_dir=Path(shard_dir), cache_entry=cache_entry, split=split, img_size=img_size,
+        patch_size=patch_size, batch_size=batch_size, train=train, num_workers=num_workers,
+        mean=mean, std=std, fraction=fraction, seed=seed, **options,
+    )  # fmt: skip
+    return ShardMapLoader(config)
