@@ -341,17 +341,18 @@ class ShardMapLoader:
     def __len__(self) -> int:
         return self._length
 
-    def shard_urls(self, epoch: int, repeat: int = 0) -> list[str]:
+    def shard_urls(self, epoch: int) -> list[str]:
+        """This epoch's shard order; a rank that runs short repeats its own shards in it."""
         urls = [str(self.split_dir / shard.name) for shard in self.index.shards]
         if self.config.train:
-            random.Random(derive_seed("shards", self.config.seed, epoch, repeat)).shuffle(urls)
+            random.Random(derive_seed("shards", self.config.seed, epoch)).shuffle(urls)
         return urls
 
     def dataset(self, epoch: int, repeat: int = 0) -> wds.WebDataset:
         """The per-worker pipeline of one pass (a fresh object: its seeds depend on the epoch)."""
         cfg = self.config
         pipeline = wds.WebDataset(
-            self.shard_urls(epoch, repeat),
+            self.shard_urls(epoch),
             shardshuffle=False,  # shuffled above, identically on every rank
             nodesplitter=wds.split_by_node,
             workersplitter=wds.split_by_worker,
