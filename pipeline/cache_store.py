@@ -240,7 +240,7 @@ class CacheEntry:
         self._files = EntryFiles(self.path, storage_options)
         self._index = index  # known to writers; lets write_shard check row alignment by key
         self._shards = {s["name"]: s for s in manifest["shards"]}
-        self._group: zarr.Group | None = None
+        self._groups: dict[bool, zarr.Group] = {}
 
     # ---- identity -------------------------------------------------------------------------
     @property
@@ -310,13 +310,11 @@ class CacheEntry:
 
     def group(self, writable: bool = False) -> zarr.Group:
         """The Zarr group of the arrays (plain zarr; rows of pending shards are meaningless)."""
-        if writable or self._group is None:
+        # Opened once per mode: on object stores each open costs a client and a few requests.
+        if writable not in self._groups:
             store = _zarr_store(self._maps_url(), self.storage_options, read_only=not writable)
-            group = zarr.open_group(store, mode="r+" if writable else "r")
-            if writable:
-                return group
-            self._group = group
-        return self._group
+            self._groups[writable] = zarr.open_group(store, mode="r+" if writable else "r")
+        return self._groups[writable]
 
     def _check_arrays(self) -> None:
         try:
