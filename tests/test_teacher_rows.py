@@ -10,16 +10,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from teacher_fixtures import (
-    make_teacher,
-    noise_image,
-    sample_items,
-    script_answers,
-    tiny_dir,  # noqa: F401  (fixture)
-)
+import teacher_fixtures
+from teacher_fixtures import make_teacher, noise_image, sample_items, script_answers
 
 from teacher import MapResult, TeacherInput
 from teacher.naive import eager_attention, extract_naive
+
+tiny_dir = teacher_fixtures.tiny_dir  # session fixture: one tiny LLaVA for all teacher tests
 
 TOL = 1e-4  # the bound on maps
 # Raw maps are ~1/576 per cell, so 1e-4 absolute alone would hide a wrong softmax
