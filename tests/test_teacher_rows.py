@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 import teacher_fixtures
+import torch
 from teacher_fixtures import make_teacher, noise_image, sample_items, script_answers
 
 from teacher import MapResult, TeacherInput
