@@ -18,6 +18,7 @@ Why it is safe under concurrency:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -25,7 +26,7 @@ import socket
 import time
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from importlib import metadata
 from typing import Any
@@ -159,6 +160,19 @@ class ShardMaps:
                     raise ValueError(
                         f"{where}: row {row} ({self.keys[row]}) is invalid but c_vlm is not zeros"
                     )
+
+
+def _claim_is_live(held: dict[str, Any]) -> bool:
+    if float(held.get("expires_at", 0.0)) <= time.time():
+        return False
+    if held.get("host") == socket.gethostname() and isinstance(held.get("pid"), int):
+        try:
+            os.kill(held["pid"], 0)  # signal 0: only asks whether the process exists
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # exists, owned by another user
+            return True
+    return True
 
 
 def default_writer_id() -> str:
@@ -378,25 +392,32 @@ class CacheEntry:
     # ---- claims ---------------------------------------------------------------------------
     def claim_shard(self, shard_name: str, lease_s: float = DEFAULT_LEASE_S) -> bool:
         """True if this writer may compute `shard_name` now: it is pending and nobody else
-        holds a live claim. Claims expire after `lease_s` so a dead writer's shard is redone."""
+        holds a live claim. A claim is dead once its lease expires (`expires_at`, writer's
+        clock) or, on the same host, once its process is gone; dead claims are taken over so a
+        crashed run's shards are redone. Calling it again for a held claim renews the lease."""
         self._shard_info(shard_name)
         relative = f"{CLAIMS_DIR}/{shard_name}.json"
+        now = time.time()
         body = pretty_json(
             {
                 "writer": self.writer_id,
-                "claimed_at": time.time(),
-                "expires_at": time.time() + lease_s,
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "claimed_at": now,
+                "expires_at": now + lease_s,
             }
         )
         if not self._files.put_if_absent(relative, body):
             try:
                 held = self._files.get_json(relative)
             except FileNotFoundError:  # released between our attempt and our read
-                held = {"expires_at": 0.0, "writer": ""}
-            if held.get("writer") != self.writer_id:
-                if float(held.get("expires_at", 0.0)) > time.time():
-                    return False
-                # Stale lease: take it over. Two takers can both get here; they then compute
+                held = {}
+            if held.get("writer") == self.writer_id:
+                self._files.put(relative, body)  # renew our own lease
+            elif _claim_is_live(held):
+                return False
+            else:
+                # Dead claim: take it over. Two takers can both get here; they then compute
                 # the same deterministic chunks, which costs time but cannot corrupt anything.
                 self._files.remove(relative)
                 if not self._files.put_if_absent(relative, body):
@@ -406,6 +427,17 @@ class CacheEntry:
             self.release_shard(shard_name)
             return False
         return True
+
+    @contextlib.contextmanager
+    def claim(self, shard_name: str, lease_s: float = DEFAULT_LEASE_S) -> Iterator[bool]:
+        """`with entry.claim(name) as mine:` compute and write_shard only if `mine`; the claim
+        is released on the way out, also when the computation fails."""
+        mine = self.claim_shard(shard_name, lease_s)
+        try:
+            yield mine
+        finally:
+            if mine:
+                self.release_shard(shard_name)
 
     def release_shard(self, shard_name: str) -> None:
         """Drop this writer's claim (never someone else's)."""
@@ -621,8 +653,11 @@ def open_entry(
     path_or_url: str,
     storage_options: dict[str, Any] | None = None,
     expect: CacheSpec | None = None,
+    index: ShardIndex | None = None,
 ) -> CacheEntry:
-    """Open an existing entry for reading; with `expect`, refuse one built for another spec."""
+    """Open an existing entry; refuse it if it was built for another `expect` spec or from
+    shards other than `index` (which also lets write_shard check row keys, e.g. in a flow task
+    that is handed only the entry's path)."""
     url = str(path_or_url).rstrip("/")
     files = EntryFiles(url, storage_options)
     try:
@@ -640,7 +675,9 @@ def open_entry(
             f"{url} holds maps for another spec (entry {manifest['cache_key']}, requested "
             f"{cache_key(expect)}; differs in: {', '.join(details[:8]) or 'format'})"
         )
-    entry = CacheEntry(url, manifest, storage_options)
+    entry = CacheEntry(url, manifest, storage_options, index=index)
+    if index is not None:
+        entry.check_matches(index)
     entry._check_arrays()
     return entry
 

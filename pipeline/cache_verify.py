@@ -14,6 +14,7 @@ import numpy as np
 
 from pipeline.cache_spec import CacheMismatchError
 from pipeline.cache_store import (
+    COMMITS_DIR,
     MAP_ARRAYS,
     NORMALIZED_ATOL_STORED,
     CacheEntry,
@@ -36,7 +37,11 @@ def verify_entry(entry: CacheEntry) -> list[Problem]:
         entry._check_arrays()
     except CacheMismatchError as err:
         return [Problem("arrays", str(err))]
-    problems: list[Problem] = []
+    problems = [
+        Problem(f"commits/{name}", "commit record for a shard the manifest does not list")
+        for name in entry._files.list_names(COMMITS_DIR, suffix=".json")
+        if name.removesuffix(".json") not in entry.shard_names
+    ]
     group = entry.group()
     for shard_name in sorted(entry.committed_shards(), key=entry.shard_names.index):
         problems += _verify_shard(entry, group, shard_name)

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
+import os
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -360,3 +366,113 @@ def test_ls_and_show_print_entries_and_shard_states(tmp_path: Path, capsys) -> N
 
     assert _cli(["cache", "show", str(tmp_path / "nope")]) == 2
     assert "no map-cache entry" in capsys.readouterr().err
+
+
+def test_from_results_stacks_teacher_results_in_order(tmp_path: Path) -> None:
+    @dataclasses.dataclass
+    class FakeMapResult:  # the teacher's MapResult fields that the cache stores
+        key: str
+        c_vlm: np.ndarray
+        c_fore: np.ndarray
+        c_back: np.ndarray
+        valid: bool
+        reason: str
+        answer: str
+        fg_correct: int
+
+    index = make_index()
+    want = expected_maps(index.shards[0])
+    results = [
+        FakeMapResult(
+            key=want.keys[i],
+            c_vlm=want.c_vlm[i],
+            c_fore=want.c_fore[i],
+            c_back=want.c_back[i],
+            valid=bool(want.valid[i]),
+            reason=want.reason[i],
+            answer=want.answer[i],
+            fg_correct=int(want.fg_correct[i]),
+        )
+        for i in range(3)
+    ]
+    entry = _create(tmp_path, index)
+    assert entry.write_shard("shard-000000.tar", ShardMaps.from_results(results))
+    assert_rows_equal(read_arrays_plain(entry.path), 0, want)
+
+
+def test_open_entry_with_an_index_checks_it_and_keys(tmp_path: Path) -> None:
+    index = make_index()
+    entry = _create(tmp_path, index)
+    with pytest.raises(CacheMismatchError, match="fingerprint"):
+        open_entry(entry.path, index=make_index(salt="x"))
+    task_side = open_entry(entry.path, index=index)  # what a flow task holding only paths does
+    shuffled = expected_maps(index.shards[1])
+    shuffled.keys = shuffled.keys[::-1]
+    with pytest.raises(ValueError, match="keys do not match"):
+        task_side.write_shard("shard-000001.tar", shuffled)
+
+
+def test_verify_reports_stray_commit_records(tmp_path: Path) -> None:
+    entry = _create(tmp_path)
+    Path(entry.path, "commits").mkdir()
+    Path(entry.path, "commits", "shard-000042.tar.json").write_text("{}")
+    assert [p.where for p in verify_entry(open_entry(entry.path))] == [
+        "commits/shard-000042.tar.json"
+    ]
+
+
+def test_a_writer_dying_mid_shard_leaves_it_pending(tmp_path: Path, monkeypatch) -> None:
+    index = make_index()
+    entry = _create(tmp_path, index)
+    real_setitem = zarr.Array.__setitem__
+    calls = []
+
+    def dies_on_fourth_array(self, selection, value):
+        calls.append(self.path)
+        if len(calls) == 4:
+            raise KeyboardInterrupt("writer killed")
+        return real_setitem(self, selection, value)
+
+    monkeypatch.setattr(zarr.Array, "__setitem__", dies_on_fourth_array)
+    with pytest.raises(KeyboardInterrupt):
+        entry.write_shard("shard-000000.tar", expected_maps(index.shards[0]))
+    monkeypatch.setattr(zarr.Array, "__setitem__", real_setitem)
+    assert len(calls) == 4 and not Path(entry.path, "commits", "shard-000000.tar.json").exists()
+    assert open_entry(entry.path).pending_shards()[0] == "shard-000000.tar"
+    with pytest.raises(ShardNotCommittedError):
+        open_entry(entry.path).read_shard("shard-000000.tar")
+    assert _create(tmp_path, index).write_shard("shard-000000.tar", expected_maps(index.shards[0]))
+    assert_rows_equal(read_arrays_plain(entry.path), 0, expected_maps(index.shards[0]))
+
+
+def _claim_file(entry: CacheEntry, shard_name: str, **body) -> None:
+    path = Path(entry.path, "claims", f"{shard_name}.json")
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(
+        json.dumps({"writer": "someone-else", "expires_at": time.time() + 3600, **body})
+    )
+
+
+def test_claims_of_dead_processes_are_taken_over_and_live_ones_respected(tmp_path: Path) -> None:
+    entry = _create(tmp_path)
+    finished = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    _claim_file(entry, "shard-000000.tar", host=socket.gethostname(), pid=int(finished.stdout))
+    _claim_file(entry, "shard-000001.tar", host=socket.gethostname(), pid=os.getpid())
+    _claim_file(entry, "shard-000002.tar", host="another-machine", pid=1)
+    assert entry.claim_shard("shard-000000.tar")  # its process has exited
+    assert not entry.claim_shard("shard-000001.tar")  # alive on this host
+    assert not entry.claim_shard("shard-000002.tar")  # another host, lease not expired
+
+
+def test_claim_context_releases_when_the_computation_fails(tmp_path: Path) -> None:
+    entry = _create(tmp_path)
+    other = CacheEntry(entry.path, entry.manifest, writer_id="other-writer")
+    with pytest.raises(RuntimeError), entry.claim("shard-000000.tar") as mine:
+        assert mine and not other.claim_shard("shard-000000.tar")
+        raise RuntimeError("teacher failed")
+    assert other.claim_shard("shard-000000.tar")
