@@ -10,6 +10,7 @@ import hashlib
 from pathlib import Path
 
 import torch
+from huggingface_hub.errors import HFValidationError
 from transformers import BitsAndBytesConfig, LlavaForConditionalGeneration, LlavaProcessor
 
 from teacher.capture import ROWS_ATTENTION, register_rows_attention
@@ -76,7 +77,7 @@ def load_model_and_processor(
             attn_implementation={"text_config": ROWS_ATTENTION, "vision_config": "sdpa"},
             trust_remote_code=False,
         )
-    except OSError as err:  # hub unreachable, repo missing, no cached weights, bad directory
+    except (OSError, HFValidationError) as err:  # offline, no such repo/dir, no cached weights
         raise TeacherWeightsError(
             f"could not load teacher weights {source!r}: {err}\n"
             "Without network access the weights must already be on disk: download "
