@@ -15,7 +15,8 @@ Format (format_version 1), readable with plain `json` and `zarr` (no code from t
         answer      string  [N]        the teacher's answer text
         fg_correct  int8    [N]        1 / 0, or -1 when unknown
     commits/<shard name>.json        commit record, written only after that shard's rows
-    claims/<shard name>.json         a writer's lease on a shard while it computes it (transient)
+    claims/<shard name>.json         a writer's lease on a shard while it computes it (transient:
+                                     writer, host, pid, claimed_at, expires_at)
 ```
 
 - `cache_key` = the first 16 hex digits of sha256 over the canonical JSON (sorted keys, no
@@ -42,6 +43,12 @@ Format (format_version 1), readable with plain `json` and `zarr` (no code from t
 - Reading it without this project:
   `m = json.load(open(f"{entry}/manifest.json")); g = zarr.open_group(f"{entry}/maps.zarr", mode="r")`;
   use rows `[row_offset, row_offset + count)` of shards that have `commits/<name>.json`.
+
+Writing (what the extraction flow does per shard):
+`entry = CacheEntry.create_or_open(root, spec, index, grid, geometry)`, then for each name in
+`entry.pending_shards()`: `with entry.claim(name) as mine:` and, if `mine`,
+`entry.write_shard(name, ShardMaps.from_results(teacher.extract(items)))`. A claim is taken over
+once its lease expires or, on the same host, once its process has died.
 
 S3 and other object stores: pass `storage_options` (for example
 `{"client_kwargs": {"endpoint_url": "http://127.0.0.1:9000"}}`) or use the standard environment

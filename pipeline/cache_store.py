@@ -14,6 +14,10 @@ Why it is safe under concurrency:
 - writers claim a shard (create-if-absent of a claim file with a lease) before computing it, so
   two extractors split the work instead of doubling it. If a lease expires while its holder is
   still alive, both write whole chunks of the same deterministic maps: wasted work, not damage.
+  (A teacher that is not bitwise deterministic could then leave c_vlm from one writer and
+  c_fore from the other: each row still valid, but `cache verify` may flag the commit counts.
+  Leases default to 2 h and a same-host claim dies with its process, so this needs a writer
+  that outlives its lease.)
 """
 
 from __future__ import annotations
