@@ -55,6 +55,7 @@ S3 and other object stores: pass `storage_options` (for example
 (`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, ...). Exclusive creation uses `If-None-Match: *`.
 """
 
+from pipeline.cache_rows import ShardMaps
 from pipeline.cache_spec import (
     CACHE_FORMAT_VERSION,
     CacheMismatchError,
@@ -65,7 +66,6 @@ from pipeline.cache_spec import (
 from pipeline.cache_store import (
     DEFAULT_LEASE_S,
     CacheEntry,
-    ShardMaps,
     ShardNotCommittedError,
     find_entry,
     list_entries,

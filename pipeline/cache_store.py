@@ -30,7 +30,7 @@ import socket
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from importlib import metadata
 from typing import Any
@@ -41,6 +41,7 @@ import zarr.errors
 from zarr.storage import FsspecStore, LocalStore
 
 from pipeline.cache_files import EntryFiles, canonical_json, pretty_json
+from pipeline.cache_rows import MAP_ARRAYS, ROW_ARRAYS, ROW_DTYPES, ShardMaps
 from pipeline.cache_spec import (
     CACHE_FORMAT_VERSION,
     CacheMismatchError,
@@ -55,115 +56,12 @@ MAPS_GROUP = "maps.zarr"
 COMMITS_DIR = "commits"
 CLAIMS_DIR = "claims"
 
-MAP_ARRAYS = ("c_vlm", "c_fore", "c_back")
-# name -> (zarr data type, value of rows never written); strings are zarr 3's variable-length
-# UTF-8 ("string" data type, vlen-utf8 codec), which plain zarr reads back as numpy strings.
-ROW_ARRAYS: dict[str, tuple[str, Any]] = {
-    "c_vlm": ("float16", 0.0),
-    "c_fore": ("float16", 0.0),
-    "c_back": ("float16", 0.0),
-    "valid": ("bool", False),
-    "fg_correct": ("int8", -1),
-    "key": ("string", ""),
-    "reason": ("string", ""),
-    "answer": ("string", ""),
-}
-_NUMPY_DTYPES = {"float16": np.float16, "bool": np.bool_, "int8": np.int8, "string": str}
-
-# A valid C_VLM sums to 1. Before storage we check in float32 against 1e-3; the stored float16
-# rounds each non-negative entry by at most 2**-11 relative, moving the sum by <= 4.9e-4, so
-# readers check stored rows against 2e-3 (still catches any map that was never normalized).
-NORMALIZED_ATOL_INPUT = 1e-3
-NORMALIZED_ATOL_STORED = 2e-3
-
 # Long enough for a 1000-image shard on a slow GPU; an expired claim only costs duplicate work.
 DEFAULT_LEASE_S = 2 * 3600.0
 
 
 class ShardNotCommittedError(LookupError):
     """A reader asked for rows whose shard has no commit record (missing or half written)."""
-
-
-@dataclasses.dataclass
-class ShardMaps:
-    """The rows of one shard, in the shard's sample order."""
-
-    keys: list[str]
-    c_vlm: np.ndarray  # float [n, G, G], sums to 1 on valid rows, zeros on invalid rows
-    c_fore: np.ndarray  # float [n, G, G], raw head/layer mean of the foreground rows
-    c_back: np.ndarray  # float [n, G, G], raw head/layer mean of the background rows
-    valid: np.ndarray  # bool [n]
-    reason: list[str]  # "" when valid
-    answer: list[str]  # the teacher's answer text
-    fg_correct: np.ndarray  # int8 [n]: 1, 0, or -1 when unknown
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
-    @classmethod
-    def from_results(cls, results: Sequence[Any]) -> ShardMaps:
-        """Stack the teacher's MapResults (duck-typed: pipeline does not import teacher)."""
-        if not results:
-            raise ValueError("no MapResults to stack; a shard has at least one sample")
-        return cls(
-            keys=[r.key for r in results],
-            c_vlm=np.stack([np.asarray(r.c_vlm, dtype=np.float32) for r in results]),
-            c_fore=np.stack([np.asarray(r.c_fore, dtype=np.float32) for r in results]),
-            c_back=np.stack([np.asarray(r.c_back, dtype=np.float32) for r in results]),
-            valid=np.array([bool(r.valid) for r in results], dtype=bool),
-            reason=[str(r.reason) for r in results],
-            answer=[str(r.answer) for r in results],
-            fg_correct=np.array([int(r.fg_correct) for r in results], dtype=np.int8),
-        )
-
-    def check(self, grid: int, where: str, expected_keys: Sequence[str] | None = None) -> None:
-        """Raise ValueError naming `where` and the row if these rows break the cache contract."""
-        n = len(self.keys)
-        for name in MAP_ARRAYS:
-            shape = np.shape(getattr(self, name))
-            if shape != (n, grid, grid):
-                raise ValueError(f"{where}: {name} has shape {shape}, expected {(n, grid, grid)}")
-        for name in ("valid", "fg_correct"):
-            if np.shape(getattr(self, name)) != (n,):
-                raise ValueError(f"{where}: {name} has shape {np.shape(getattr(self, name))}")
-        for name in ("reason", "answer"):
-            if len(getattr(self, name)) != n:
-                raise ValueError(f"{where}: {name} has {len(getattr(self, name))} rows, not {n}")
-        if expected_keys is not None and list(self.keys) != list(expected_keys):
-            first = next(
-                (
-                    i
-                    for i, (a, b) in enumerate(zip(self.keys, expected_keys, strict=False))
-                    if a != b
-                ),
-                min(len(self.keys), len(expected_keys)),
-            )
-            raise ValueError(
-                f"{where}: keys do not match the shard's index (first difference at row {first}); "
-                "rows must be in the shard's sample order"
-            )
-        if not set(np.unique(self.fg_correct).tolist()) <= {-1, 0, 1}:
-            raise ValueError(f"{where}: fg_correct must be 1, 0 or -1")
-        for row in range(n):
-            for name in MAP_ARRAYS:
-                if not np.isfinite(getattr(self, name)[row]).all():
-                    raise ValueError(f"{where}: row {row} ({self.keys[row]}): {name} is not finite")
-            c_vlm = np.asarray(self.c_vlm[row], dtype=np.float64)
-            if self.valid[row]:
-                if (c_vlm < 0).any() or abs(c_vlm.sum() - 1.0) > NORMALIZED_ATOL_INPUT:
-                    raise ValueError(
-                        f"{where}: row {row} ({self.keys[row]}) is marked valid but c_vlm is not "
-                        f"a normalized non-negative map (sum {c_vlm.sum():.6f}, min {c_vlm.min():.3g})"
-                    )
-            else:
-                if not self.reason[row]:
-                    raise ValueError(
-                        f"{where}: row {row} ({self.keys[row]}) is invalid without a reason"
-                    )
-                if (c_vlm != 0).any():
-                    raise ValueError(
-                        f"{where}: row {row} ({self.keys[row]}) is invalid but c_vlm is not zeros"
-                    )
 
 
 def _claim_is_live(held: dict[str, Any]) -> bool:
@@ -619,7 +517,7 @@ def _create_arrays(store: Any, manifest: dict[str, Any]) -> None:
                 name,
                 shape=tuple(layout["shape"]),
                 chunks=tuple(layout["chunks"]),
-                dtype=_NUMPY_DTYPES[data_type],
+                dtype=ROW_DTYPES[data_type],
                 fill_value=fill,
                 overwrite=False,
             )

@@ -12,14 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.cache_rows import MAP_ARRAYS, NORMALIZED_ATOL_STORED
 from pipeline.cache_spec import CacheMismatchError
-from pipeline.cache_store import (
-    COMMITS_DIR,
-    MAP_ARRAYS,
-    NORMALIZED_ATOL_STORED,
-    CacheEntry,
-    ShardNotCommittedError,
-)
+from pipeline.cache_store import COMMITS_DIR, CacheEntry, ShardNotCommittedError
 
 
 @dataclass(frozen=True)
