@@ -146,6 +146,8 @@ def evaluate(
         for name, value in losses.items():
             sums[name] += value.item() * n
         for domain, hit in zip(batch.get("domain") or [], hits.tolist(), strict=False):
+            if domain is None:  # datasets without domains carry None
+                continue
             per_domain[domain][0] += int(hit)
             per_domain[domain][1] += 1
     if seen == 0:
@@ -221,6 +223,9 @@ def fit(
     metrics_path = run_dir / "metrics.jsonl"
     rows = []
     for epoch in range(state.epoch, cfg.epochs):
+        for loader in (train_loader, val_loader):
+            if hasattr(loader, "set_epoch"):  # shuffles depend on the epoch, so resume replays them
+                loader.set_epoch(epoch)
         train = train_one_epoch(
             model, criterion, train_loader, optimizer, scheduler, device, epoch, use_amp,
             step=state.step, scaler=scaler, amp_dtype=amp_dtype, grad_clip=cfg.grad_clip,

@@ -115,6 +115,14 @@ class IViT(nn.Module):
         vit.head.requires_grad_(True)
 
     @property
+    def img_size(self) -> int:
+        return self.vit.patch_embed.img_size[0]
+
+    @property
+    def patch_size(self) -> int:
+        return self.vit.patch_embed.patch_size[0]
+
+    @property
     def interaction_layers(self) -> list[InteractionAttention]:
         return [block.attn for block in self.vit.blocks]
 
@@ -199,7 +207,7 @@ def count_forward_flops(model: nn.Module, img_size: int, batch: int = 1) -> int:
 
 def summarize(ivit: IViT, plain: nn.Module) -> str:
     """Trainable/total parameters and forward FLOPs of the I-ViT against the plain ViT."""
-    img_size = ivit.data_config["input_size"][-1]
+    img_size = ivit.img_size
     it, itot = count_parameters(ivit)
     _, ptot = count_parameters(plain)
     iflops = count_forward_flops(ivit, img_size)
