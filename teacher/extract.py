@@ -183,6 +183,10 @@ class Teacher:
             "grid": self.grid,
         }
 
+    def geometry_spec(self) -> dict:
+        """The view geometry shared by every map (per-image scale follows from the image size)."""
+        return {"mode": self.cfg.view, "size": self.image_size, "grid": self.grid}
+
     # ---- preparation -------------------------------------------------------------------------
 
     def prepare(self, item: TeacherInput) -> Prepared:

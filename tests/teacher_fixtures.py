@@ -27,9 +27,10 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_teacher(tmp_path_factory.mktemp("tiny-llava"))
 
 
-def make_teacher(tiny_dir: Path, **overrides) -> Teacher:
+def make_teacher(tiny_dir: Path, vocabulary: list[str] | None = None, **overrides) -> Teacher:
     base = {"model": str(tiny_dir), "quant": "none", "dtype": "float32", "device": "cpu"}
-    return load_teacher(TeacherConfig(**{**base, **overrides}), vocabulary=VOCABULARY)
+    config = TeacherConfig(**{**base, **overrides})
+    return load_teacher(config, vocabulary=vocabulary or VOCABULARY)
 
 
 def noise_image(width: int, height: int, seed: int) -> Image.Image:
