@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from student.checkpoint import TrainingState, checkpoint_paths, load_checkpoint, save_checkpoint
 from student.config import TrainConfig
+from student.distributed import is_distributed, is_main_process
 from student.loss import InteractionCriterion, renormalize
 from student.model import IViT
 from student.plots import denormalize, plot_curves, plot_overlays
@@ -39,15 +40,21 @@ def autocast(device: torch.device, amp: bool, dtype: torch.dtype = torch.bfloat1
     return contextlib.nullcontext()
 
 
-def forward_outputs(model: IViT, images: torch.Tensor, with_interactions: bool) -> dict:
-    """Record interactions only when the criterion needs them."""
+def forward_outputs(model: nn.Module, images: torch.Tensor, with_interactions: bool) -> dict:
+    """Record interactions only when the criterion needs them. `model` is an IViT, possibly
+    inside DistributedDataParallel, so the request goes through forward's flag."""
     if with_interactions:
-        return model.forward_with_interactions(images)
+        return model(images, with_interactions=True)
     return {"logits": model(images), "align_rows": None}
 
 
+def unwrap(model: nn.Module) -> IViT:
+    """The IViT inside a DDP wrapper: checkpoints and pictures use its own parameter names."""
+    return getattr(model, "module", model)
+
+
 def train_one_epoch(
-    model: IViT,
+    model: nn.Module,
     criterion: InteractionCriterion,
     loader: Iterable[dict],
     optimizer: torch.optim.Optimizer,
@@ -115,7 +122,7 @@ def train_one_epoch(
 
 @torch.no_grad()
 def evaluate(
-    model: IViT,
+    model: nn.Module,
     loader: Iterable[dict],
     device: torch.device,
     *,
@@ -150,13 +157,13 @@ def evaluate(
                 continue
             per_domain[domain][0] += int(hit)
             per_domain[domain][1] += 1
+    sums.update(seen=seen, correct=correct)
+    sums, per_domain = _reduce_over_ranks(dict(sums), dict(per_domain))
+    seen = int(sums.pop("seen"))
     if seen == 0:
         raise ValueError("evaluation loader yielded no batches")
-    result = {
-        **{name: total / seen for name, total in sums.items()},
-        "top1": correct / seen,
-        "samples": seen,
-    }
+    result = {name: total / seen for name, total in sums.items() if name != "correct"}
+    result.update(top1=sums["correct"] / seen, samples=seen)
     if per_domain:
         accuracies = {d: c / s for d, (c, s) in sorted(per_domain.items())}
         result["domains"] = accuracies
@@ -195,7 +202,7 @@ def save_interaction_overlays(model: IViT, batch: dict, out_path: Path, count: i
 
 
 def fit(
-    model: IViT,
+    model: nn.Module,
     criterion: InteractionCriterion,
     optimizer: torch.optim.Optimizer,
     scheduler,
@@ -206,19 +213,22 @@ def fit(
     resolved_config: dict | None = None,
 ) -> list[dict]:
     """Epochs from the last checkpoint (if `cfg.resume`) to `cfg.epochs`; each epoch appends a
-    line to metrics.jsonl, rewrites checkpoint-last and the figures. Returns this call's rows."""
+    line to metrics.jsonl, rewrites checkpoint-last and the figures. Returns this call's rows.
+    `model` may be DDP-wrapped; then only rank 0 writes files."""
     device = torch.device(device)
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    if resolved_config is not None:
+    main = is_main_process()
+    if resolved_config is not None and main:
         (run_dir / "config.json").write_text(json.dumps(resolved_config, indent=2, default=str))
-    model.to(device)
+    bare = unwrap(model)
+    bare.to(device)
     amp_dtype = AMP_DTYPES[cfg.amp_dtype]
     use_amp = cfg.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda") if use_amp and amp_dtype == torch.float16 else None
     state = TrainingState()
     if cfg.resume and checkpoint_paths(run_dir / LAST)[1].is_file():
-        state = load_checkpoint(run_dir / LAST, model, optimizer, scheduler, scaler)
+        state = load_checkpoint(run_dir / LAST, bare, optimizer, scheduler, scaler)
         _move_optimizer_state(optimizer, device)
     metrics_path = run_dir / "metrics.jsonl"
     rows = []
@@ -238,16 +248,16 @@ def fit(
         ):
             val = evaluate(model, val_loader, device, criterion=criterion, amp=use_amp)
             row.update({f"val_{k}": v for k, v in val.items() if k != "samples"})
-            first = next(iter(val_loader), None)
+            first = next(iter(val_loader), None) if main and cfg.overlays else None
             if first is not None:
-                save_interaction_overlays(
-                    model, first, run_dir / "overlays" / f"epoch-{epoch + 1:03d}.png", cfg.overlays
-                )
-        save_checkpoint(run_dir / LAST, model, optimizer, state, scheduler, scaler)
-        with metrics_path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
-        plot_curves(metrics_path, run_dir / "curves.png")
+                overlay = run_dir / "overlays" / f"epoch-{epoch + 1:03d}.png"
+                save_interaction_overlays(bare, first, overlay, cfg.overlays)
         rows.append(row)
+        if main:
+            save_checkpoint(run_dir / LAST, bare, optimizer, state, scheduler, scaler)
+            with metrics_path.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            plot_curves(metrics_path, run_dir / "curves.png")
     return rows
 
 
@@ -257,3 +267,23 @@ def _move_optimizer_state(optimizer: torch.optim.Optimizer, device: torch.device
         for key, value in slots.items():
             if torch.is_tensor(value) and key != "step":
                 slots[key] = value.to(device)
+
+
+def _reduce_over_ranks(
+    sums: dict[str, float], per_domain: dict[str, list[int]]
+) -> tuple[dict[str, float], dict[str, list[int]]]:
+    """Sum evaluation counts over torchrun ranks (each rank saw its own shards); unchanged in a
+    single process."""
+    if not is_distributed():
+        return sums, per_domain
+    gathered: list = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(gathered, (sums, per_domain))
+    total: dict[str, float] = defaultdict(float)
+    domains: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for rank_sums, rank_domains in gathered:
+        for name, value in rank_sums.items():
+            total[name] += value
+        for domain, (c, n) in rank_domains.items():
+            domains[domain][0] += c
+            domains[domain][1] += n
+    return dict(total), dict(domains)

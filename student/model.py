@@ -133,7 +133,13 @@ class IViT(nn.Module):
         # The pretrained cfg states the checkpoint's size; the built model may differ (img_size).
         return {**config, "input_size": (3, *self.vit.patch_embed.img_size)}
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, with_interactions: bool = False
+    ) -> torch.Tensor | dict[str, torch.Tensor | None]:
+        """Logits [B, K]; with `with_interactions`, forward_with_interactions's dict (a flag of
+        forward, not only a method, so that the call goes through a DDP wrapper)."""
+        if with_interactions:
+            return self.forward_with_interactions(x)
         return self.vit(x)  # [B, K]
 
     def forward_with_interactions(self, x: torch.Tensor) -> dict[str, torch.Tensor | None]:

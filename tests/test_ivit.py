@@ -261,3 +261,20 @@ def test_every_block_attends_through_interaction_attention() -> None:
     rows = torch.rand(1, 2, 17, 9)  # a 9-token row from some other image size
     with pytest.raises(ValueError, match="img_size"):
         gate(rows, rows)
+
+
+def test_interaction_queries_learn_to_follow_the_teacher_map() -> None:
+    """Alignment alone, two images: the KL to C_VLM falls well below its start (the frozen
+    ViT's own attention), so the gradient path through W_q' works end to end."""
+    torch.manual_seed(0)
+    model, criterion = build_quiet(tiny_cfg())
+    batch = tiny_batch(model.grid, batch=2)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    history = []
+    for _ in range(40):
+        align = criterion(model(batch["image"], with_interactions=True), batch)["align"]
+        optimizer.zero_grad()
+        align.backward()
+        optimizer.step()
+        history.append(align.item())
+    assert history[-1] < 0.6 * history[0]
