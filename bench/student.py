@@ -29,14 +29,13 @@ if __package__ in (None, ""):
     # shadow the `student` package; the repository root must win.
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-import timm
 import torch
 import torch.nn.functional as F
 
 from student.build import build
 from student.config import StudentConfig
 from student.engine import autocast
-from student.model import count_forward_flops, count_parameters
+from student.model import count_forward_flops, count_parameters, plain_vit
 
 
 def make_step(model, trainable_only: bool, loss_fn, device, amp: bool):
@@ -79,7 +78,7 @@ def main() -> None:
         warnings.simplefilter("ignore")  # random weights are fine for timing
         ivit, criterion = build(cfg)
     # The plain ViT: same timm config, its own weights, nothing replaced.
-    vit = timm.create_model(cfg.model, pretrained=False, num_classes=cfg.num_classes)
+    vit = plain_vit(cfg)
     probe = copy.deepcopy(vit)
     for p in probe.parameters():
         p.requires_grad_(False)

@@ -160,7 +160,9 @@ class InteractionAttention(nn.Module):
         self, q: torch.Tensor, k: torch.Tensor, attn_mask: torch.Tensor | None
     ) -> torch.Tensor:
         logits = (q * self.scale) @ k.transpose(-2, -1)  # [B, H, N, N]
-        if attn_mask is not None:
+        if attn_mask is not None and attn_mask.dtype == torch.bool:
+            logits = logits.masked_fill(~attn_mask, float("-inf"))  # True = may attend (SDPA)
+        elif attn_mask is not None:
             logits = logits + attn_mask  # additive mask, as timm's maybe_add_mask
         return logits.softmax(dim=-1)  # [B, H, N, N]
 

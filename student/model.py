@@ -35,7 +35,7 @@ def create_backbone(cfg: StudentConfig) -> VisionTransformer:
     kwargs = dict(cfg.model_kwargs, num_classes=cfg.num_classes)
     if cfg.img_size is not None:
         kwargs["img_size"] = cfg.img_size
-    if cfg.model not in timm.list_models():
+    if not timm.is_model(cfg.model):  # accepts pretrained tags (name.augreg_in21k_ft_in1k)
         raise ValueError(f"StudentConfig.model: unknown timm model {cfg.model!r}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
@@ -211,8 +211,17 @@ def count_forward_flops(model: nn.Module, img_size: int, batch: int = 1) -> int:
     return int(counter.get_total_flops())
 
 
-def summarize(ivit: IViT, plain: nn.Module) -> str:
+def plain_vit(cfg: StudentConfig) -> VisionTransformer:
+    """The same timm ViT without interaction parts (random weights: counts only)."""
+    kwargs = dict(cfg.model_kwargs, num_classes=cfg.num_classes)
+    if cfg.img_size is not None:
+        kwargs["img_size"] = cfg.img_size
+    return timm.create_model(cfg.model, pretrained=False, **kwargs)
+
+
+def summarize(ivit: IViT, plain: nn.Module | None = None) -> str:
     """Trainable/total parameters and forward FLOPs of the I-ViT against the plain ViT."""
+    plain = plain_vit(ivit.cfg) if plain is None else plain
     img_size = ivit.img_size
     it, itot = count_parameters(ivit)
     _, ptot = count_parameters(plain)
