@@ -278,3 +278,16 @@ def test_interaction_queries_learn_to_follow_the_teacher_map() -> None:
         optimizer.step()
         history.append(align.item())
     assert history[-1] < 0.6 * history[0]
+
+
+def test_attention_masks_act_as_in_timm() -> None:
+    plain, ivit = build_pair(tiny_cfg())
+    images = torch.randn(2, 3, 32, 32)
+    allowed = torch.rand(2, 1, 17, 17, generator=torch.Generator().manual_seed(3)) > 0.3
+    allowed[..., 0] = True  # every query keeps at least the CLS key
+    additive = torch.zeros(2, 1, 17, 17).masked_fill(~allowed, float("-inf"))
+    with torch.no_grad():
+        expected = plain(images, attn_mask=allowed)
+        assert not torch.allclose(expected, plain(images), atol=1e-4)  # the mask matters
+        assert torch.allclose(ivit.vit(images, attn_mask=allowed), expected, atol=1e-5)
+        assert torch.allclose(ivit.vit(images, attn_mask=additive), expected, atol=1e-5)
