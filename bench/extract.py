@@ -1,0 +1,298 @@
+"""Extraction benchmark: the fast path against the naive way, same teacher, same images.
+
+    python -m bench.extract                        # tiny teacher (what `make bench-extract` runs)
+    python -m bench.extract --arch llava-1.5-7b --layers 2 --images 4   # 7B shapes, cut depth
+
+fast:  teacher.extract (SDPA + only the selected attention rows, batches of --batch-size)
+naive: eager attention, generate(output_attentions=True), one image at a time, rows picked
+       afterwards (teacher.naive)
+Each way runs in its own process, so one's memory never inflates the other's; memory is the
+peak beyond the loaded weights after a one-image warm-up (RSS sampled every 2 ms on the CPU,
+with glibc returning large freed blocks; max allocated on a GPU). The maps of the two
+are compared. Ends with exactly one line:
+RESULT speedup=<naive s per image / fast s per image> memory_ratio=<naive peak / fast peak>
+max_abs_diff=<d>
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import torch
+from PIL import Image
+from transformers import (
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
+)
+
+from pipeline.sample_dataset import SHAPES
+from teacher import Teacher, TeacherConfig, TeacherInput, load_teacher
+from teacher.capture import register_rows_attention
+from teacher.loading import TINY_DIR
+from teacher.naive import extract_naive
+from teacher.tiny import build_tiny_teacher
+
+VOCABULARY = [name for name, _, _ in SHAPES]
+FULL_TEXT_LAYERS, FULL_VISION_LAYERS = 32, 24  # LLaVA-1.5-7B: Vicuna-7B + CLIP ViT-L/14-336
+
+
+# ---- teachers --------------------------------------------------------------------------------
+
+
+def llava_15_7b_config(image_token_id: int, pad_token_id: int, layers: int | None) -> LlavaConfig:
+    """llava-hf/llava-1.5-7b-hf's architecture; `layers` cuts both towers' depth."""
+    vision_layers = FULL_VISION_LAYERS if layers is None else max(2, min(layers, 24))
+    vision = CLIPVisionConfig(
+        hidden_size=1024, intermediate_size=4096, num_hidden_layers=vision_layers,
+        num_attention_heads=16, image_size=336, patch_size=14, projection_dim=768,
+        hidden_act="quick_gelu", layer_norm_eps=1e-5,
+    )  # fmt: skip
+    text = LlamaConfig(
+        vocab_size=32064, hidden_size=4096, intermediate_size=11008,
+        num_hidden_layers=layers or FULL_TEXT_LAYERS, num_attention_heads=32,
+        num_key_value_heads=32, max_position_embeddings=4096, rms_norm_eps=1e-5,
+        pad_token_id=pad_token_id,
+    )  # fmt: skip
+    return LlavaConfig(
+        vision_config=vision, text_config=text, image_token_id=image_token_id,
+        vision_feature_layer=-2, vision_feature_select_strategy="default",
+        image_seq_length=576, projector_hidden_act="gelu",
+    )  # fmt: skip
+
+
+def build_teacher(args: argparse.Namespace) -> Teacher:
+    cfg = TeacherConfig(
+        model=args.tiny_dir, quant="none", dtype=args.dtype, device=args.device,
+        batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+    )  # fmt: skip
+    if args.arch == "tiny":
+        return load_teacher(cfg, VOCABULARY)
+    # Random weights of the real shapes; the tiny tokenizer's ids all fall inside its vocabulary.
+    processor = LlavaProcessor.from_pretrained(args.tiny_dir)
+    tokenizer = processor.tokenizer
+    config = llava_15_7b_config(
+        tokenizer.convert_tokens_to_ids("<image>"), tokenizer.pad_token_id, args.layers
+    )
+    register_rows_attention()
+    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
+    device = "cpu" if device == "auto" else device
+    torch.manual_seed(0)  # both worker processes build the same weights
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(getattr(torch, args.dtype))
+    with torch.device(device):
+        model = LlavaForConditionalGeneration(config).eval()
+    torch.set_default_dtype(previous)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    teacher = Teacher(cfg, model, processor, VOCABULARY, {"random": "llava-1.5-7b", "seed": 0})
+    teacher.use_rows_attention()
+    return teacher
+
+
+def bench_items(count: int) -> list[TeacherInput]:
+    rng = np.random.default_rng(0)
+    items = []
+    for i in range(count):
+        width, height = int(rng.integers(48, 96)), int(rng.integers(48, 96))
+        pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        x0, y0 = int(rng.integers(0, width // 2)), int(rng.integers(0, height // 2))
+        box = (x0, y0, int(rng.integers(x0 + 8, width)), int(rng.integers(y0 + 8, height)))
+        label = i % len(VOCABULARY)
+        items.append(
+            TeacherInput(f"img{i:04d}", Image.fromarray(pixels), [box], VOCABULARY[label], label)
+        )
+    return items
+
+
+# ---- memory ----------------------------------------------------------------------------------
+
+
+class PeakRSS:
+    """Peak resident memory of this process, sampled by a thread (the CPU has no peak counter
+    that can be reset)."""
+
+    def __init__(self, interval_s: float = 0.002) -> None:
+        self.process = psutil.Process()
+        self.interval_s = interval_s
+        self.peak = self.process.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.process.memory_info().rss)
+            time.sleep(self.interval_s)
+
+    def __enter__(self) -> PeakRSS:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.process.memory_info().rss)
+
+
+# ---- workers, each in its own process ---------------------------------------------------------
+
+
+def ways(teacher: Teacher) -> dict:
+    return {"fast": teacher.extract, "naive": lambda items: extract_naive(teacher, items)}
+
+
+def synchronize(teacher: Teacher) -> None:
+    if teacher.model.device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_worker(args: argparse.Namespace, teacher: Teacher, items: list[TeacherInput]) -> dict:
+    """Both ways in one process, alternating, so a shared machine's load hits both alike."""
+    runs = ways(teacher)
+    for run in runs.values():
+        run(items[:1])  # warm-up
+    seconds: dict[str, list[float]] = {"fast": [], "naive": []}
+    results = {}
+    for _ in range(args.repeats):
+        for name, run in runs.items():
+            synchronize(teacher)
+            started = time.perf_counter()
+            results[name] = run(items)
+            synchronize(teacher)
+            seconds[name].append(time.perf_counter() - started)
+    for name, rs in results.items():
+        np.savez(
+            Path(args.out).with_name(f"{name}.npz"),
+            **{k: np.stack([getattr(r, k) for r in rs]) for k in ("c_fore", "c_back", "c_vlm")},
+        )
+    return {
+        "seconds": {name: float(np.median(s)) for name, s in seconds.items()},
+        "answers": {name: [r.answer for r in rs] for name, rs in results.items()},
+    }
+
+
+def memory_worker(args: argparse.Namespace, teacher: Teacher, items: list[TeacherInput]) -> dict:
+    """One way alone: the peak beyond the weights (and the code) after a warm-up."""
+    run = ways(teacher)[args.worker.removeprefix("memory-")]
+    run(items[:1])
+    if teacher.model.device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        run(items)
+        torch.cuda.synchronize()
+        return {"peak_bytes": torch.cuda.max_memory_allocated() - base}
+    base = psutil.Process().memory_info().rss
+    with PeakRSS() as rss:
+        run(items)
+    return {"peak_bytes": rss.peak - base}
+
+
+def run_worker(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    teacher = build_teacher(args)
+    items = bench_items(args.images)
+    worker = time_worker if args.worker == "time" else memory_worker
+    summary = worker(args, teacher, items)
+    summary["device"] = str(teacher.model.device)
+    summary["text_layers"] = teacher.model.config.text_config.num_hidden_layers
+    summary["vision_layers"] = teacher.model.config.vision_config.num_hidden_layers
+    Path(args.out).write_text(json.dumps(summary))
+
+
+def spawn(args: argparse.Namespace, worker: str, workdir: Path) -> dict:
+    out = workdir / f"{worker}.json"
+    command = [
+        sys.executable, "-m", "bench.extract", "--worker", worker, "--out", str(out),
+        "--arch", args.arch, "--images", str(args.images), "--batch-size", str(args.batch_size),
+        "--dtype", args.dtype, "--device", args.device, "--tiny-dir", args.tiny_dir,
+        "--max-new-tokens", str(args.max_new_tokens), "--threads", str(args.threads),
+        "--repeats", str(args.repeats),
+    ]  # fmt: skip
+    if args.layers is not None:
+        command += ["--layers", str(args.layers)]
+    # --strict-rss: glibc serves blocks >= 64 KiB with mmap, so freed memory leaves the RSS and
+    # the warm-up cannot pre-pay the peak (slower, so only the memory workers get it).
+    strict = args.strict_rss and worker.startswith("memory")
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"} if strict else None
+    subprocess.run(command, check=True, env=env)
+    return json.loads(out.read_text())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", choices=["tiny", "llava-1.5-7b"], default="tiny")
+    parser.add_argument("--layers", type=int, default=None, help="cut depth (7B arch, for CPUs)")
+    parser.add_argument("--images", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None)
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--max-new-tokens", type=int, default=12)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--strict-rss", action="store_true", help="CPU memory without reuse")
+    parser.add_argument("--tiny-dir", default=None, help="tiny teacher (tokenizer for 7B too)")
+    parser.add_argument("--repeats", type=int, default=3, help="alternating timed rounds")
+    parser.add_argument(
+        "--worker", choices=["time", "memory-fast", "memory-naive"], help=argparse.SUPPRESS
+    )
+    parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.dtype is None:
+        on_gpu = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+        args.dtype = "float16" if on_gpu and args.arch != "tiny" else "float32"
+    if args.worker:
+        run_worker(args)
+        return
+
+    with tempfile.TemporaryDirectory(prefix="bench-extract-") as tmp:
+        workdir = Path(tmp)
+        if args.tiny_dir is None:
+            ready = (TINY_DIR / "config.json").exists()
+            args.tiny_dir = str(TINY_DIR if ready else build_tiny_teacher(workdir / "tiny"))
+        timing = spawn(args, "time", workdir)
+        maps = {name: dict(np.load(workdir / f"{name}.npz")) for name in ("fast", "naive")}
+        memory = {name: spawn(args, f"memory-{name}", workdir) for name in ("fast", "naive")}
+
+    n = args.images
+    print(
+        f"arch={args.arch} device={timing['device']} dtype={args.dtype} images={n} "
+        f"batch_size={args.batch_size} max_new_tokens={args.max_new_tokens} "
+        f"threads={args.threads} repeats={args.repeats} prompt=prompt1 "
+        "answer_mode=forced-foreground"
+    )
+    depth = f"language layers={timing['text_layers']} vision layers={timing['vision_layers']}"
+    if args.arch == "llava-1.5-7b" and args.layers is not None:
+        depth += (
+            f"  (depth CUT from {FULL_TEXT_LAYERS}/{FULL_VISION_LAYERS} by --layers "
+            f"{args.layers} so it fits a CPU run; random weights)"
+        )
+    print(depth)
+    seconds = timing["seconds"]
+    for name in ("fast", "naive"):
+        print(
+            f"{name:5}: {n / seconds[name]:8.2f} images/s  {seconds[name] / n * 1e3:9.1f} "
+            f"ms/image (median of {args.repeats})  peak beyond weights "
+            f"{memory[name]['peak_bytes'] / 2**20:9.1f} MiB"
+        )
+    answers = timing["answers"]
+    same = sum(a == b for a, b in zip(answers["fast"], answers["naive"], strict=True))
+    print(f"answers identical: {same}/{n}")
+    diff = max(float(np.abs(maps["fast"][k] - maps["naive"][k]).max()) for k in maps["fast"])
+    speedup = seconds["naive"] / seconds["fast"]
+    memory_ratio = memory["naive"]["peak_bytes"] / max(memory["fast"]["peak_bytes"], 1)
+    print(f"RESULT speedup={speedup:.2f} memory_ratio={memory_ratio:.2f} max_abs_diff={diff:.3g}")
+
+
+if __name__ == "__main__":
+    main()
