@@ -185,13 +185,21 @@ class ShardMapJoin:
     stopping training: a cache still being extracted is usable, and the skip is logged once.
     """
 
-    def __init__(self, entry_path: str, storage_options: dict[str, Any] | None) -> None:
+    def __init__(
+        self,
+        entry_path: str,
+        storage_options: dict[str, Any] | None,
+        entry: CacheEntry | None = None,
+    ) -> None:
         self.entry_path = entry_path
         self.storage_options = storage_options
-        self._entry: CacheEntry | None = None  # opened lazily: once per worker process
+        # Reused as is in the main process (num_workers=0); workers reopen it once each.
+        self._entry = entry
+        self._arrays: tuple[Any, Any, Any] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_entry": None}  # zarr handles stay in the process that made them
+        # zarr and fsspec handles stay in the process that opened them
+        return {**self.__dict__, "_entry": None, "_arrays": None}
 
     def entry(self) -> CacheEntry:
         if self._entry is None:
@@ -207,12 +215,15 @@ class ShardMapJoin:
             log.warning("%s: shard %s has no committed maps; its samples train without C_VLM",
                         self.entry_path, shard_name)  # fmt: skip
             return None
+        if self._arrays is None:
+            group = entry.group()
+            # Only what the student needs: c_fore, c_back and answer stay on disk.
+            self._arrays = (group["key"], group["c_vlm"], group["valid"])
         start, stop = entry.shard_rows(shard_name)
-        group = entry.group()
-        # Only what the student needs, one chunk each: c_fore/c_back/answer stay on disk.
-        keys = group["key"][start:stop]  # [n]
-        c_vlm = group["c_vlm"][start:stop]  # [n, G, G] float16
-        valid = group["valid"][start:stop]  # [n]
+        key_array, c_vlm_array, valid_array = self._arrays
+        keys = key_array[start:stop]  # [n], one chunk
+        c_vlm = c_vlm_array[start:stop]  # [n, G, G] float16, one chunk
+        valid = valid_array[start:stop]  # [n], one chunk
         return {str(k): (c_vlm[i], bool(valid[i])) for i, k in enumerate(keys)}
 
     def __call__(self, samples: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
@@ -243,6 +254,14 @@ class DecodeAndView:
     def __init__(self, transform: PairedTransform, geometry: dict[str, Any] | None) -> None:
         self.transform = transform
         self.geometry = geometry
+        self._views: dict[tuple[int, int], Rect] = {}  # datasets repeat a few image sizes
+
+    def view_rect(self, width: int, height: int) -> Rect:
+        assert self.geometry is not None
+        rect = self._views.get((width, height))
+        if rect is None:
+            rect = self._views[width, height] = teacher_view_rect(self.geometry, width, height)
+        return rect
 
     def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
         key, url = sample["__key__"], sample.get("__url__", "?")
@@ -262,7 +281,7 @@ class DecodeAndView:
         c_vlm, valid = None, False
         if teacher_map is not None and self.geometry is not None:
             c_vlm, valid = teacher_map
-            view = teacher_view_rect(self.geometry, record.width, record.height)
+            view = self.view_rect(record.width, record.height)
         tensor, student_map, map_valid = self.transform(image, c_vlm, valid, view)
         return {
             "image": tensor,  # [3, S, S]
@@ -362,7 +381,9 @@ class ShardMapLoader:
             pipeline = pipeline.select(FractionFilter(cfg.fraction, cfg.seed))
         geometry = None
         if self.entry is not None:
-            pipeline = pipeline.compose(ShardMapJoin(self.entry.path, cfg.storage_options))
+            pipeline = pipeline.compose(
+                ShardMapJoin(self.entry.path, cfg.storage_options, entry=self.entry)
+            )
             geometry = self.entry.manifest["geometry"]
         if cfg.train and cfg.shuffle_buffer > 0:
             pipeline = pipeline.shuffle(

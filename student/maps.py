@@ -15,6 +15,7 @@ loader's workers.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -119,11 +120,32 @@ def center_crop_rect(width: int, height: int, crop_fraction: float = 1.0) -> Rec
     return Rect.from_crop(top, left, side, side)
 
 
-def overlap_fractions(source_edges: np.ndarray, target_edges: np.ndarray) -> np.ndarray:
-    """[n_target, n_source]: the share of each source interval's length inside each target one."""
-    lo = np.maximum(target_edges[:-1, None], source_edges[None, :-1])
-    hi = np.minimum(target_edges[1:, None], source_edges[None, 1:])
-    return np.clip(hi - lo, 0.0, None) / np.diff(source_edges)[None, :]
+@functools.cache
+def _steps(n: int) -> np.ndarray:
+    return np.arange(n + 1, dtype=np.float64)  # [n + 1]; cached: this runs per sample
+
+
+def uniform_overlap(
+    source_lo: float,
+    source_hi: float,
+    n_source: int,
+    target_lo: float,
+    target_hi: float,
+    n_target: int,
+) -> np.ndarray:
+    """[n_target, n_source]: the share of each source cell's length inside each target cell.
+
+    Both are uniform grids on one axis. With target edges measured in source-cell units from
+    the source's start (u), source cell k holds clip(u - k, 0, 1) of its length below u, so
+    cell-to-cell shares are differences of that along the target edges.
+    """
+    step = (source_hi - source_lo) / n_source
+    edges = (target_lo - source_lo) / step + _steps(n_target) * (
+        (target_hi - target_lo) / (n_target * step)
+    )  # [n_target + 1], in source cells
+    covered = np.subtract.outer(edges, _steps(n_source)[:-1])  # [n_target + 1, n_source]
+    np.clip(covered, 0.0, 1.0, out=covered)
+    return covered[1:] - covered[:-1]  # [n_target, n_source]
 
 
 def resample_mass(
@@ -137,26 +159,23 @@ def resample_mass(
     if mass_map.ndim != 2:
         raise ValueError(f"expected a 2-D map, got shape {mass_map.shape}")
     rows, cols = mass_map.shape
-    fy = overlap_fractions(
-        np.linspace(map_rect.y0, map_rect.y1, rows + 1),
-        np.linspace(out_rect.y0, out_rect.y1, out_grid + 1),
-    )  # [g, G_rows]
-    fx = overlap_fractions(
-        np.linspace(map_rect.x0, map_rect.x1, cols + 1),
-        np.linspace(out_rect.x0, out_rect.x1, out_grid + 1),
-    )  # [g, G_cols]
-    out = fy @ mass_map.astype(np.float64) @ fx.T  # [g, g]
+    fy = uniform_overlap(
+        map_rect.y0, map_rect.y1, rows, out_rect.y0, out_rect.y1, out_grid
+    )  # [g, G]
+    fx = uniform_overlap(
+        map_rect.x0, map_rect.x1, cols, out_rect.x0, out_rect.x1, out_grid
+    )  # [g, G]
     if flip:
-        out = out[:, ::-1]
-    return np.ascontiguousarray(out, dtype=np.float32)
+        fx = fx[::-1]  # output column j takes what column g-1-j would have had
+    return fy @ mass_map.astype(np.float64) @ fx.T  # [g, g]
 
 
 def normalize_mass(mass: np.ndarray, reference_total: float = 1.0) -> tuple[np.ndarray, bool]:
     """(mass / its sum, True), or (zeros, False) when too little mass is left to mean anything."""
     total = float(mass.sum())
     if not np.isfinite(total) or total <= MIN_KEPT_MASS * reference_total:
-        return np.zeros_like(mass, dtype=np.float32), False
-    return (mass / total).astype(np.float32), True
+        return np.zeros(mass.shape, dtype=np.float32), False
+    return (mass * (1.0 / total)).astype(np.float32), True
 
 
 def transform_map(
@@ -167,12 +186,15 @@ def transform_map(
     out_grid: int,
     flip: bool = False,
 ) -> tuple[np.ndarray, bool]:
-    """A cached C_VLM row on the student's grid after crop (+ flip); (zeros, False) if invalid."""
+    """A cached C_VLM row on the student's grid after crop (+ flip); (zeros, False) if invalid.
+
+    The cache's rows sum to 1 up to float16 rounding, so "too little mass kept" is judged
+    against 1 rather than re-summing every row.
+    """
     if not valid:
         return np.zeros((out_grid, out_grid), dtype=np.float32), False
-    c_vlm = np.asarray(c_vlm, dtype=np.float32)
-    mass = resample_mass(c_vlm, view_rect, crop_rect, out_grid, flip)
-    return normalize_mass(mass, reference_total=float(c_vlm.sum()))
+    mass = resample_mass(np.asarray(c_vlm), view_rect, crop_rect, out_grid, flip)
+    return normalize_mass(mass)
 
 
 class PairedTransform:
