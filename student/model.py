@@ -176,13 +176,6 @@ class IViT(nn.Module):
             for layer in layers:
                 layer.recorder = None
 
-    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        return {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
-
-    def frozen_state_dict(self) -> dict[str, torch.Tensor]:
-        trainable = {n for n, p in self.named_parameters() if p.requires_grad}
-        return {n: t for n, t in self.state_dict().items() if n not in trainable}
-
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts."""
