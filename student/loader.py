@@ -167,7 +167,10 @@ def epoch_length(
     selected samples // (world_size * batch_size). Evaluation: this rank's shards as its workers
     split them, each worker ending with a partial batch.
     """
-    counts = [sum(in_fraction(k, fraction, seed) for k in shard.keys) for shard in index.shards]
+    if fraction >= 1.0:
+        counts = [shard.count for shard in index.shards]
+    else:
+        counts = [sum(in_fraction(k, fraction, seed) for k in shard.keys) for shard in index.shards]
     if train:
         return sum(counts) // (world_size * batch_size)
     workers = max(1, num_workers)
@@ -182,7 +185,8 @@ class ShardMapJoin:
     """Pipeline stage: attach each sample's cached C_VLM row, reading each shard's rows once.
 
     Samples of shards without a commit record get no map (map_valid False) rather than
-    stopping training: a cache still being extracted is usable, and the skip is logged once.
+    stopping training: a cache still being extracted is usable. The loader warns once, when
+    built, how many shards are pending; a shard committed later is joined from the next pass.
     """
 
     def __init__(
@@ -212,8 +216,10 @@ class ShardMapJoin:
         try:
             entry.commit_record(shard_name)  # the commit is written after the data: check it first
         except ShardNotCommittedError:
-            log.warning("%s: shard %s has no committed maps; its samples train without C_VLM",
-                        self.entry_path, shard_name)  # fmt: skip
+            # The main process warned once, at build time, with the count; a shard committed
+            # since then is picked up here, so check at every pass.
+            log.debug("%s: shard %s has no committed maps; its samples get map_valid=False",
+                      self.entry_path, shard_name)  # fmt: skip
             return None
         if self._arrays is None:
             group = entry.group()
@@ -314,6 +320,9 @@ class ShardMapLoader:
     partition) and the sample buffer each epoch, and yields exactly `len(self)` full batches on
     every rank, repeating this rank's shards if they run short, so DDP ranks step together.
     Evaluation is deterministic: shard order, center view, every selected sample once.
+
+    Crops and flips draw from torch's RNG: in workers it is seeded from (seed, epoch); with
+    num_workers=0 it is the main process's global RNG, which the training run seeds.
     """
 
     def __init__(self, config: LoaderConfig) -> None:
@@ -346,8 +355,11 @@ class ShardMapLoader:
         check_view_geometry(entry.manifest.get("geometry"), f"{entry.path}/manifest.json")
         pending = entry.pending_shards()
         if pending:
-            log.warning("%s: %d of %d shards have no committed maps yet (%s...)",
-                        entry.path, len(pending), len(entry.shard_names), pending[0])  # fmt: skip
+            log.warning(
+                "%s: %d of %d shards have no committed maps yet (first: %s); their samples get "
+                "map_valid=False until an extraction run commits them",
+                entry.path, len(pending), len(entry.shard_names), pending[0],
+            )  # fmt: skip
         return entry
 
     @property

@@ -64,12 +64,13 @@ def toy(tmp_path):
     return write_toy_split(tmp_path / "shards", shards=4, per_shard=6)
 
 
-def test_every_sample_gets_its_own_map_across_workers(tmp_path, toy):
+def test_every_sample_gets_its_own_map_across_workers(tmp_path, toy, caplog):
     entry = write_toy_cache(tmp_path / "cache", toy, commit=3)  # the 4th shard stays pending
     loader = build_loader(
         tmp_path / "shards" / "toy", entry.path, "train", IMG, PATCH, batch_size=4,
         train=False, num_workers=2, **PLAIN,
     )  # fmt: skip
+    assert "1 of 4 shards have no committed maps" in caplog.text  # said once, at build time
     seen = collect(loader)
     reference = plain_cache_rows(entry.path)
 
