@@ -94,6 +94,26 @@ def test_every_sample_gets_its_own_map_across_workers(tmp_path, toy, caplog):
     assert sum(not s["map_valid"] for s in seen.values()) >= len(pending)
 
 
+def test_padded_teacher_view_on_wide_images_reaches_the_right_pixels(tmp_path):
+    # 48x32 images; the teacher padded them to a 48 px square (8 px above and below) and its
+    # 8x8 grid has 6 px cells. The eval view is the centered 32x32 square (x 8..40).
+    toy = write_toy_split(tmp_path / "shards", shards=2, per_shard=4, width=48, height=32)
+    entry = write_toy_cache(tmp_path / "cache", toy, geometry={"mode": "pad", "size": 48})
+    loader = build_loader(toy.split_dir, entry.path, "train", IMG, PATCH, 4, False, 0, **PLAIN)
+    seen = collect(loader)
+    reference = plain_cache_rows(entry.path)
+    for key, sample in seen.items():
+        teacher_map, valid = reference[key]
+        if not valid:
+            continue
+        # rasterize over the 48x48 padded view, keep original rows 0..32 (view rows 8..40)
+        # and columns 8..40, then sum 8x8 pixel blocks into the 4x4 student grid
+        density = np.kron(teacher_map, np.ones((6, 6))) / 36.0  # [48, 48] view pixels
+        kept = density[8:40, 8:40].reshape(4, 8, 4, 8).sum(axis=(1, 3))
+        np.testing.assert_allclose(sample["c_vlm"].numpy(), kept / kept.sum(), atol=2e-3)
+        assert sample["map_valid"]
+
+
 def test_batch_format(tmp_path, toy):
     entry = write_toy_cache(tmp_path / "cache", toy)
     loader = build_loader(

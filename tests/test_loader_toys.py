@@ -36,10 +36,10 @@ def key_seed(key: str) -> int:
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big")
 
 
-def toy_image(key: str) -> bytes:
+def toy_image(key: str, width: int = IMAGE_SIZE, height: int = IMAGE_SIZE) -> bytes:
     rng = np.random.default_rng(key_seed(key))
-    pixels = np.zeros((IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
-    pixels[:, : IMAGE_SIZE // 2] = 200 + rng.integers(0, 50)  # bright left half
+    pixels = np.zeros((height, width, 3), np.uint8)
+    pixels[:, : width // 2] = 200 + rng.integers(0, 50)  # bright left half
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG")
     return buffer.getvalue()
@@ -59,6 +59,8 @@ def write_toy_split(
     split: str = "train",
     dataset: str = "toy",
     key_prefix: str = "s",
+    width: int = IMAGE_SIZE,
+    height: int = IMAGE_SIZE,
 ) -> ToySplit:
     split_dir = root / dataset / split
     split_dir.mkdir(parents=True, exist_ok=True)
@@ -74,12 +76,13 @@ def write_toy_split(
                     "label": label,
                     "class_name": f"class{label}",
                     "boxes": [[8, 8, 24, 24]],
-                    "width": IMAGE_SIZE,
-                    "height": IMAGE_SIZE,
+                    "width": width,
+                    "height": height,
                     "source": f"{key}.png",
                     "domain": "photo" if i % 2 else "sketch",
                 }
-                sink.write({"__key__": key, "png": toy_image(key), "json": json.dumps(record)})
+                image = toy_image(key, width, height)
+                sink.write({"__key__": key, "png": image, "json": json.dumps(record)})
         digest = hashlib.sha256((split_dir / name).read_bytes()).hexdigest()
         infos.append(ShardInfo(name=name, count=len(keys), sha256=digest, keys=keys))
         all_keys += keys
@@ -101,8 +104,15 @@ def is_invalid_row(key: str) -> bool:
     return key_seed(key) % 5 == 0
 
 
-def write_toy_cache(root: Path, toy: ToySplit, commit: int | None = None) -> CacheEntry:
-    """A cache entry for `toy`, with only its first `commit` shards committed (None: all)."""
+def write_toy_cache(
+    root: Path,
+    toy: ToySplit,
+    commit: int | None = None,
+    geometry: dict | None = None,
+) -> CacheEntry:
+    """A cache entry for `toy`, with only its first `commit` shards committed (None: all).
+
+    `geometry` is the teacher view the maps are on (default: the square image stretched)."""
     spec = CacheSpec(
         dataset=toy.index.dataset,
         split=toy.index.split,
@@ -110,7 +120,11 @@ def write_toy_cache(root: Path, toy: ToySplit, commit: int | None = None) -> Cac
         teacher={"model": "toy-teacher"},
     )
     entry = CacheEntry.create_or_open(
-        str(root), spec, toy.index, grid=TEACHER_GRID, geometry={"mode": "resize", "size": 32}
+        str(root),
+        spec,
+        toy.index,
+        grid=TEACHER_GRID,
+        geometry=geometry or {"mode": "resize", "size": IMAGE_SIZE},
     )
     shards = toy.index.shards if commit is None else toy.index.shards[:commit]
     for shard in shards:
