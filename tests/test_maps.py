@@ -252,3 +252,19 @@ def test_paired_transform_eval_is_deterministic_and_shapes():
 def test_image_size_must_divide_into_patches():
     with pytest.raises(ValueError, match="patch_size"):
         PairedTransform(30, 8, [0] * 3, [1] * 3, train=False)
+
+
+@pytest.mark.parametrize("mode", ["pad", "crop", "resize"])
+def test_view_rect_agrees_with_the_teachers_own_geometry(mode):
+    # Contract check: the grid the student places is the grid the teacher computed its maps on
+    # (teacher/view.py's ViewGeometry maps view pixels back to original pixels).
+    from teacher.view import view_geometry
+
+    for width, height, size in [(64, 64, 336), (500, 375, 336), (61, 100, 336), (333, 17, 224)]:
+        theirs = view_geometry(width, height, size, mode)
+        x0, y0 = theirs.to_original(0, 0)
+        x1, y1 = theirs.to_original(size, size)
+        # the manifest's form (teacher.geometry_spec()) and a full per-image record
+        for geometry in ({"mode": mode, "size": size, "grid": 24}, theirs.model_dump()):
+            ours = teacher_view_rect(geometry, width, height)
+            np.testing.assert_allclose((ours.x0, ours.y0, ours.x1, ours.y1), (x0, y0, x1, y1))
