@@ -69,15 +69,25 @@ def _trim(text: str, span: Span) -> Span | None:
     return (words[0][0], words[-1][1]) if words else None
 
 
-def parse_dict_answer(text: str) -> ParsedAnswer:
-    """Prompt 1: {'foreground': 'X', 'background': 'a, b'} -> X as one span, a and b as words."""
+def parse_dict_answer(text: str, expected_foreground: str | None = None) -> ParsedAnswer:
+    """Prompt 1: {'foreground': 'X', 'background': 'a, b'} -> X as one span, a and b as words.
+
+    When the value starts with `expected_foreground` (the label's class name), that whole name
+    is the span, so names with quotes or commas ("potter's wheel") stay whole.
+    """
     parsed = ParsedAnswer()
+    key = _FG_KEY.search(text)
     fg = _value_span(text, _FG_KEY)
+    if key and expected_foreground:
+        name = expected_foreground.strip()
+        if text[key.end() : key.end() + len(name)].lower() == name.lower():
+            fg = (key.end(), key.end() + len(name))
     fg = _trim(text, fg) if fg else None
     if fg is not None:
         parsed.foreground = [fg]  # a class name is one word even when it has several parts
         parsed.foreground_text = text[fg[0] : fg[1]]
-    bg = _value_span(text, _BG_KEY, _LIST_END)
+    bg = _value_span(text[fg[1] :], _BG_KEY, _LIST_END) if fg else None
+    bg = (bg[0] + fg[1], bg[1] + fg[1]) if bg and fg else _value_span(text, _BG_KEY, _LIST_END)
     if bg is not None:
         parsed.background = content_words(text, *bg)
     return parsed

@@ -16,7 +16,7 @@ class TeacherConfig(BaseModel):
     # NF4 4-bit is the default because it fits LLaVA-1.5-7B in ~4 GB with near-identical attention.
     quant: Literal["4bit", "8bit", "none"] = "4bit"
     dtype: Literal["float16", "bfloat16", "float32"] = "float16"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")  # cuda:N: one GPU
     prompt: Literal["prompt1", "prompt2", "prompt3", "dense"] = "prompt1"
     answer_mode: Literal["forced-foreground", "generate"] = "forced-foreground"
     # Visual prompt: boxes drawn at the teacher's input resolution (336 px for LLaVA-1.5).

@@ -286,15 +286,15 @@ class Teacher:
 
     # ---- from rows to maps -------------------------------------------------------------------
 
-    def parse(self, text: str, objects: list[str]) -> ParsedAnswer:
+    def parse(self, text: str, prepared: Prepared) -> ParsedAnswer:
         fmt = self.template.answer_format
         if fmt == "dict":
-            return parse_dict_answer(text)
+            return parse_dict_answer(text, expected_foreground=prepared.item.class_name)
         if fmt == "phrase":
             return parse_phrase_answer(text)
         if fmt == "description":
             return parse_description_answer(text)
-        return parse_dense_answer(text, objects)
+        return parse_dense_answer(text, prepared.objects)
 
     def fg_correct(self, parsed: ParsedAnswer, text: str, prepared: Prepared) -> int:
         if self.forced:
@@ -320,7 +320,7 @@ class Teacher:
         grid = self.grid
         answer_ids = self.answer_ids(b, encoded, sequence)
         text, token_spans = decode_with_spans(self.tokenizer, answer_ids)
-        parsed = self.parse(text, prepared.objects)
+        parsed = self.parse(text, prepared)
         start = encoded.answer_start[b]
 
         def word_map(span: Span) -> tuple[np.ndarray, list[int]]:

@@ -66,6 +66,13 @@ def test_dict_answers_parse(answer, foreground, background):
         assert answer[a:b] == foreground
 
 
+def test_class_names_with_quotes_stay_whole():
+    text = "{'foreground': 'potter's wheel', 'background': 'shelf, wall'}"
+    parsed = parse_dict_answer(text, expected_foreground="potter's wheel")
+    assert parsed.foreground_text == "potter's wheel"
+    assert [text[a:b] for a, b in parsed.background] == ["shelf", "wall"]
+
+
 def test_dense_answer_finds_each_target_once():
     text = "Yes, there are dogs and a car in the image, and the background is green grass."
     parsed = parse_dense_answer(text, ["dog", "car", "cat"])
