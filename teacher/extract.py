@@ -136,9 +136,10 @@ class Teacher:
         self.num_image_tokens = int(model.config.image_seq_length)
         self.image_token_id = int(model.config.image_token_id)
         num_layers = model.config.text_config.num_hidden_layers
-        self.layers = sorted({i % num_layers for i in (cfg.layers or range(num_layers))})
         if cfg.layers and any(not -num_layers <= i < num_layers for i in cfg.layers):
             raise ValueError(f"TeacherConfig.layers {cfg.layers}: the model has {num_layers}")
+        # Negative indices count from the last layer, as in Python.
+        self.layers = sorted({i % num_layers for i in (cfg.layers or range(num_layers))})
         num_heads = model.config.text_config.num_attention_heads
         if cfg.heads and any(not 0 <= h < num_heads for h in cfg.heads):
             raise ValueError(f"TeacherConfig.heads {cfg.heads}: the model has {num_heads} heads")
@@ -191,8 +192,11 @@ class Teacher:
 
     def prepare(self, item: TeacherInput) -> Prepared:
         cfg = self.cfg
-        if item.image.width <= 0 or item.image.height <= 0:
-            raise ValueError(f"{item.key}: empty image")
+        for box in item.boxes:
+            if len(box) != 4 or not (box[2] > box[0] and box[3] > box[1]):
+                raise ValueError(
+                    f"{item.key}: box {list(box)} is not [x0, y0, x1, y1], x1>x0, y1>y0"
+                )
         view, geometry = teacher_view(
             item.image, item.boxes, self.image_size, cfg.view,
             cfg.pad_color, cfg.box_color, cfg.box_width,

@@ -95,3 +95,15 @@ def test_tiny_builder_cli_is_deterministic(tiny_dir, tmp_path):
     subprocess.run([sys.executable, "-m", "teacher.tiny", "--out", str(out)], check=True)
     for name in ("model.safetensors", "tokenizer.json", "config.json"):
         assert (out / name).read_bytes() == (tiny_dir / name).read_bytes(), name
+
+
+def test_bad_inputs_are_named(tiny_dir):
+    with pytest.raises(ValueError, match="layers"):
+        make_teacher(tiny_dir, layers=[7])
+    with pytest.raises(ValueError, match="heads"):
+        make_teacher(tiny_dir, heads=[4])
+    item = sample_items()[0]
+    item.boxes = [(30, 10, 20, 40)]  # x1 < x0
+    with pytest.raises(ValueError, match=f"{item.key}: box"):
+        make_teacher(tiny_dir).extract([item])
+    assert make_teacher(tiny_dir).extract([]) == []
