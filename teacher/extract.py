@@ -81,22 +81,35 @@ class Encoded:
     image_start: list[int]  # padded position of each item's first image token
 
 
-class AnswerStop(StoppingCriteria):
-    """Per-row stop once the answer's value is closed (the batch runs until all rows stop)."""
+def answer_closed(answer_format: str, forced: bool, generated: str) -> bool:
+    """Whether the generated text already holds the whole value we parse (stop decoding)."""
+    if "\n" in generated:
+        return True
+    if answer_format == "dict":
+        if forced:  # the model writes inside the background value's opening quote
+            return any(mark in generated for mark in ("'", '"', "}"))
+        # Free answers may nest braces ({'foreground':{goldfish}, ...}): wait for balance.
+        opened, closed = generated.count("{"), generated.count("}")
+        return closed > 0 and closed >= opened
+    if answer_format == "dense":
+        return "." in generated
+    return False  # phrase / description: until the end token or max_new_tokens
 
-    def __init__(self, tokenizer, prompt_length: int, stop_strings: list[str]) -> None:
+
+class AnswerStop(StoppingCriteria):
+    """Per-row stop once the answer is closed (the batch runs until all rows stop)."""
+
+    def __init__(self, tokenizer, prompt_length: int, answer_format: str, forced: bool) -> None:
         self.tokenizer = tokenizer
         self.prompt_length = prompt_length
-        self.stop_strings = stop_strings
+        self.answer_format = answer_format
+        self.forced = forced
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
-        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        if not self.stop_strings:
-            return done
-        for b, row in enumerate(input_ids[:, self.prompt_length :].tolist()):
-            text = self.tokenizer.decode(row, skip_special_tokens=True)
-            done[b] = any(stop in text for stop in self.stop_strings)
-        return done
+        rows = input_ids[:, self.prompt_length :].tolist()
+        texts = self.tokenizer.batch_decode(rows, skip_special_tokens=True)
+        done = [answer_closed(self.answer_format, self.forced, text) for text in texts]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
 def decode_with_spans(tokenizer, ids: list[int]) -> tuple[str, list[Span]]:
@@ -237,15 +250,6 @@ class Teacher:
         inputs = {k: v.to(self.model.device) for k, v in inputs.items()}
         return Encoded(inputs, prompt_length, pad, answer_start, image_start)
 
-    def stop_strings(self) -> list[str]:
-        fmt = self.template.answer_format
-        if fmt == "dict":
-            # Forced: the model writes inside the background quotes; free: the whole dict.
-            return ["'", '"', "}", "\n"] if self.forced else ["}", "\n"]
-        if fmt == "dense":
-            return [".", "\n"]
-        return ["\n"]
-
     def generate_kwargs(self, encoded: Encoded) -> dict:
         return {
             **encoded.inputs,
@@ -254,7 +258,9 @@ class Teacher:
             "num_beams": 1,
             "pad_token_id": self.tokenizer.pad_token_id,
             "stopping_criteria": [
-                AnswerStop(self.tokenizer, encoded.prompt_length, self.stop_strings())
+                AnswerStop(
+                    self.tokenizer, encoded.prompt_length, self.template.answer_format, self.forced
+                )
             ],
         }
 

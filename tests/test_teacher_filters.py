@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from teacher import TeacherConfig
 from teacher.answers import normalize, parse_dense_answer, parse_dict_answer
+from teacher.extract import answer_closed
 from teacher.filters import NO_MASS, eq11, eq12
 from teacher.prompts import PROMPTS_FILE, chat_text, forced_answer_text, load_prompts, question_text
 
@@ -114,3 +115,20 @@ def test_prompts_are_the_papers_and_plain_json():
 def test_prompt3_cannot_be_forced():
     with pytest.raises(ValidationError, match="prompt3"):
         TeacherConfig(prompt="prompt3", answer_mode="forced-foreground")
+
+
+@pytest.mark.parametrize(
+    ("fmt", "forced", "generated", "closed"),
+    [
+        ("dict", True, "grass, sky", False),
+        ("dict", True, "grass, sky'}", True),
+        ("dict", False, "{'foreground':{goldfish}, 'backgr", False),  # nested braces
+        ("dict", False, "{'foreground':{goldfish}, 'background':{water}}", True),
+        ("dense", True, " green grass", False),
+        ("dense", True, " green grass.", True),
+        ("phrase", False, "Goldfish", False),
+        ("description", False, "A fish\nin", True),
+    ],
+)
+def test_answer_closed(fmt, forced, generated, closed):
+    assert answer_closed(fmt, forced, generated) is closed
