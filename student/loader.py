@@ -4,7 +4,8 @@ Per worker, the stages are:
 
     tar reader (shards split by node, then by worker) -> FRACTION subset by key
     -> join with the shard's committed maps (read once per shard) -> sample shuffle buffer
-    -> decode + one geometric view applied to image and map together -> batches
+    -> decode + one geometric view of the image -> batches, whose maps follow their images'
+       views in one batched computation
 
 The join sits before the shuffle buffer on purpose: the tar reader delivers a shard's samples
 contiguously, so each shard's rows are read from the cache once, as one chunk per array; after
@@ -34,7 +35,14 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pipeline.cache import CacheEntry, ShardNotCommittedError, open_entry
 from pipeline.records import INDEX_FILE, SampleRecord, ShardIndex, read_index
 from pipeline.shard_reader import image_member
-from student.maps import PairedTransform, Rect, check_view_geometry, teacher_view_rect
+from student.maps import (
+    PairedTransform,
+    Rect,
+    check_view_geometry,
+    rects_array,
+    teacher_view_rect,
+    transform_maps,
+)
 
 log = logging.getLogger(__name__)
 
@@ -255,7 +263,7 @@ class ShardMapJoin:
 
 
 class DecodeAndView:
-    """Pipeline stage: raw sample -> image tensor, label, student-grid map (one shared view)."""
+    """Pipeline stage: raw sample -> image tensor of one view, plus that view for its map."""
 
     def __init__(self, transform: PairedTransform, geometry: dict[str, Any] | None) -> None:
         self.transform = transform
@@ -282,32 +290,55 @@ class DecodeAndView:
                 f"{url}: sample {key!r} decodes to {image.size} but its record says "
                 f"{(record.width, record.height)}; maps would land on the wrong pixels"
             )
+        tensor, crop, flip = self.transform.view_image(image)
         teacher_map = sample.get("teacher_map")
-        view: Rect | None = None
-        c_vlm, valid = None, False
-        if teacher_map is not None and self.geometry is not None:
-            c_vlm, valid = teacher_map
-            view = self.view_rect(record.width, record.height)
-        tensor, student_map, map_valid = self.transform(image, c_vlm, valid, view)
+        has_map = teacher_map is not None and self.geometry is not None
         return {
             "image": tensor,  # [3, S, S]
             "label": record.label,
-            "c_vlm": student_map,  # [g, g]
-            "map_valid": map_valid,
             "key": key,
             "domain": record.domain,
+            # what the batch's map transform needs (see Collate)
+            "teacher_map": teacher_map[0] if has_map else None,  # [G, G] float16
+            "teacher_valid": teacher_map[1] if has_map else False,
+            # without a map any non-empty rectangle will do: the row stays zeros and invalid
+            "view_rect": self.view_rect(record.width, record.height) if has_map else crop,
+            "crop": crop,
+            "flip": flip,
         }
 
 
-def collate(samples: list[dict[str, Any]]) -> Batch:
-    return {
-        "image": torch.stack([s["image"] for s in samples]),  # [B, 3, S, S]
-        "label": torch.tensor([s["label"] for s in samples], dtype=torch.long),  # [B]
-        "c_vlm": torch.from_numpy(np.stack([s["c_vlm"] for s in samples])),  # [B, g, g]
-        "map_valid": torch.tensor([s["map_valid"] for s in samples], dtype=torch.bool),  # [B]
-        "key": [s["key"] for s in samples],
-        "domain": [s["domain"] for s in samples],
-    }
+class Collate:
+    """Stack samples into a batch and move all its maps with their views in one computation."""
+
+    def __init__(self, grid: int) -> None:
+        self.grid = grid
+
+    def maps(self, samples: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+        present = [s["teacher_map"] for s in samples if s["teacher_map"] is not None]
+        if not present:
+            size = len(samples)
+            return np.zeros((size, self.grid, self.grid), np.float32), np.zeros(size, bool)
+        blank = np.zeros_like(present[0])  # rows of pending shards: invalid, never read
+        return transform_maps(
+            np.stack([blank if s["teacher_map"] is None else s["teacher_map"] for s in samples]),
+            np.array([s["teacher_valid"] for s in samples], bool),  # [B]
+            rects_array([s["view_rect"] for s in samples]),  # [B, 4]
+            rects_array([s["crop"] for s in samples]),  # [B, 4]
+            np.array([s["flip"] for s in samples], bool),  # [B]
+            self.grid,
+        )  # [B, g, g], [B]
+
+    def __call__(self, samples: list[dict[str, Any]]) -> Batch:
+        c_vlm, map_valid = self.maps(samples)
+        return {
+            "image": torch.stack([s["image"] for s in samples]),  # [B, 3, S, S]
+            "label": torch.tensor([s["label"] for s in samples], dtype=torch.long),  # [B]
+            "c_vlm": torch.from_numpy(c_vlm),  # [B, g, g]
+            "map_valid": torch.from_numpy(map_valid),  # [B]
+            "key": [s["key"] for s in samples],
+            "domain": [s["domain"] for s in samples],
+        }
 
 
 # ---- the loader ---------------------------------------------------------------------------
@@ -407,7 +438,9 @@ class ShardMapLoader:
             eval_crop_fraction=cfg.eval_crop_fraction,
         )  # fmt: skip
         pipeline = pipeline.map(DecodeAndView(transform, geometry))
-        return pipeline.batched(cfg.batch_size, collation_fn=collate, partial=not cfg.train)
+        return pipeline.batched(
+            cfg.batch_size, collation_fn=Collate(cfg.grid), partial=not cfg.train
+        )
 
     def _batches(self, epoch: int, repeat: int = 0) -> Iterator[Batch]:
         cfg = self.config

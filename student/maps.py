@@ -122,60 +122,74 @@ def center_crop_rect(width: int, height: int, crop_fraction: float = 1.0) -> Rec
 
 @functools.cache
 def _steps(n: int) -> np.ndarray:
-    return np.arange(n + 1, dtype=np.float64)  # [n + 1]; cached: this runs per sample
+    return np.arange(n + 1, dtype=np.float64)  # [n + 1]; cached: this runs per batch
 
 
 def uniform_overlap(
-    source_lo: float,
-    source_hi: float,
+    source_lo: np.ndarray,
+    source_hi: np.ndarray,
     n_source: int,
-    target_lo: float,
-    target_hi: float,
+    target_lo: np.ndarray,
+    target_hi: np.ndarray,
     n_target: int,
 ) -> np.ndarray:
-    """[n_target, n_source]: the share of each source cell's length inside each target cell.
+    """[..., n_target, n_source]: the share of each source cell's length in each target cell.
 
-    Both are uniform grids on one axis. With target edges measured in source-cell units from
-    the source's start (u), source cell k holds clip(u - k, 0, 1) of its length below u, so
-    cell-to-cell shares are differences of that along the target edges.
+    One axis of two uniform grids, for a batch of extents (`...` is the shape of the bounds).
+    With target edges measured in source-cell units from the source's start (u), source cell
+    k holds clip(u - k, 0, 1) of its length below u, so cell-to-cell shares are differences
+    of that along the target edges.
     """
-    step = (source_hi - source_lo) / n_source
-    edges = (target_lo - source_lo) / step + _steps(n_target) * (
-        (target_hi - target_lo) / (n_target * step)
-    )  # [n_target + 1], in source cells
-    covered = np.subtract.outer(edges, _steps(n_source)[:-1])  # [n_target + 1, n_source]
+    source_lo, source_hi = np.asarray(source_lo, np.float64), np.asarray(source_hi, np.float64)
+    target_lo, target_hi = np.asarray(target_lo, np.float64), np.asarray(target_hi, np.float64)
+    step = ((source_hi - source_lo) / n_source)[..., None]  # [..., 1]
+    edges = (target_lo[..., None] - source_lo[..., None]) / step + _steps(n_target) * (
+        (target_hi - target_lo)[..., None] / (n_target * step)
+    )  # [..., n_target + 1], in source cells
+    covered = edges[..., :, None] - _steps(n_source)[:-1]  # [..., n_target + 1, n_source]
     np.clip(covered, 0.0, 1.0, out=covered)
-    return covered[1:] - covered[:-1]  # [n_target, n_source]
+    return covered[..., 1:, :] - covered[..., :-1, :]  # [..., n_target, n_source]
 
 
-def resample_mass(
-    mass_map: np.ndarray, map_rect: Rect, out_rect: Rect, out_grid: int, flip: bool = False
-) -> np.ndarray:
-    """Mass of `mass_map` (cells tiling `map_rect`) inside each cell of a grid over `out_rect`.
+def rects_array(rects: Sequence[Rect]) -> np.ndarray:
+    """[B, 4] (x0, y0, x1, y1) rows."""
+    return np.array([(r.x0, r.y0, r.x1, r.y1) for r in rects], dtype=np.float64).reshape(-1, 4)
 
-    `flip` mirrors the output left-right, as a horizontal flip applied after the crop does.
-    Mass outside `out_rect` is dropped; nothing is renormalized here.
+
+def transform_maps(
+    c_vlm: np.ndarray,
+    valid: np.ndarray,
+    view_rects: np.ndarray,
+    crop_rects: np.ndarray,
+    flips: np.ndarray,
+    out_grid: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A batch of cached C_VLM rows moved onto the student's grid after crop and flip.
+
+    c_vlm [B, G, G] on grids tiling `view_rects` [B, 4]; `crop_rects` [B, 4] are the student
+    views (x0, y0, x1, y1, original pixels), `flips` [B] mirror them after the crop. Returns
+    (maps [B, g, g] float32 summing to 1, valid [B]); a row that was invalid, or whose crop
+    kept too little mass, comes back as zeros with valid False (never NaN).
+    One batched computation: per-sample numpy calls cost more than the arithmetic.
     """
-    if mass_map.ndim != 2:
-        raise ValueError(f"expected a 2-D map, got shape {mass_map.shape}")
-    rows, cols = mass_map.shape
+    c_vlm = np.asarray(c_vlm)
+    if c_vlm.ndim != 3 or c_vlm.shape[1] != c_vlm.shape[2]:
+        raise ValueError(f"expected maps of shape [B, G, G], got {c_vlm.shape}")
+    grid = c_vlm.shape[1]
     fy = uniform_overlap(
-        map_rect.y0, map_rect.y1, rows, out_rect.y0, out_rect.y1, out_grid
-    )  # [g, G]
+        view_rects[:, 1], view_rects[:, 3], grid, crop_rects[:, 1], crop_rects[:, 3], out_grid
+    )  # [B, g, G]
     fx = uniform_overlap(
-        map_rect.x0, map_rect.x1, cols, out_rect.x0, out_rect.x1, out_grid
-    )  # [g, G]
-    if flip:
-        fx = fx[::-1]  # output column j takes what column g-1-j would have had
-    return fy @ mass_map.astype(np.float64) @ fx.T  # [g, g]
-
-
-def normalize_mass(mass: np.ndarray, reference_total: float = 1.0) -> tuple[np.ndarray, bool]:
-    """(mass / its sum, True), or (zeros, False) when too little mass is left to mean anything."""
-    total = float(mass.sum())
-    if not np.isfinite(total) or total <= MIN_KEPT_MASS * reference_total:
-        return np.zeros(mass.shape, dtype=np.float32), False
-    return (mass * (1.0 / total)).astype(np.float32), True
+        view_rects[:, 0], view_rects[:, 2], grid, crop_rects[:, 0], crop_rects[:, 2], out_grid
+    )  # [B, g, G]
+    # a flip after the crop: output column j takes what column g-1-j would have had
+    fx = np.where(np.asarray(flips, bool)[:, None, None], fx[:, ::-1], fx)  # [B, g, G]
+    mass = fy @ c_vlm.astype(np.float64) @ fx.transpose(0, 2, 1)  # [B, g, g]
+    total = mass.sum(axis=(1, 2))  # [B]
+    # The cache's rows sum to 1 up to float16 rounding, so "too little kept" is judged against 1.
+    kept = np.asarray(valid, bool) & np.isfinite(total) & (total > MIN_KEPT_MASS)  # [B]
+    scale = np.where(kept, 1.0 / np.where(kept, total, 1.0), 0.0)  # [B]
+    return (mass * scale[:, None, None]).astype(np.float32), kept
 
 
 def transform_map(
@@ -186,15 +200,16 @@ def transform_map(
     out_grid: int,
     flip: bool = False,
 ) -> tuple[np.ndarray, bool]:
-    """A cached C_VLM row on the student's grid after crop (+ flip); (zeros, False) if invalid.
-
-    The cache's rows sum to 1 up to float16 rounding, so "too little mass kept" is judged
-    against 1 rather than re-summing every row.
-    """
-    if not valid:
-        return np.zeros((out_grid, out_grid), dtype=np.float32), False
-    mass = resample_mass(np.asarray(c_vlm), view_rect, crop_rect, out_grid, flip)
-    return normalize_mass(mass)
+    """One cached C_VLM row on the student's grid after crop (+ flip); (zeros, False) if invalid."""
+    maps, kept = transform_maps(
+        np.asarray(c_vlm)[None],
+        np.array([valid]),
+        rects_array([view_rect]),
+        rects_array([crop_rect]),
+        np.array([flip]),
+        out_grid,
+    )
+    return maps[0], bool(kept[0])
 
 
 class PairedTransform:
@@ -253,12 +268,19 @@ class PairedTransform:
         tensor = TF.to_dtype(TF.pil_to_tensor(out), torch.float32, scale=True)  # [3, S, S]
         return TF.normalize(tensor, self.mean, self.std)
 
+    def view_image(self, image: Image.Image) -> tuple[torch.Tensor, Rect, bool]:
+        """(image [3, S, S], crop, flip): the view is returned so the map can follow it."""
+        crop, flip = self.sample_view(image)
+        return self.apply_image(image, crop, flip), crop, flip
+
     def __call__(
         self, image: Image.Image, c_vlm: np.ndarray | None, valid: bool, view_rect: Rect | None
     ) -> tuple[torch.Tensor, np.ndarray, bool]:
-        """(image [3, S, S], map [g, g] summing to 1 or zeros, map valid)."""
-        crop, flip = self.sample_view(image)
-        tensor = self.apply_image(image, crop, flip)
+        """(image [3, S, S], map [g, g] summing to 1 or zeros, map valid) for one sample.
+
+        The loader uses `view_image` and moves a whole batch of maps at once instead.
+        """
+        tensor, crop, flip = self.view_image(image)
         if c_vlm is None or view_rect is None:
             return tensor, np.zeros((self.grid, self.grid), dtype=np.float32), False
         student_map, map_valid = transform_map(c_vlm, valid, view_rect, crop, self.grid, flip)

@@ -15,8 +15,10 @@ from student.maps import (
     PairedTransform,
     Rect,
     center_crop_rect,
+    rects_array,
     teacher_view_rect,
     transform_map,
+    transform_maps,
 )
 
 torch.set_num_threads(1)
@@ -268,3 +270,36 @@ def test_view_rect_agrees_with_the_teachers_own_geometry(mode):
         for geometry in ({"mode": mode, "size": size, "grid": 24}, theirs.model_dump()):
             ours = teacher_view_rect(geometry, width, height)
             np.testing.assert_allclose((ours.x0, ours.y0, ours.x1, ours.y1), (x0, y0, x1, y1))
+
+
+def test_batched_transform_equals_one_row_at_a_time():
+    rng = np.random.default_rng(3)
+    size = 12
+    c_vlm = rng.random((size, 24, 24)).astype(np.float16)
+    c_vlm /= c_vlm.sum(axis=(1, 2), keepdims=True)
+    valid = rng.random(size) > 0.2
+    flips = rng.random(size) > 0.5
+    views, crops = [], []
+    for _ in range(size):
+        w, h = rng.integers(20, 120, size=2)
+        views.append(teacher_view_rect({"mode": "pad", "size": 336}, int(w), int(h)))
+        ch, cw = rng.integers(1, h + 1), rng.integers(1, w + 1)
+        crops.append(
+            Rect.from_crop(rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1), ch, cw)
+        )
+    crops[0] = Rect(0, 0, 1, 1)  # a sliver that may keep no mass
+
+    maps, kept = transform_maps(
+        c_vlm, valid, rects_array(views), rects_array(crops), flips, out_grid=7
+    )
+
+    assert maps.shape == (size, 7, 7) and maps.dtype == np.float32 and kept.shape == (size,)
+    for row in range(size):
+        single, ok = transform_map(
+            c_vlm[row], bool(valid[row]), views[row], crops[row], 7, bool(flips[row])
+        )
+        assert ok == kept[row]
+        np.testing.assert_allclose(maps[row], single, atol=1e-7)
+    assert not np.isnan(maps).any()
+    np.testing.assert_allclose(maps[kept].sum(axis=(1, 2)), 1.0, atol=1e-5)
+    assert (maps[~kept] == 0).all()
