@@ -9,8 +9,11 @@ A C_VLM cell is a constant density over its rectangle, so the mass that lands in
 the teacher cell's mass times the fraction of its area inside the student cell. Both grids are
 axis-aligned, so that fraction factorizes into an x part and a y part and the whole resampling is
 `Fy @ C @ Fx^T`. This is exact area resampling (what rasterizing the map at pixel resolution,
-cropping and average-pooling approximates) at O(g * G) cost, cheap enough to run per sample in the
-loader's workers.
+cropping and average-pooling approximates) at O(g * G) cost; the loader runs it for a whole batch
+at once in its workers (`transform_maps`), since per-sample numpy calls cost more than the math.
+
+The image side uses torchvision: RandomResizedCrop's own parameter sampler, then its resize,
+flip and normalize kernels, on the same rectangle the map is moved with (`PairedTransform`).
 """
 
 from __future__ import annotations
