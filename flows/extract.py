@@ -28,6 +28,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field
 
 import flows  # noqa: F401  (Prefect settings)
+from flows.cli_args import add_model_arguments, parse_model
 from flows.runtime import default_concurrency, device_pool, get_teacher
 from pipeline.cache import CacheEntry, CacheSpec
 from pipeline.config import ShardsConfig
@@ -221,18 +222,12 @@ def run_extract(params: ExtractParams, runner: str = "threads", workers: int = 2
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows.extract", description=__doc__)
-    for name, field in ExtractParams.model_fields.items():
-        flag = "--" + name.replace("_", "-")
-        if field.annotation is bool:
-            parser.add_argument(flag, action="store_true", help=field.description)
-        else:
-            parser.add_argument(flag, default=field.default, help=field.description)
+    add_model_arguments(parser, ExtractParams)
     parser.add_argument("--runner", choices=["threads", "dask"], default="threads")
     parser.add_argument("--workers", type=int, default=2, help="Dask worker processes")
-    args = vars(parser.parse_args(argv))
-    runner, workers = args.pop("runner"), args.pop("workers")
-    params = ExtractParams.model_validate({k: v for k, v in args.items() if v is not None})
-    summary = run_extract(params, runner, workers)
+    args = parser.parse_args(argv)
+    params = parse_model(ExtractParams, args)
+    summary = run_extract(params, args.runner, args.workers)
     print(
         json.dumps(
             {

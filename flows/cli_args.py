@@ -1,0 +1,34 @@
+"""Command-line flags generated from a pydantic params model, so the CLI and the Prefect form
+always offer the same fields with the same defaults."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import TypeVar
+
+from pydantic import BaseModel
+
+Params = TypeVar("Params", bound=BaseModel)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, model: type[BaseModel]) -> None:
+    """One flag per field (booleans get --x / --no-x, dicts take JSON); unset flags keep the
+    model's default."""
+    for name, field in model.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        if field.annotation is bool:
+            parser.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=None, help=field.description
+            )
+        elif field.annotation is dict:
+            parser.add_argument(
+                flag, type=json.loads, default=None, help=f"{field.description} (JSON)"
+            )
+        else:
+            parser.add_argument(flag, default=None, help=field.description)
+
+
+def parse_model(model: type[Params], args: argparse.Namespace) -> Params:
+    given = {k: v for k, v in vars(args).items() if k in model.model_fields and v is not None}
+    return model.model_validate(given)

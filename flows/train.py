@@ -1,0 +1,197 @@
+"""The training flow: shards + cached maps -> an I-ViT run under data/runs/<name>/.
+
+    python -m flows.train --dataset sample --epochs 10          (what `make train` runs)
+
+Resolving inputs (shards, the matching cache entry, the class count) happens here; the training
+itself is `student.run`, in this process or under torchrun when `nproc` > 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Literal
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from pydantic import BaseModel, Field
+
+import flows  # noqa: F401  (Prefect settings)
+from flows.cli_args import add_model_arguments, parse_model
+from pipeline.cache import list_entries
+from pipeline.config import ShardsConfig
+from pipeline.paths import data_dir
+from pipeline.records import ShardIndex
+from pipeline.shards_command import ensure_shards
+from student.config import StudentConfig, TrainConfig
+from student.run import DataConfig, RunConfig, run_training
+
+
+class TrainParams(BaseModel):
+    """A training run; Prefect renders it as the deployment's form."""
+
+    dataset: str = Field("sample", description="a name from data/registry.json")
+    train_split: str = "train"
+    val_split: str | None = Field("val", description="None: no validation")
+    shards_root: str = Field(str(data_dir() / "shards"))
+    shard_size: int = Field(1000, ge=1, description="used only when shards must be written")
+    cache_root: str = Field(str(data_dir() / "cache"), description="local path or s3:// URL")
+    cache_entry: str | None = Field(None, description="an entry to use when the root has several")
+    model: str = Field("vit_small_patch16_224", description="timm ViT name")
+    weights: str | None = Field(None, description="file, 'none' (random), or empty for timm's hub")
+    img_size: int | None = Field(None, description="override the ViT's input size")
+    model_kwargs: dict = Field(default_factory=dict, description="extra timm.create_model kwargs")
+    epochs: int = Field(10, gt=0)
+    batch: int = Field(64, gt=0)
+    lr: float = Field(1e-3, gt=0)
+    warmup_epochs: float = Field(1.0, ge=0)
+    fraction: float = Field(1.0, gt=0.0, le=1.0, description="seeded share of the train split")
+    run: str | None = Field(None, description="run name under data/runs; default: a new one")
+    runs_root: str = Field(str(data_dir() / "runs"))
+    num_workers: int = Field(2, ge=0)
+    nproc: int = Field(1, ge=1, description="processes (GPUs) under torchrun; 1: in-process")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    interaction_queries: bool = True
+    gate: bool = True
+    alignment: bool = True
+    align_on_original: bool = False
+    align_lambda: float = Field(1.0, ge=0)
+    seed: int = 0
+
+    def run_name(self) -> str:
+        return self.run or f"{self.dataset}-{self.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _matching_entry(params: TrainParams, index: ShardIndex, required: bool) -> str | None:
+    """The cache entry holding maps for exactly these shards (matched by dataset fingerprint)."""
+    if params.cache_entry and index.split == params.train_split:
+        return params.cache_entry
+    matches = [
+        e
+        for e in list_entries(params.cache_root)
+        if e.spec.dataset_fingerprint == index.fingerprint
+    ]
+    if len(matches) == 1:
+        return matches[0].path
+    where = f"{params.dataset}/{index.split} (fingerprint {index.fingerprint[:16]}) under {params.cache_root}"
+    if not matches:
+        if required:
+            raise FileNotFoundError(
+                f"no map-cache entry for {where}; run `make extract DATASET={params.dataset} "
+                f"SPLIT={index.split}` first, or train without alignment (--no-alignment)"
+            )
+        return None
+    listing = "\n  ".join(f"{e.path}  ({e.spec.teacher.get('model', '?')})" for e in matches)
+    raise ValueError(
+        f"several cache entries match {where}; choose one with CACHE_ENTRY=:\n  {listing}"
+    )
+
+
+@task(retries=1, retry_delay_seconds=5)
+def resolve_run(params: TrainParams) -> str:
+    """Shards (written if missing), cache entries and class count -> the run's config.json."""
+    logger = get_run_logger()
+    indexes = {}
+    for split in filter(None, [params.train_split, params.val_split]):
+        shards = ShardsConfig(
+            dataset=params.dataset,
+            split=split,
+            shards=Path(params.shards_root),
+            shard_size=params.shard_size,
+        )
+        indexes[split] = ensure_shards(shards).index
+    train_index = indexes[params.train_split]
+    aligns = params.alignment and params.align_lambda > 0
+    train_cache = _matching_entry(params, train_index, required=aligns)
+    val_cache = (
+        _matching_entry(params, indexes[params.val_split], required=False)
+        if params.val_split
+        else None
+    )
+    weights = None if params.weights in (None, "") else params.weights
+    run_dir = Path(params.runs_root) / params.run_name()
+    config = RunConfig(
+        student=StudentConfig(
+            model=params.model, weights=weights, num_classes=len(train_index.classes),
+            img_size=params.img_size, model_kwargs=params.model_kwargs,
+            interaction_queries=params.interaction_queries, gate=params.gate,
+            alignment=params.alignment, align_on_original=params.align_on_original,
+            align_lambda=params.align_lambda, seed=params.seed,
+        ),
+        train=TrainConfig(
+            epochs=params.epochs, lr=params.lr, warmup_epochs=params.warmup_epochs,
+            seed=params.seed, run_dir=run_dir,
+        ),
+        data=DataConfig(
+            shard_dir=Path(params.shards_root) / params.dataset, train_split=params.train_split,
+            val_split=params.val_split, train_cache=train_cache, val_cache=val_cache,
+            batch_size=params.batch, num_workers=params.num_workers, fraction=params.fraction,
+        ),
+        device=params.device,
+    )  # fmt: skip
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(config.model_dump_json(indent=2))
+    logger.info("run %s: train maps %s", run_dir, train_cache or "none (no alignment)")
+    return str(run_dir)
+
+
+@task
+def train_run(run_dir: str, nproc: int) -> list[dict]:
+    """Train in this process, or under torchrun with `nproc` processes (DDP)."""
+    config_path = Path(run_dir) / "config.json"
+    if nproc == 1:
+        return run_training(RunConfig.model_validate_json(config_path.read_text()))
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+        "-m", "student.run", "--config", str(config_path),
+    ]  # fmt: skip
+    subprocess.run(command, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    metrics = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in metrics.read_text().splitlines()]
+
+
+@task
+def publish_run(run_dir: str, rows: list[dict]) -> dict:
+    run = Path(run_dir)
+    last = rows[-1] if rows else {}
+    overlays = sorted((run / "overlays").glob("*.png"))
+    lines = [
+        f"# Run `{run.name}`",
+        f"- folder: `{run}`",
+        f"- epochs this call: {len(rows)}",
+        *(f"- {k}: {v:.4f}" if isinstance(v, float) else f"- {k}: {v}" for k, v in last.items()),
+        f"- curves: `{run / 'curves.png'}`",
+        f"- latest overlays: `{overlays[-1] if overlays else 'none'}`",
+    ]
+    create_markdown_artifact("\n".join(lines), key="train-summary", description="training run")
+    return {"run_dir": str(run), "last": last, "curves": str(run / "curves.png"),
+            "overlays": str(overlays[-1]) if overlays else None}  # fmt: skip
+
+
+@flow(name="train-ivit", log_prints=True)
+def train_flow(params: TrainParams) -> dict:
+    """Train an I-ViT on shards joined with their cached teacher maps."""
+    run_dir = resolve_run(params)
+    rows = train_run(run_dir, params.nproc)
+    return publish_run(run_dir, rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m flows.train", description=__doc__)
+    add_model_arguments(parser, TrainParams)
+    params = parse_model(TrainParams, parser.parse_args(argv))
+    result = train_flow(params)
+    print(json.dumps(result["last"]))
+    print(f"run folder: {result['run_dir']}")
+    print(f"curves:     {result['curves']}")
+    print(f"overlays:   {result['overlays']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

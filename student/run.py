@@ -1,0 +1,112 @@
+"""One training run, from a resolved config file: what the train flow calls and torchrun launches.
+
+    python -m student.run --config data/runs/<name>/config.json                 (one process)
+    torchrun --standalone --nproc_per_node=2 -m student.run --config ...          (DDP)
+
+The config is resolved by the caller (the train flow): shard folders, cache entries and the
+class count are already fixed in it, so every process of a DDP job builds the same thing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from student.build import build, build_optimizer, build_scheduler
+from student.checkpoint import load_checkpoint
+from student.config import StudentConfig, TrainConfig
+from student.distributed import cleanup, init_distributed, wrap_ddp
+from student.engine import evaluate, fit
+from student.loader import build_loader
+from student.model import IViT
+
+
+class DataConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    shard_dir: Path = Field(description="data/shards/<dataset>: the splits are subfolders")
+    train_split: str = "train"
+    val_split: str | None = Field("val", description="None: no validation")
+    train_cache: str | None = Field(None, description="map-cache entry of the train split")
+    val_cache: str | None = Field(None, description="entry of the val split (overlays only)")
+    batch_size: int = Field(64, gt=0)
+    num_workers: int = Field(2, ge=0)
+    fraction: float = Field(1.0, gt=0.0, le=1.0, description="seeded share of the train split")
+
+
+class RunConfig(BaseModel):
+    """Everything a run needs; written as `config.json` next to its outputs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    student: StudentConfig
+    train: TrainConfig
+    data: DataConfig
+    device: str = Field("auto", description="auto | cpu | cuda")
+
+
+def _loader(cfg: RunConfig, model: IViT, split: str, cache: str | None, train: bool):
+    mean, std = model.data_config["mean"], model.data_config["std"]
+    return build_loader(
+        cfg.data.shard_dir, cache, split, model.img_size, model.patch_size, cfg.data.batch_size,
+        train, cfg.data.num_workers, mean=tuple(mean), std=tuple(std),
+        fraction=cfg.data.fraction if train else 1.0, seed=cfg.train.seed,
+    )  # fmt: skip
+
+
+def run_training(cfg: RunConfig) -> list[dict]:
+    """Train (or resume) the run described by `cfg`; returns this call's metric rows."""
+    context = init_distributed(device=cfg.device)
+    try:
+        model, criterion = build(cfg.student)
+        train_loader = _loader(cfg, model, cfg.data.train_split, cfg.data.train_cache, True)
+        val_loader = None
+        if cfg.data.val_split:
+            val_loader = _loader(cfg, model, cfg.data.val_split, cfg.data.val_cache, False)
+        optimizer = build_optimizer(model, cfg.train)
+        scheduler = build_scheduler(optimizer, cfg.train, len(train_loader))
+        model.to(context.device)
+        trained = wrap_ddp(model) if context.world_size > 1 else model
+        return fit(
+            trained, criterion, optimizer, scheduler, train_loader, val_loader, cfg.train,
+            context.device, resolved_config=cfg.model_dump(mode="json"),
+        )  # fmt: skip
+    finally:
+        cleanup()
+
+
+def evaluate_run(
+    run_dir: Path, split: str, shard_dir: Path | None = None, device: str = "auto"
+) -> dict:
+    """Top-1 (and per-domain accuracy with its variance) of a run's last checkpoint on `split`."""
+    cfg = RunConfig.model_validate_json((run_dir / "config.json").read_text())
+    context = init_distributed(device=device)
+    model, _ = build(cfg.student)
+    load_checkpoint(run_dir / "checkpoint-last", model, restore_rng=False)
+    if shard_dir is not None:
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"shard_dir": shard_dir})})
+    loader = _loader(cfg, model, split, None, train=False)
+    model.to(context.device)
+    result = evaluate(model, loader, context.device)
+    result = {"run": str(run_dir), "split": split, **result}
+    (run_dir / f"eval-{split}.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m student.run", description=__doc__)
+    parser.add_argument("--config", type=Path, required=True, help="a RunConfig JSON file")
+    args = parser.parse_args(argv)
+    cfg = RunConfig.model_validate_json(args.config.read_text())
+    rows = run_training(cfg)
+    if rows:
+        print(json.dumps(rows[-1]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
