@@ -362,17 +362,24 @@ class ShardMapLoader:
         self.index = read_index(self.split_dir)
         self.entry = self._open_cache()
         self.rank, self.world_size = distributed_position()
-        if len(self.index.shards) < self.world_size:
-            raise ValueError(
-                f"{self.split_dir}: {len(self.index.shards)} shards cannot feed {self.world_size} "
-                "ranks (shards are the unit of distribution); write smaller shards"
-            )
+        shards = len(self.index.shards)
+        if shards < self.world_size:
+            # Shards are the unit of distribution. Training needs every rank fed (DDP steps
+            # together); evaluation can leave ranks idle, its counts are summed over ranks.
+            if config.train:
+                raise ValueError(
+                    f"{self.split_dir}: {shards} shard(s) cannot feed {self.world_size} training "
+                    "ranks; write smaller shards (SHARD_SIZE) so each rank gets at least one"
+                )
+            log.warning("%s: %d shard(s) for %d ranks; rank %d evaluates %s",
+                        self.split_dir, shards, self.world_size, self.rank,
+                        "nothing" if self.rank >= shards else "one shard")  # fmt: skip
         self.epoch = 0
         self._length = epoch_length(
             self.index, config.batch_size, config.train, config.fraction, config.seed,
             config.num_workers, self.rank, self.world_size,
         )  # fmt: skip
-        if self._length == 0:
+        if self._length == 0 and (config.train or self.world_size == 1):
             raise ValueError(
                 f"{self.split_dir}: fraction {config.fraction} of {self.index.num_samples} samples "
                 f"gives no batch of {config.batch_size} on each of {self.world_size} ranks"

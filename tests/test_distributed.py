@@ -30,7 +30,7 @@ WORKER = textwrap.dedent(
     from student.distributed import all_reduce_sum, cleanup, init_distributed, is_main_process, wrap_ddp
     from student.loader import build_loader
 
-    shard_dir, out_dir = sys.argv[1], sys.argv[2]
+    shard_dir, small_dir, out_dir = sys.argv[1], sys.argv[2], sys.argv[3]
     torch.set_num_threads(1)
     context = init_distributed()
     common = dict(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
@@ -45,6 +45,15 @@ WORKER = textwrap.dedent(
     model(features).pow(2).mean().backward()
 
     count = all_reduce_sum(torch.tensor([len(eval_keys)]))
+
+    # one shard for two ranks: evaluation leaves rank 1 idle, training refuses
+    small = build_loader(small_dir, None, "val", 16, 4, 4, False, 1, **common)
+    small_keys = [k for batch in small for k in batch["key"]]
+    try:
+        build_loader(small_dir, None, "val", 16, 4, 4, True, 1, **common)
+        small_train_error = ""
+    except ValueError as err:
+        small_train_error = str(err)
     result = {
         "rank": context.rank,
         "world_size": context.world_size,
@@ -57,6 +66,9 @@ WORKER = textwrap.dedent(
         "train_length": len(training),
         "grad": model.module.weight.grad.flatten().tolist(),
         "all_reduced_count": int(count.item()),
+        "small_keys": small_keys,
+        "small_length": len(small),
+        "small_train_error": small_train_error,
     }
     with open(f"{out_dir}/rank{context.rank}.json", "w") as sink:
         json.dump(result, sink)
@@ -74,6 +86,7 @@ def test_torchrun_two_cpu_processes_split_shards_and_step_together(tmp_path):
     # 5 shards of 6: the ranks get 3 and 2 shards (18 and 12 samples), so one of them must
     # repeat its shards to give the same 3 training batches of 5 as the other.
     toy = write_toy_split(tmp_path / "shards", shards=5, per_shard=6)
+    small = write_toy_split(tmp_path / "shards", shards=1, per_shard=6, split="val", key_prefix="v")
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     env = {
@@ -83,7 +96,7 @@ def test_torchrun_two_cpu_processes_split_shards_and_step_together(tmp_path):
     }
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-        str(script), str(toy.split_dir), str(tmp_path),
+        str(script), str(toy.split_dir), str(small.split_dir), str(tmp_path),
     ]  # fmt: skip
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-4000:]
@@ -103,6 +116,10 @@ def test_torchrun_two_cpu_processes_split_shards_and_step_together(tmp_path):
     train_shards = [{shard_of(k) for k in r["train_keys"]} for r in ranks]
     assert not train_shards[0] & train_shards[1]
     assert train_shards[0] | train_shards[1] == {shard_of(k) for k in toy.keys}
+    # fewer shards than ranks: evaluation still sees every sample once, training refuses
+    assert ranks[0]["small_keys"] == small.keys and ranks[1]["small_keys"] == []
+    assert [r["small_length"] for r in ranks] == [2, 0]
+    assert all("cannot feed 2 training ranks" in r["small_train_error"] for r in ranks)
     # DDP averaged the (different) local gradients: both ranks hold the same one
     assert ranks[0]["grad"] == pytest.approx(ranks[1]["grad"], abs=1e-7)
     assert any(abs(g) > 0 for g in ranks[0]["grad"])
