@@ -239,7 +239,9 @@ def main() -> None:
     parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None)
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--max-new-tokens", type=int, default=12)
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    # One intra-op thread by default: on a shared CPU, OpenMP spin-waiting under contention
+    # made timings swing 30x between runs; both ways get the same threads either way.
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--strict-rss", action="store_true", help="CPU memory without reuse")
     parser.add_argument("--tiny-dir", default=None, help="tiny teacher (tokenizer for 7B too)")
     parser.add_argument("--repeats", type=int, default=3, help="alternating timed rounds")

@@ -203,6 +203,15 @@ class Teacher:
 
     # ---- preparation -------------------------------------------------------------------------
 
+    def prompt(self, item: TeacherInput) -> tuple[str, int, list[str]]:
+        """(full chat text, characters before the answer, target objects) of one item."""
+        objects = list(item.object_names or [item.class_name])
+        question = question_text(
+            self.template, self.vocabulary, objects, self.cfg.dense_background_hint
+        )
+        forced = forced_answer_text(self.template, item.class_name, objects) if self.forced else ""
+        return chat_text(question, forced), len(chat_text(question, "")), objects
+
     def prepare(self, item: TeacherInput) -> Prepared:
         cfg = self.cfg
         for box in item.boxes:
@@ -214,11 +223,18 @@ class Teacher:
             item.image, item.boxes, self.image_size, cfg.view,
             cfg.pad_color, cfg.box_color, cfg.box_width,
         )  # fmt: skip
-        objects = list(item.object_names or [item.class_name])
-        question = question_text(self.template, self.vocabulary, objects, cfg.dense_background_hint)
-        forced = forced_answer_text(self.template, item.class_name, objects) if self.forced else ""
-        head = chat_text(question, "")
-        return Prepared(item, view, geometry, chat_text(question, forced), len(head), objects)
+        text, head_chars, objects = self.prompt(item)
+        return Prepared(item, view, geometry, text, head_chars, objects)
+
+    def length_order(self, items: list[TeacherInput]) -> list[int]:
+        """Item indices sorted (stably) by prompt length: batches of equal length need no
+        padding mask, so SDPA keeps its causal kernel, and mixed batches pad less."""
+        lengths: dict[str, int] = {}
+        for item in items:
+            text = self.prompt(item)[0]
+            if text not in lengths:  # prompts repeat per class: tokenize each once
+                lengths[text] = len(self.tokenizer(text)["input_ids"])
+        return sorted(range(len(items)), key=lambda i: lengths[self.prompt(items[i])[0]])
 
     def encode(self, batch: list[Prepared]) -> Encoded:
         inputs = self.processor(
@@ -287,12 +303,16 @@ class Teacher:
         return encoded, sequences, capture.row
 
     def extract(self, items: list[TeacherInput]) -> list[MapResult]:
-        results: list[MapResult] = []
-        for start in range(0, len(items), self.cfg.batch_size):
-            batch = [self.prepare(item) for item in items[start : start + self.cfg.batch_size]]
+        """MapResults in the order of `items` (batches are formed by prompt length)."""
+        results: list[MapResult | None] = [None] * len(items)
+        order = self.length_order(items)
+        for start in range(0, len(order), self.cfg.batch_size):
+            chosen = order[start : start + self.cfg.batch_size]
+            batch = [self.prepare(items[i]) for i in chosen]
             encoded, sequences, row = self.run_fast(batch)
-            results += [self.finish(p, b, encoded, sequences[b], row) for b, p in enumerate(batch)]
-        return results
+            for b, (i, prepared) in enumerate(zip(chosen, batch, strict=True)):
+                results[i] = self.finish(prepared, b, encoded, sequences[b], row)
+        return results  # type: ignore[return-value]
 
     # ---- from rows to maps -------------------------------------------------------------------
 
