@@ -253,6 +253,9 @@ def main() -> None:
     if args.dtype is None:
         on_gpu = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
         args.dtype = "float16" if on_gpu and args.arch != "tiny" else "float32"
+    on_cpu = args.device == "cpu" or (args.device == "auto" and not torch.cuda.is_available())
+    if args.arch == "llava-1.5-7b" and args.layers is None and on_cpu:
+        parser.error("the full 7B architecture needs a GPU; on the CPU cut it with --layers N")
     if args.worker:
         run_worker(args)
         return

@@ -371,6 +371,10 @@ class Teacher:
         else:
             c_fore = np.mean([m for m, _ in fore], axis=0).astype(np.float32)
             c_vlm, valid, reason = eq11(c_fore, c_back)
+        if not (np.isfinite(c_fore).all() and np.isfinite(c_back).all()):
+            # fp16 overflow upstream: keep the row, but never let a NaN reach the cache.
+            c_fore, c_back, c_vlm, valid = zeros, zeros, zeros, False
+            reason = "non-finite attention (numerical overflow in the teacher)"
         audit = None
         if self.cfg.audit:
             pad = encoded.pad[b]

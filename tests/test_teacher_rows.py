@@ -159,3 +159,18 @@ def test_same_inputs_same_maps(tiny_dir):
     for a, b in zip(first, second, strict=True):
         assert a.answer == b.answer
         assert np.array_equal(a.c_vlm, b.c_vlm)
+
+
+def test_non_finite_rows_are_invalid_not_nan(tiny_dir):
+    teacher = make_teacher(tiny_dir)
+    run_fast = teacher.run_fast
+
+    def overflowing(batch):  # what an fp16 overflow in the teacher would hand over
+        encoded, sequences, row = run_fast(batch)
+        return encoded, sequences, lambda b, p: row(b, p) * float("nan")
+
+    teacher.run_fast = overflowing  # type: ignore[method-assign]
+    (result,) = teacher.extract(sample_items()[:1])
+    assert not result.valid and "non-finite" in result.reason
+    for name in ("c_vlm", "c_fore", "c_back"):
+        assert np.array_equal(getattr(result, name), np.zeros((24, 24)))
