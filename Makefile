@@ -27,6 +27,9 @@ BATCH      ?= 64
 FRACTION   ?= 1.0
 RUN        ?=
 EVAL_SPLIT ?= val
+TRAIN_ARGS ?=
+DEMO_QUANT ?= 4bit
+DEMO_EPOCHS ?= 6
 
 export PREFECT_HOME := $(CURDIR)/data/prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
@@ -63,9 +66,50 @@ lint: $(STAMP) ## ruff check and format check
 shards: $(STAMP) ## write DATASET/SPLIT as WebDataset shards under SHARDS (sample: generated if missing)
 	$(PY) -m pipeline shards --dataset $(DATASET) --split $(SPLIT) $(ROOT_ARG) --out $(SHARDS) --shard-size $(SHARD_SIZE)
 
-demo: $(STAMP) ## the whole pipeline offline on the sample dataset
-	$(PY) -m pipeline shards --dataset sample --split train --out $(SHARDS) --shard-size 100
-	$(PY) -m pipeline shards --dataset sample --split val --out $(SHARDS) --shard-size 100
+tiny-teacher: $(STAMP) ## build the offline tiny LLaVA-1.5-architecture teacher in data/models/tiny-llava
+	$(PY) -m teacher.tiny --out data/models/tiny-llava
+
+extract: $(STAMP) ## teacher maps for DATASET/SPLIT into the map cache CACHE (TEACHER=<hub id|dir|tiny> QUANT=4bit|8bit|none)
+	@if [ "$(TEACHER)" = "tiny" ] && [ ! -f data/models/tiny-llava/config.json ]; then $(MAKE) --no-print-directory tiny-teacher; fi
+	$(PY) -m flows.extract --dataset $(DATASET) --split $(SPLIT) $(ROOT_ARG) --shards-root $(SHARDS) \
+	  --shard-size $(SHARD_SIZE) --teacher $(TEACHER) --quant $(QUANT) --cache-root $(CACHE) \
+	  --batch-size $(BATCH_SIZE) $(AUDIT_ARG)
+
+train: $(STAMP) ## train an I-ViT on DATASET with its cached maps (MODEL WEIGHTS EPOCHS BATCH FRACTION RUN)
+	$(PY) -m flows.train --dataset $(DATASET) --shards-root $(SHARDS) --shard-size $(SHARD_SIZE) \
+	  --cache-root $(CACHE) --model $(MODEL) $(if $(WEIGHTS),--weights $(WEIGHTS),) --epochs $(EPOCHS) \
+	  --batch $(BATCH) --fraction $(FRACTION) $(if $(RUN),--run $(RUN),) $(TRAIN_ARGS)
+
+eval: $(STAMP) ## top-1 of run RUN on DATASET/EVAL_SPLIT (per-domain accuracy and variance on domain sets)
+	@test -n "$(RUN)" || { echo "make eval needs RUN=<name> (a folder of data/runs)"; exit 2; }
+	$(PY) -m flows.evaluate --run $(RUN) --dataset $(DATASET) --split $(EVAL_SPLIT) --shards-root $(SHARDS)
+
+ui: $(STAMP) ## Prefect UI on http://127.0.0.1:4200 with deployments of the extract and train flows
+	$(PY) -m flows.serve --port 4200
+
+bench: bench-extract bench-student bench-loader ## every benchmark (each ends with a RESULT line)
+
+bench-extract: $(STAMP) ## fast vs naive attention extraction with the tiny teacher
+	@if [ ! -f data/models/tiny-llava/config.json ]; then $(MAKE) --no-print-directory tiny-teacher; fi
+	$(PY) -m bench.extract --arch tiny
+
+bench-student: $(STAMP) ## I-ViT vs ViT training step time and FLOPs
+	$(PY) -m bench.student
+
+bench-loader: $(STAMP) ## image-only vs map-joined streaming throughput
+	$(PY) -m bench.loader
+
+DEMO_STUDENT := --model vit_tiny_patch16_224 --weights none --img-size 64 \
+  --model-kwargs '{"patch_size": 8, "depth": 4}' --batch 32 --lr 3e-3 --num-workers 1
+demo: $(STAMP) ## the whole pipeline offline: sample shards -> tiny teacher maps -> a tiny I-ViT run
+	@if [ ! -f data/models/tiny-llava/config.json ]; then $(MAKE) --no-print-directory tiny-teacher; fi
+	$(PY) -m flows.extract --dataset sample --split train --shards-root $(SHARDS) --shard-size 100 \
+	  --teacher tiny --quant $(DEMO_QUANT) --dtype float32 --cache-root $(CACHE)
+	$(PY) -m flows.extract --dataset sample --split val --shards-root $(SHARDS) --shard-size 100 \
+	  --teacher tiny --quant $(DEMO_QUANT) --dtype float32 --cache-root $(CACHE)
+	$(PY) -m flows.train --dataset sample --shards-root $(SHARDS) --shard-size 100 --cache-root $(CACHE) \
+	  $(DEMO_STUDENT) --epochs $(DEMO_EPOCHS) --run demo
+	@echo "demo done: maps and their previews under $(CACHE)/<key>/previews, the run under data/runs/demo"
 
 clean: ## remove generated data (shards, caches, runs, Prefect home); keeps raw datasets and models
 	rm -rf data/shards data/cache data/runs data/prefect

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Literal
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger, task, unmapped
 from prefect.artifacts import (
     create_markdown_artifact,
     create_progress_artifact,
@@ -29,7 +29,7 @@ from pydantic import BaseModel, Field
 
 import flows  # noqa: F401  (Prefect settings)
 from flows.cli_args import add_model_arguments, parse_model
-from flows.runtime import default_concurrency, device_pool, get_teacher
+from flows.runtime import default_concurrency, describe, device_pool, get_teacher
 from pipeline.cache import CacheEntry, CacheSpec
 from pipeline.config import ShardsConfig
 from pipeline.paths import data_dir
@@ -73,20 +73,19 @@ class ExtractParams(BaseModel):
         return Path(self.shards_root) / self.dataset / self.split
 
 
-def _open_entry(params: ExtractParams, device: str = "auto") -> tuple[CacheEntry, object]:
-    """The cache entry for these params (created when absent) and this process's teacher."""
+def _open_entry(params: ExtractParams) -> CacheEntry:
+    """The cache entry for these params, created when absent (no teacher weights needed)."""
     index = read_index(params.shard_dir())
-    teacher = get_teacher(params.teacher_config_json(), index.classes, device)
+    teacher = describe(params.teacher_config_json(), index.classes)
     spec = CacheSpec(
         dataset=index.dataset,
         split=index.split,
         dataset_fingerprint=index.fingerprint,
         teacher=teacher.spec(),
     )
-    entry = CacheEntry.create_or_open(
+    return CacheEntry.create_or_open(
         params.cache_root, spec, index, grid=teacher.grid, geometry=teacher.geometry_spec()
     )
-    return entry, teacher
 
 
 @task(retries=1, retry_delay_seconds=5)
@@ -113,7 +112,7 @@ def prepare_shards(params: ExtractParams) -> str:
 @task(retries=2, retry_delay_seconds=10)
 def open_cache_entry(params: ExtractParams) -> tuple[str, list[str]]:
     """Create or open the entry; returns its location and the shards still to compute."""
-    entry, _ = _open_entry(params)
+    entry = _open_entry(params)
     return entry.path, entry.pending_shards()
 
 
@@ -124,7 +123,7 @@ def extract_shard(params: ExtractParams, shard_name: str, poll_s: float = 2.0) -
 
     logger = get_run_logger()
     with device_pool().acquire() as device:
-        entry, teacher = _open_entry(params, device if device != "cpu" else "auto")
+        entry = _open_entry(params)
         while not entry.claim_shard(shard_name):
             if shard_name in entry.committed_shards():
                 logger.info("%s: committed by another writer", shard_name)
@@ -132,7 +131,10 @@ def extract_shard(params: ExtractParams, shard_name: str, poll_s: float = 2.0) -
             time.sleep(poll_s)  # another live writer holds it: wait for its commit or lease
         started = time.perf_counter()
         try:
-            maps = extract_shard_maps(teacher, params.shard_dir() / shard_name)
+            vocabulary = read_index(params.shard_dir()).classes
+            teacher = get_teacher(params.teacher_config_json(), vocabulary, device)
+            audit_dir = f"{entry.path}/audit" if params.audit else None
+            maps = extract_shard_maps(teacher, params.shard_dir() / shard_name, audit_dir)
             written = entry.write_shard(shard_name, maps)
         finally:
             entry.release_shard(shard_name)
@@ -159,7 +161,7 @@ def publish_summary(
     """Summary artifact: where the entry is, what it holds, and preview overlays."""
     from teacher.previews import save_previews
 
-    entry, _ = _open_entry(params)
+    entry = _open_entry(params)
     summary = entry.summary()
     written = [r for r in results if r.get("status") == "written"]
     rows_now = sum(r["rows"] for r in written)
@@ -199,7 +201,9 @@ def extract_flow(params: ExtractParams) -> dict:
         0.0, description=f"shards committed by this run of {len(pending)}"
     )
     results = []
-    for done, future in enumerate(as_completed(extract_shard.map(params, pending)), start=1):
+    for done, future in enumerate(
+        as_completed(extract_shard.map(unmapped(params), pending)), start=1
+    ):
         results.append(future.result())
         update_progress_artifact(progress, 100.0 * done / max(1, len(pending)))
     update_progress_artifact(progress, 100.0)

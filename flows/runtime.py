@@ -26,6 +26,18 @@ def _teacher(config_json: str, vocabulary: tuple[str, ...], device: str):
     return load_teacher(config, vocabulary=list(vocabulary))
 
 
+@lru_cache(maxsize=4)
+def _description(config_json: str, vocabulary: tuple[str, ...]):
+    from teacher import TeacherConfig, describe_teacher
+
+    return describe_teacher(TeacherConfig.model_validate_json(config_json), list(vocabulary))
+
+
+def describe(config_json: str, vocabulary: list[str]):
+    """The teacher's spec, grid and geometry without loading its weights (cheap, cached)."""
+    return _description(json.dumps(json.loads(config_json), sort_keys=True), tuple(vocabulary))
+
+
 _load_lock = threading.Lock()
 
 

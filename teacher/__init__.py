@@ -8,14 +8,27 @@ from __future__ import annotations
 
 from teacher.config import DEFAULT_MODEL, TeacherConfig
 from teacher.extract import MapResult, Teacher, TeacherInput
-from teacher.loading import TeacherWeightsError, load_model_and_processor, weights_fingerprint
+from teacher.loading import (
+    TeacherWeightsError,
+    load_config_and_processor,
+    load_model,
+    weights_fingerprint,
+)
 from teacher.view import ViewGeometry
 
 
 def load_teacher(cfg: TeacherConfig, vocabulary: list[str]) -> Teacher:
     """Load the checkpoint named by cfg.model; vocabulary = class names offered by Prompt 1."""
-    model, processor, source = load_model_and_processor(cfg)
-    return Teacher(cfg, model, processor, vocabulary, weights_fingerprint(source, model))
+    config, processor, source = load_config_and_processor(cfg)
+    model = load_model(cfg, source)
+    return Teacher(cfg, model, processor, vocabulary, weights_fingerprint(source, config), config)
+
+
+def describe_teacher(cfg: TeacherConfig, vocabulary: list[str]) -> Teacher:
+    """The teacher without its weights (spec, grid, geometry): finding a cache entry, or
+    learning that every shard is committed, costs a config read, not a 7B load."""
+    config, processor, source = load_config_and_processor(cfg)
+    return Teacher(cfg, None, processor, vocabulary, weights_fingerprint(source, config), config)
 
 
 __all__ = [
@@ -26,5 +39,6 @@ __all__ = [
     "TeacherInput",
     "TeacherWeightsError",
     "ViewGeometry",
+    "describe_teacher",
     "load_teacher",
 ]

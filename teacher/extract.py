@@ -17,7 +17,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from PIL import Image
-from transformers import LlavaForConditionalGeneration, LlavaProcessor, StoppingCriteria
+from transformers import (
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
+    StoppingCriteria,
+)
 
 from teacher.answers import (
     ParsedAnswer,
@@ -133,11 +138,17 @@ class Teacher:
     def __init__(
         self,
         cfg: TeacherConfig,
-        model: LlavaForConditionalGeneration,
+        model: LlavaForConditionalGeneration | None,
         processor: LlavaProcessor,
         vocabulary: list[str],
         weights: dict,
+        config: LlavaConfig | None = None,
     ) -> None:
+        """`model=None` (with `config`) describes a teacher without its weights: enough for
+        spec(), grid and geometry_spec(), which is all a cache lookup needs."""
+        if model is None and config is None:
+            raise ValueError("Teacher needs a model or, to only describe it, its config")
+        config = config if config is not None else model.config
         self.cfg = cfg
         self.model = model
         self.processor = processor
@@ -146,14 +157,14 @@ class Teacher:
         self.weights = weights
         self.template = PROMPTS[cfg.prompt]
         self.image_size = int(processor.image_processor.crop_size["height"])
-        self.num_image_tokens = int(model.config.image_seq_length)
-        self.image_token_id = int(model.config.image_token_id)
-        num_layers = model.config.text_config.num_hidden_layers
+        self.num_image_tokens = int(config.image_seq_length)
+        self.image_token_id = int(config.image_token_id)
+        num_layers = config.text_config.num_hidden_layers
         if cfg.layers and any(not -num_layers <= i < num_layers for i in cfg.layers):
             raise ValueError(f"TeacherConfig.layers {cfg.layers}: the model has {num_layers}")
         # Negative indices count from the last layer, as in Python.
         self.layers = sorted({i % num_layers for i in (cfg.layers or range(num_layers))})
-        num_heads = model.config.text_config.num_attention_heads
+        num_heads = config.text_config.num_attention_heads
         if cfg.heads and any(not 0 <= h < num_heads for h in cfg.heads):
             raise ValueError(f"TeacherConfig.heads {cfg.heads}: the model has {num_heads} heads")
         self.heads = sorted(set(cfg.heads)) if cfg.heads else None

@@ -11,7 +11,12 @@ from pathlib import Path
 
 import torch
 from huggingface_hub.errors import HFValidationError
-from transformers import BitsAndBytesConfig, LlavaForConditionalGeneration, LlavaProcessor
+from transformers import (
+    BitsAndBytesConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
+)
 
 from teacher.capture import ROWS_ATTENTION, register_rows_attention
 from teacher.config import TeacherConfig
@@ -59,42 +64,60 @@ def quantization_config(cfg: TeacherConfig) -> BitsAndBytesConfig | None:
     return None
 
 
-def load_model_and_processor(
-    cfg: TeacherConfig,
-) -> tuple[LlavaForConditionalGeneration, LlavaProcessor, str]:
-    """(model in eval mode, processor, resolved path or hub id)."""
+def _weights_error(source: str, err: Exception) -> TeacherWeightsError:
+    return TeacherWeightsError(
+        f"could not load teacher weights {source!r}: {err}\n"
+        "Without network access the weights must already be on disk: download "
+        "llava-hf/llava-1.5-7b-hf once (huggingface-cli download llava-hf/llava-1.5-7b-hf) "
+        "and set TEACHER=/path/to/that/directory, or use TEACHER=tiny "
+        "(`make tiny-teacher` builds a random tiny LLaVA for offline runs)."
+    )
+
+
+def load_config_and_processor(cfg: TeacherConfig) -> tuple[LlavaConfig, LlavaProcessor, str]:
+    """(model config, processor, resolved path or hub id): everything but the weights, cheap."""
     source = resolve_model(cfg.model)
-    device = resolve_device(cfg.device)
-    register_rows_attention()
     try:
         processor = LlavaProcessor.from_pretrained(source, revision=cfg.revision)
+        config = LlavaConfig.from_pretrained(source, revision=cfg.revision)
+    except (OSError, HFValidationError) as err:  # offline, no such repo/dir, no cached files
+        raise _weights_error(source, err) from err
+    if processor.tokenizer.pad_token is None:
+        # LLaVA-1.5's tokenizer has a <pad> token; this guards other checkpoints.
+        processor.tokenizer.pad_token = processor.tokenizer.unk_token
+    processor.tokenizer.padding_side = "left"  # batched generation continues every row at its end
+    return config, processor, source
+
+
+def load_model(cfg: TeacherConfig, source: str) -> LlavaForConditionalGeneration:
+    """The weights, quantized as cfg.quant says, with the row-capturing attention installed."""
+    register_rows_attention()
+    try:
         model = LlavaForConditionalGeneration.from_pretrained(
             source,
             revision=cfg.revision,
             dtype=getattr(torch, cfg.dtype),
             quantization_config=quantization_config(cfg),
-            device_map=device,
+            device_map=resolve_device(cfg.device),
             attn_implementation={"text_config": ROWS_ATTENTION, "vision_config": "sdpa"},
             trust_remote_code=False,
         )
-    except (OSError, HFValidationError) as err:  # offline, no such repo/dir, no cached weights
-        raise TeacherWeightsError(
-            f"could not load teacher weights {source!r}: {err}\n"
-            "Without network access the weights must already be on disk: download "
-            "llava-hf/llava-1.5-7b-hf once (huggingface-cli download llava-hf/llava-1.5-7b-hf) "
-            "and set TEACHER=/path/to/that/directory, or use TEACHER=tiny "
-            "(`make tiny-teacher` builds a random tiny LLaVA for offline runs)."
-        ) from err
-    if processor.tokenizer.pad_token is None:
-        # LLaVA-1.5's tokenizer has a <pad> token; this guards other checkpoints.
-        processor.tokenizer.pad_token = processor.tokenizer.unk_token
-    processor.tokenizer.padding_side = "left"  # batched generation continues every row at its end
-    return model.eval(), processor, source
+    except (OSError, HFValidationError) as err:
+        raise _weights_error(source, err) from err
+    return model.eval()
 
 
-def weights_fingerprint(source: str, model: LlavaForConditionalGeneration) -> dict:
+def load_model_and_processor(
+    cfg: TeacherConfig,
+) -> tuple[LlavaForConditionalGeneration, LlavaProcessor, str]:
+    """(model in eval mode, processor, resolved path or hub id)."""
+    _, processor, source = load_config_and_processor(cfg)
+    return load_model(cfg, source), processor, source
+
+
+def weights_fingerprint(source: str, config: LlavaConfig) -> dict:
     """What identifies the weights: the hub commit when known, else hashes of local files."""
-    commit = getattr(model.config, "_commit_hash", None)
+    commit = getattr(config, "_commit_hash", None)
     fingerprint: dict = {"source": source, "commit": commit}
     path = Path(source)
     if path.is_dir():
@@ -105,5 +128,5 @@ def weights_fingerprint(source: str, model: LlavaForConditionalGeneration) -> di
                 digest.update(file.name.encode() + fh.read(1 << 20))
             digest.update(str(file.stat().st_size).encode())
         fingerprint["files_sha256"] = digest.hexdigest()
-    fingerprint["text_layers"] = model.config.text_config.num_hidden_layers
+    fingerprint["text_layers"] = config.text_config.num_hidden_layers
     return fingerprint

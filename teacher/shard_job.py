@@ -6,29 +6,48 @@ import io
 import json
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from pipeline.cache import ShardMaps
 from pipeline.shard_reader import ShardSample, iter_shard
 from teacher.extract import MapResult, Teacher, TeacherInput
+from teacher.view import view_geometry
 
 
-def teacher_input(sample: ShardSample, shard_path: Path) -> TeacherInput:
+class UnreadableImage(ValueError):
+    """A shard sample whose bytes do not decode; it becomes an invalid row, not a failed shard."""
+
+
+def teacher_input(sample: ShardSample, shard_path: Path, vocabulary: list[str]) -> TeacherInput:
     try:
         image = Image.open(io.BytesIO(sample.image_bytes))
         image.load()
-    except (UnidentifiedImageError, OSError) as err:
-        raise ValueError(
-            f"{shard_path}: sample {sample.key!r} has an unreadable {sample.image_ext} image: {err}"
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise UnreadableImage(
+            f"corrupt image ({sample.image_ext} in {shard_path.name}): {err}"
         ) from err
     record = sample.record
+    # Dense prompt (Eq. 12): one object word per target class present, in first-seen order.
+    present = list(dict.fromkeys(record.box_labels))
     return TeacherInput(
         key=sample.key,
         image=image.convert("RGB"),
         boxes=[tuple(box) for box in record.boxes],
         class_name=record.class_name,
         label=record.label,
+        object_names=[vocabulary[i] for i in present] if present else None,
     )
+
+
+def unreadable_result(teacher: Teacher, sample: ShardSample, reason: str) -> MapResult:
+    zeros = np.zeros((teacher.grid, teacher.grid), dtype=np.float32)
+    record = sample.record
+    return MapResult(
+        key=sample.key, c_vlm=zeros, c_fore=zeros, c_back=zeros, valid=False, reason=reason,
+        answer="", fg_correct=-1, audit=None,
+        geometry=view_geometry(record.width, record.height, teacher.image_size, teacher.cfg.view),
+    )  # fmt: skip
 
 
 def write_audit(results: list[MapResult], path: Path) -> None:
@@ -48,10 +67,17 @@ def extract_shard_maps(
     `<audit_dir>/<shard name>.audit.jsonl` so anyone can recompute each map.
     """
     shard_path = Path(shard_path)
-    items = [teacher_input(sample, shard_path) for sample in iter_shard(shard_path)]
-    if not items:
+    samples = list(iter_shard(shard_path))
+    if not samples:
         raise ValueError(f"{shard_path}: shard holds no samples")
-    results = teacher.extract(items)
+    items, unreadable = [], {}
+    for sample in samples:
+        try:
+            items.append(teacher_input(sample, shard_path, teacher.vocabulary))
+        except UnreadableImage as err:
+            unreadable[sample.key] = unreadable_result(teacher, sample, str(err))
+    extracted = {r.key: r for r in teacher.extract(items)} if items else {}
+    results = [extracted.get(s.key) or unreadable[s.key] for s in samples]  # the shard's order
     if teacher.cfg.audit and audit_dir is not None:
         write_audit(results, Path(audit_dir) / f"{shard_path.name}.audit.jsonl")
     return ShardMaps.from_results(results)

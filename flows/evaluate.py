@@ -1,0 +1,74 @@
+"""Evaluate a finished run: top-1 on a split, and per-domain accuracy with its variance.
+
+    python -m flows.evaluate --run demo --dataset sample --split val     (what `make eval` runs)
+
+On ImageFolder domain sets (PACS, VLCS) `--split all` reports every domain: with a model trained
+on some domains, the held-out domain's accuracy is the leave-one-domain-out / zero-shot figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+from pydantic import BaseModel, Field
+
+import flows  # noqa: F401  (Prefect settings)
+from flows.cli_args import add_model_arguments, parse_model
+from pipeline.config import ShardsConfig
+from pipeline.paths import data_dir
+from pipeline.shards_command import ensure_shards
+from student.run import evaluate_run
+
+
+class EvalParams(BaseModel):
+    run: str = Field(description="run name under runs_root (or a path)")
+    dataset: str = Field("sample", description="dataset whose split is evaluated")
+    split: str = Field("val", description="split (a domain, or 'all', on domain sets)")
+    shards_root: str = Field(str(data_dir() / "shards"))
+    runs_root: str = Field(str(data_dir() / "runs"))
+    device: str = "auto"
+
+    def run_dir(self) -> Path:
+        path = Path(self.run)
+        return path if path.is_dir() else Path(self.runs_root) / self.run
+
+
+@task
+def evaluate_task(params: EvalParams) -> dict:
+    if not (params.run_dir() / "config.json").is_file():
+        raise FileNotFoundError(f"{params.run_dir()} is not a run folder (no config.json)")
+    ensure_shards(
+        ShardsConfig(dataset=params.dataset, split=params.split, shards=Path(params.shards_root))
+    )
+    return evaluate_run(
+        params.run_dir(), params.split, Path(params.shards_root) / params.dataset, params.device
+    )
+
+
+@flow(name="evaluate-ivit")
+def evaluate_flow(params: EvalParams) -> dict:
+    result = evaluate_task(params)
+    lines = [f"# {params.run} on {params.dataset}/{params.split}", f"- top-1: {result['top1']:.4f}"]
+    for domain, accuracy in sorted(result.get("domains", {}).items()):
+        lines.append(f"- {domain}: {accuracy:.4f}")
+    if result.get("domain_variance") is not None:
+        lines.append(f"- variance across domains: {result['domain_variance']:.6f}")
+    create_markdown_artifact("\n".join(lines), key="eval-summary")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m flows.evaluate", description=__doc__)
+    add_model_arguments(parser, EvalParams)
+    result = evaluate_flow(parse_model(EvalParams, parser.parse_args(argv)))
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
