@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 from pipeline.config import ShardsConfig
+from pipeline.records import read_index
 from pipeline.registry import open_adapter
 from pipeline.shard_writer import ShardsOutcome, write_shards
 
@@ -24,8 +25,12 @@ def build_shards(config: ShardsConfig, progress: bool = True) -> ShardsOutcome:
 
 
 def ensure_shards(config: ShardsConfig) -> ShardsOutcome:
-    """Shards for `config`, written only if missing or stale (used by extract and train)."""
-    return build_shards(config, progress=True)
+    """Shards for `config`: the existing ones when their index is readable (they may have been
+    copied from elsewhere, without the raw data), else written now. `make shards` rebuilds."""
+    try:
+        return ShardsOutcome(read_index(config.shard_dir()), config.shard_dir(), up_to_date=True)
+    except FileNotFoundError:
+        return build_shards(config, progress=True)
 
 
 def summarize(outcome: ShardsOutcome) -> str:

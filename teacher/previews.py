@@ -1,4 +1,5 @@
-"""Preview overlays of cached maps: the teacher's view (with its boxes) beside C_VLM on top of it.
+"""Preview overlays of cached maps: the teacher's view (with its boxes), then C_fore, C_back and
+C_VLM each laid over it.
 
 Reads only the committed rows of a cache entry and the shard images, so a person can check what
 the teacher attended to without this project's model code.
@@ -12,7 +13,7 @@ from pathlib import Path
 import fsspec
 import numpy as np
 from matplotlib import colormaps
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from pipeline.cache import CacheEntry
 from pipeline.shard_reader import iter_shard
@@ -21,18 +22,27 @@ from teacher.view import teacher_view
 OVERLAY_ALPHA = 0.55
 
 
-def overlay(view: Image.Image, c_vlm: np.ndarray) -> Image.Image:
-    """C_VLM (G x G) scaled to the view: each cell covers its patch exactly (nearest)."""
-    peak = float(c_vlm.max())
-    heat = c_vlm / peak if peak > 0 else c_vlm
+def overlay(view: Image.Image, grid_map: np.ndarray) -> Image.Image:
+    """A G x G map scaled to the view: each cell covers its patch exactly (nearest); the
+    colors span the map's own range, so raw C_fore / C_back are as readable as C_VLM."""
+    low, high = float(grid_map.min()), float(grid_map.max())
+    heat = (grid_map - low) / (high - low) if high > low else np.zeros_like(grid_map)
     colored = (colormaps["inferno"](heat)[..., :3] * 255).astype(np.uint8)  # [G, G, 3]
     heat_image = Image.fromarray(colored).resize(view.size, Image.Resampling.NEAREST)
     return Image.blend(view.convert("RGB"), heat_image, OVERLAY_ALPHA)
 
 
+def _titled(panel: Image.Image, title: str) -> Image.Image:
+    draw = ImageDraw.Draw(panel)
+    draw.rectangle((0, 0, 8 + 7 * len(title), 16), fill=(0, 0, 0))
+    draw.text((4, 3), title, fill=(255, 255, 255))
+    return panel
+
+
 def preview_image(
-    image: Image.Image, boxes: list, c_vlm: np.ndarray, entry: CacheEntry
+    image: Image.Image, boxes: list, maps: dict[str, np.ndarray], entry: CacheEntry
 ) -> Image.Image:
+    """One row: the teacher's view with its boxes, then each map of `maps` (title -> G x G)."""
     geometry = entry.manifest.get("geometry") or {}
     visual = entry.manifest["spec"]["teacher"].get("visual_prompt", {})
     view, _ = teacher_view(
@@ -44,10 +54,12 @@ def preview_image(
         tuple(visual.get("box_color", (255, 0, 0))),
         int(visual.get("box_width", 3)),
     )
-    side_by_side = Image.new("RGB", (view.width * 2, view.height))
-    side_by_side.paste(view, (0, 0))
-    side_by_side.paste(overlay(view, c_vlm), (view.width, 0))
-    return side_by_side
+    panels = [_titled(view.copy(), "teacher view + boxes")]
+    panels += [_titled(overlay(view, grid_map), title) for title, grid_map in maps.items()]
+    row = Image.new("RGB", (view.width * len(panels), view.height))
+    for i, panel in enumerate(panels):
+        row.paste(panel, (i * view.width, 0))
+    return row
 
 
 def save_previews(entry: CacheEntry, shard_dir: str | Path, count: int = 6) -> list[str]:
@@ -65,9 +77,12 @@ def save_previews(entry: CacheEntry, shard_dir: str | Path, count: int = 6) -> l
             if i is None or not maps.valid[i]:
                 continue
             image = Image.open(io.BytesIO(sample.image_bytes)).convert("RGB")
-            png = preview_image(
-                image, sample.record.boxes, np.asarray(maps.c_vlm[i], np.float32), entry
-            )
+            grids = {
+                "C_fore": np.asarray(maps.c_fore[i], np.float32),
+                "C_back": np.asarray(maps.c_back[i], np.float32),
+                "C_VLM": np.asarray(maps.c_vlm[i], np.float32),
+            }
+            png = preview_image(image, sample.record.boxes, grids, entry)
             url = f"{entry.path}/previews/{sample.key}.png"
             buffer = io.BytesIO()
             png.save(buffer, format="PNG")

@@ -1,0 +1,115 @@
+"""The train and evaluate flows end to end, as `make train` / `make eval` run them: on a real
+Prefect server, from toy shards joined with a toy map cache, resumed, and under torchrun."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_loader_toys import write_toy_cache, write_toy_split
+
+from flows.train import TrainParams, _matching_entry
+
+TINY_VIT = [
+    "--model", "vit_tiny_patch16_224", "--weights", "none", "--img-size", "32",
+    "--model-kwargs", '{"depth": 2, "embed_dim": 32, "num_heads": 2, "patch_size": 8}',
+    "--batch", "4", "--num-workers", "0", "--lr", "1e-2", "--warmup-epochs", "0",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def toy_data(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("train-flow")
+    train = write_toy_split(root / "shards", shards=2, per_shard=8)
+    val = write_toy_split(root / "shards", shards=1, per_shard=8, split="val", key_prefix="v")
+    write_toy_cache(root / "cache", train)
+    write_toy_cache(root / "cache", val)
+    return {"root": root, "shards": root / "shards", "cache": root / "cache", "runs": root / "runs"}
+
+
+def run_module(module: str, args: list[str], api_url: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PREFECT_API_URL": api_url, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", module, *args], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def train_args(data: dict[str, Path], run: str, epochs: int, *extra: str) -> list[str]:
+    return [
+        "--dataset", "toy", "--shards-root", str(data["shards"]), "--cache-root", str(data["cache"]),
+        "--runs-root", str(data["runs"]), "--run", run, "--epochs", str(epochs), *TINY_VIT, *extra,
+    ]  # fmt: skip
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_train_then_resume_then_evaluate(toy_data, prefect_server) -> None:
+    run_dir = toy_data["runs"] / "r1"
+    run_module("flows.train", train_args(toy_data, "r1", 1), prefect_server)
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["data"]["train_cache"].startswith(str(toy_data["cache"]))  # the matching entry
+    assert config["student"]["num_classes"] == 3
+    for picture in ("curves.png", "overlays/epoch-001.png", "checkpoint-last.safetensors"):
+        assert (run_dir / picture).stat().st_size > 0, picture
+    assert [row["epoch"] for row in metrics(run_dir)] == [1]
+    first_weights = (run_dir / "checkpoint-last.safetensors").read_bytes()
+
+    # Same run, more epochs: it continues from its checkpoint instead of starting over.
+    output = run_module("flows.train", train_args(toy_data, "r1", 2), prefect_server).stdout
+    rows = metrics(run_dir)
+    assert [row["epoch"] for row in rows] == [1, 2]
+    assert rows[1]["step"] == 2 * rows[0]["step"]
+    assert (run_dir / "checkpoint-last.safetensors").read_bytes() != first_weights
+    assert "run folder:" in output
+
+    evaluation = run_module(
+        "flows.evaluate",
+        [
+            "--run",
+            "r1",
+            "--runs-root",
+            str(toy_data["runs"]),
+            "--dataset",
+            "toy",
+            "--split",
+            "val",
+            "--shards-root",
+            str(toy_data["shards"]),
+        ],  # fmt: skip
+        prefect_server,
+    )
+    result = json.loads((run_dir / "eval-val.json").read_text())
+    assert result["samples"] == 8 and 0.0 <= result["top1"] <= 1.0
+    assert set(result["domains"]) == {"photo", "sketch"}  # toy samples alternate domains
+    assert result["domain_variance"] >= 0.0
+    assert '"top1"' in evaluation.stdout
+
+
+def test_train_under_torchrun_with_two_processes(toy_data, prefect_server) -> None:
+    run_dir = toy_data["runs"] / "ddp"
+    run_module("flows.train", train_args(toy_data, "ddp", 1, "--nproc", "2"), prefect_server)
+    rows = metrics(run_dir)
+    assert len(rows) == 1  # written by rank 0 only
+    # 16 train samples on 2 ranks at batch 4: 2 steps each, in lockstep.
+    assert rows[0]["step"] == 2
+    assert (run_dir / "checkpoint-last.safetensors").is_file()
+
+
+def test_missing_cache_entry_says_how_to_make_one(toy_data, tmp_path) -> None:
+    from pipeline.records import read_index
+
+    params = TrainParams(
+        dataset="toy", cache_root=str(tmp_path / "empty"), shards_root=str(toy_data["shards"])
+    )
+    index = read_index(toy_data["shards"] / "toy" / "train")
+    with pytest.raises(FileNotFoundError, match="make extract DATASET=toy SPLIT=train"):
+        _matching_entry(params, index, required=True)
+    assert _matching_entry(params, index, required=False) is None
