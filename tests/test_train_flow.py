@@ -70,22 +70,9 @@ def test_train_then_resume_then_evaluate(toy_data, prefect_server) -> None:
     assert (run_dir / "checkpoint-last.safetensors").read_bytes() != first_weights
     assert "run folder:" in output
 
-    evaluation = run_module(
-        "flows.evaluate",
-        [
-            "--run",
-            "r1",
-            "--runs-root",
-            str(toy_data["runs"]),
-            "--dataset",
-            "toy",
-            "--split",
-            "val",
-            "--shards-root",
-            str(toy_data["shards"]),
-        ],  # fmt: skip
-        prefect_server,
-    )
+    eval_args = ["--run", "r1", "--runs-root", str(toy_data["runs"]), "--dataset", "toy",
+                 "--split", "val", "--shards-root", str(toy_data["shards"])]  # fmt: skip
+    evaluation = run_module("flows.evaluate", eval_args, prefect_server)
     result = json.loads((run_dir / "eval-val.json").read_text())
     assert result["samples"] == 8 and 0.0 <= result["top1"] <= 1.0
     assert set(result["domains"]) == {"photo", "sketch"}  # toy samples alternate domains
