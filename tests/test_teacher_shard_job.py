@@ -54,4 +54,6 @@ def test_shard_to_cache_and_previews(tiny_dir, tmp_path):
     saved = save_previews(entry, config.shard_dir(), count=2)
     assert len(saved) == 2
     preview = Image.open(saved[0])
-    assert preview.size == (672, 336)
+    assert preview.size == (4 * 336, 336)  # view with boxes | C_fore | C_back | C_VLM
+    view = np.asarray(preview.convert("RGB"))[:, :336]
+    assert (view == (255, 0, 0)).all(axis=-1).any()  # the box outline is drawn in pure red
