@@ -9,25 +9,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
-import time
-import urllib.request
 
 import flows  # noqa: F401  (Prefect settings)
-
-
-def wait_for(url: str, server: subprocess.Popen, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise SystemExit(f"prefect server exited with code {server.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            time.sleep(0.5)
-    raise SystemExit(f"prefect server did not answer at {url} within {timeout_s} s")
+from flows.server import start_prefect_server, stop, wait_until_healthy
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,24 +20,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=4200)
     parser.add_argument("--host", default="127.0.0.1")
     args = parser.parse_args(argv)
-    api = f"http://{args.host}:{args.port}/api"
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "prefect",
-            "server",
-            "start",
-            "--host",
-            args.host,
-            "--port",
-            str(args.port),
-        ],
-        env={**os.environ, "PREFECT_API_URL": ""},
-    )
+    server, api = start_prefect_server(args.host, args.port)
     try:
-        wait_for(f"{api}/health", server)
-        os.environ["PREFECT_API_URL"] = api
+        wait_until_healthy(api, server)
+        os.environ["PREFECT_API_URL"] = api  # before prefect is imported by the flows
         from prefect import serve
 
         from flows.evaluate import evaluate_flow
@@ -72,8 +43,7 @@ def main(argv: list[str] | None = None) -> int:
             evaluate_flow.to_deployment(name="evaluate"),
         )
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        stop(server)
     return 0
 
 

@@ -1,0 +1,64 @@
+"""Starting a local Prefect server and waiting until it answers: for `make ui` and the tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import IO
+
+
+def start_prefect_server(
+    host: str, port: int, home: Path | None = None, log: IO | None = None
+) -> tuple[subprocess.Popen, str]:
+    """`prefect server start` in its own process session; returns it and its API URL."""
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)  # the server must not try to talk to another server
+    if home is not None:
+        env["PREFECT_HOME"] = str(home)
+    command = [
+        sys.executable,
+        "-m",
+        "prefect",
+        "server",
+        "start",
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
+    process = subprocess.Popen(
+        command,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT if log else None,
+        start_new_session=True,
+    )
+    return process, f"http://{host}:{port}/api"
+
+
+def wait_until_healthy(api: str, process: subprocess.Popen, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(
+                f"prefect server exited with code {process.returncode} before answering"
+            )
+        try:
+            with urllib.request.urlopen(f"{api}/health", timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"prefect server did not answer at {api} within {timeout_s} s")
+
+
+def stop(process: subprocess.Popen, timeout_s: float = 20) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
