@@ -22,7 +22,7 @@ from student.config import StudentConfig, TrainConfig
 from student.distributed import cleanup, init_distributed, wrap_ddp
 from student.engine import evaluate, fit
 from student.loader import build_loader
-from student.model import IViT
+from student.model import IViT, summarize
 
 
 class DataConfig(BaseModel):
@@ -63,6 +63,11 @@ def run_training(cfg: RunConfig) -> list[dict]:
     context = init_distributed(device=cfg.device)
     try:
         model, criterion = build(cfg.student)
+        if context.is_main:
+            summary = summarize(model)
+            print(summary)
+            (cfg.train.run_dir / "model.txt").parent.mkdir(parents=True, exist_ok=True)
+            (cfg.train.run_dir / "model.txt").write_text(summary + "\n")
         train_loader = _loader(cfg, model, cfg.data.train_split, cfg.data.train_cache, True)
         val_loader = None
         if cfg.data.val_split:

@@ -60,6 +60,7 @@ def test_train_then_resume_then_evaluate(toy_data, prefect_server) -> None:
     for picture in ("curves.png", "overlays/epoch-001.png", "checkpoint-last.safetensors"):
         assert (run_dir / picture).stat().st_size > 0, picture
     assert [row["epoch"] for row in metrics(run_dir)] == [1]
+    assert "trainable" in (run_dir / "model.txt").read_text()  # params and FLOPs vs plain ViT
     first_weights = (run_dir / "checkpoint-last.safetensors").read_bytes()
 
     # Same run, more epochs: it continues from its checkpoint instead of starting over.
