@@ -41,7 +41,7 @@ from transformers import (
 from pipeline.sample_dataset import SHAPES
 from teacher import Teacher, TeacherConfig, TeacherInput, load_teacher
 from teacher.capture import register_rows_attention
-from teacher.loading import TINY_DIR
+from teacher.loading import default_tiny_dir
 from teacher.naive import extract_naive
 from teacher.tiny import build_tiny_teacher
 
@@ -263,8 +263,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-extract-") as tmp:
         workdir = Path(tmp)
         if args.tiny_dir is None:
-            ready = (TINY_DIR / "config.json").exists()
-            args.tiny_dir = str(TINY_DIR if ready else build_tiny_teacher(workdir / "tiny"))
+            ready = (default_tiny_dir() / "config.json").exists()
+            args.tiny_dir = str(
+                default_tiny_dir() if ready else build_tiny_teacher(workdir / "tiny")
+            )
         timing = spawn(args, "time", workdir)
         maps = {name: dict(np.load(workdir / f"{name}.npz")) for name in ("fast", "naive")}
         memory = {name: spawn(args, f"memory-{name}", workdir) for name in ("fast", "naive")}

@@ -7,6 +7,7 @@ SDPA in the vision tower and the row-capturing attention (teacher.capture) in th
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path
 
 import torch
@@ -18,11 +19,21 @@ from transformers import (
     LlavaProcessor,
 )
 
+from pipeline.paths import data_dir
 from teacher.capture import ROWS_ATTENTION, register_rows_attention
 from teacher.config import TeacherConfig
 
 TINY_ALIAS = "tiny"
-TINY_DIR = Path("data/models/tiny-llava")
+
+
+def default_tiny_dir() -> Path:
+    """Where `TEACHER=tiny` lives: data/models/tiny-llava, wherever the command runs from."""
+    return data_dir() / "models" / "tiny-llava"
+
+
+# bitsandbytes' CPU backend asks for an optional hub-downloaded kernel on every 4-bit matmul
+# setup and warns when it is absent; its pure-PyTorch fallback is what runs here, correctly.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
 class TeacherWeightsError(RuntimeError):
@@ -31,12 +42,13 @@ class TeacherWeightsError(RuntimeError):
 
 def resolve_model(model: str) -> str:
     if model == TINY_ALIAS:
-        if not (TINY_DIR / "config.json").exists():
+        tiny_dir = default_tiny_dir()
+        if not (tiny_dir / "config.json").exists():
             raise TeacherWeightsError(
-                f"TEACHER=tiny but {TINY_DIR} holds no checkpoint; build it with "
-                f"`make tiny-teacher` (python -m teacher.tiny --out {TINY_DIR})"
+                f"TEACHER=tiny but {tiny_dir} holds no checkpoint; build it with "
+                f"`make tiny-teacher` (python -m teacher.tiny --out {tiny_dir})"
             )
-        return str(TINY_DIR)
+        return str(tiny_dir)
     return model
 
 

@@ -26,9 +26,9 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from teacher.loading import default_tiny_dir
 from teacher.prompts import PROMPTS
 
-DEFAULT_DIR = Path("data/models/tiny-llava")
 IMAGE_SIZE = 336  # LLaVA-1.5's CLIP ViT-L/14-336 input
 PATCH_SIZE = 14  # -> 24 x 24 = 576 image tokens
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
@@ -151,9 +151,9 @@ def build_processor(tokenizer: PreTrainedTokenizerFast) -> LlavaProcessor:
     )
 
 
-def build_tiny_teacher(out_dir: str | Path = DEFAULT_DIR) -> Path:
+def build_tiny_teacher(out_dir: str | Path | None = None) -> Path:
     """Write the tiny checkpoint, tokenizer and processor to `out_dir` (deterministic)."""
-    out = Path(out_dir)
+    out = Path(out_dir) if out_dir is not None else default_tiny_dir()
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer()
     torch.manual_seed(SEED)
@@ -169,7 +169,9 @@ def build_tiny_teacher(out_dir: str | Path = DEFAULT_DIR) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=str(DEFAULT_DIR), help="output directory")
+    parser.add_argument(
+        "--out", default=None, help="output directory (default: data/models/tiny-llava)"
+    )
     args = parser.parse_args()
     print(f"tiny teacher written to {build_tiny_teacher(args.out)}")
 
