@@ -68,7 +68,7 @@ def test_unreachable_hub_weights_say_how_to_fix(monkeypatch, tmp_path):
 
 
 def test_tiny_alias(tiny_dir, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LFI_DATA_DIR", str(tmp_path / "data"))  # the alias follows the data dir
     with pytest.raises(TeacherWeightsError, match="make tiny-teacher"):
         load_teacher(TeacherConfig(model="tiny", device="cpu"), VOCABULARY)
     (tmp_path / "data" / "models").mkdir(parents=True)
