@@ -117,8 +117,12 @@ def open_cache_entry(params: ExtractParams) -> tuple[str, list[str]]:
 
 
 @task(retries=2, retry_delay_seconds=10, task_run_name="extract {shard_name}")
-def extract_shard(params: ExtractParams, shard_name: str, poll_s: float = 2.0) -> dict:
-    """Compute and commit one shard, unless another writer holds or finished it."""
+def extract_shard(
+    params: ExtractParams, shard_name: str, wait: bool = True, poll_s: float = 2.0
+) -> dict:
+    """Compute and commit one shard, unless another writer finished it. If another live writer
+    holds it: wait for its commit (or for its claim to die), or with `wait=False` return at
+    once with status "held elsewhere"."""
     from teacher.shard_job import extract_shard_maps
 
     logger = get_run_logger()
@@ -128,6 +132,8 @@ def extract_shard(params: ExtractParams, shard_name: str, poll_s: float = 2.0) -
             if shard_name in entry.committed_shards():
                 logger.info("%s: committed by another writer", shard_name)
                 return {"shard": shard_name, "status": "committed elsewhere"}
+            if not wait:
+                return {"shard": shard_name, "status": "held elsewhere"}
             time.sleep(poll_s)  # another live writer holds it: wait for its commit or lease
         started = time.perf_counter()
         try:
@@ -200,12 +206,16 @@ def extract_flow(params: ExtractParams) -> dict:
     progress = create_progress_artifact(
         0.0, description=f"shards committed by this run of {len(pending)}"
     )
-    results = []
-    for done, future in enumerate(
-        as_completed(extract_shard.map(unmapped(params), pending)), start=1
-    ):
-        results.append(future.result())
-        update_progress_artifact(progress, 100.0 * done / max(1, len(pending)))
+    results, held = [], []
+    # Shards another live writer is computing come last, so two extractors split the work.
+    for wait, shards in ((False, pending), (True, held)):
+        for future in as_completed(extract_shard.map(unmapped(params), shards, unmapped(wait))):
+            result = future.result()
+            if result["status"] == "held elsewhere":
+                held.append(result["shard"])  # the second pass (wait=True) iterates this list
+                continue
+            results.append(result)
+            update_progress_artifact(progress, 100.0 * len(results) / max(1, len(pending)))
     update_progress_artifact(progress, 100.0)
     return publish_summary(params, entry_path, results, time.perf_counter() - started)
 
@@ -243,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"map cache entry: {summary['path']}")
     if summary["previews"]:
-        print(f"preview overlays: {Path(summary['previews'][0]).parent}")
+        # A URL, not a Path: Path("s3://b/k") would print "s3:/b/k".
+        print(f"preview overlays: {summary['previews'][0].rsplit('/', 1)[0]}")
     return 0
 
 
