@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import webdataset as wds
+from filelock import FileLock
 from tqdm import tqdm
 
 from pipeline.adapters import AdapterResult, RawSample
@@ -32,6 +33,7 @@ from pipeline.sample_check import BadSample, CheckedImage, check_boxes, check_im
 WRITER_VERSION = 1
 SHARD_PATTERN = "shard-{:06d}.tar"
 TMP_SUFFIX = ".partial"
+LOCK_FILE = ".write.lock"
 
 
 @dataclass
@@ -143,10 +145,29 @@ def write_shards(
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
     out_dir.mkdir(parents=True, exist_ok=True)
     fingerprint = source_fingerprint(result, shard_size)
-    current = _is_current(out_dir, fingerprint)
-    if current is not None:
-        return ShardsOutcome(current, out_dir, up_to_date=True)
+    # Two runs that find the shards missing at once (say, two extractions) take turns: the
+    # second waits, then finds the first's shards current instead of rewriting them under it.
+    with FileLock(out_dir / LOCK_FILE):
+        current = _is_current(out_dir, fingerprint)
+        if current is not None:
+            return ShardsOutcome(current, out_dir, up_to_date=True)
+        index = _write_all(
+            result, out_dir, dataset, split, shard_size, fingerprint, root, threads, progress
+        )
+    return ShardsOutcome(index, out_dir, up_to_date=False)
 
+
+def _write_all(
+    result: AdapterResult,
+    out_dir: Path,
+    dataset: str,
+    split: str,
+    shard_size: int,
+    fingerprint: str,
+    root: Path | None,
+    threads: int,
+    progress: bool,
+) -> ShardIndex:
     # Drop the old index first: from here until the new one lands, readers see "no shards".
     (out_dir / INDEX_FILE).unlink(missing_ok=True)
     for stale in [*out_dir.glob(f"*{TMP_SUFFIX}"), *out_dir.glob("shard-*.tar")]:
@@ -208,4 +229,4 @@ def write_shards(
     )
     index.fingerprint = index.compute_fingerprint()
     _atomic_write_text(out_dir / INDEX_FILE, json.dumps(index.model_dump(), indent=1))
-    return ShardsOutcome(index, out_dir, up_to_date=False)
+    return index

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import tarfile
@@ -170,3 +171,32 @@ def test_sample_boxes_enclose_the_object(sample_root: Path) -> None:
         inside = near[y0:y1, x0:x1].mean()
         outside = (near.sum() - near[y0:y1, x0:x1].sum()) / (near.size - (x1 - x0) * (y1 - y0))
         assert inside > 0.3 and inside > 3 * outside, key
+
+
+def _write_in_process(root: str, out: str) -> str:
+    result = TinyImageNetAdapter(Path(root), "train").load()
+    return write_shards(
+        result, Path(out), "sample", "train", shard_size=7, progress=False
+    ).index.fingerprint
+
+
+def test_two_writers_at_once_agree_and_leave_whole_shards(
+    sample_root: Path, tmp_path: Path
+) -> None:
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        prints = pool.starmap(_write_in_process, [(str(sample_root), str(tmp_path))] * 2)
+    assert prints[0] == prints[1] == read_index(tmp_path).fingerprint
+    for shard in read_index(tmp_path).shards:  # every listed shard is whole and matches its hash
+        assert (
+            sum(
+                1
+                for _ in wds.WebDataset(
+                    str(tmp_path / shard.name), shardshuffle=False, empty_check=False
+                )
+            )
+            == shard.count
+        )
+        assert hashlib.sha256((tmp_path / shard.name).read_bytes()).hexdigest() == shard.sha256
+    assert not list(tmp_path.glob("*.partial"))
