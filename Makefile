@@ -28,6 +28,7 @@ FRACTION   ?= 1.0
 RUN        ?=
 EVAL_SPLIT ?= val
 TRAIN_ARGS ?=
+CACHE_ENTRY ?=
 DEMO_QUANT ?= 4bit
 DEMO_EPOCHS ?= 6
 
@@ -44,7 +45,8 @@ AUDIT_ARG := $(if $(filter 1 true yes,$(AUDIT)),--audit,)
 help: ## this list
 	@echo "Targets (variables: DATASET=$(DATASET) SPLIT=$(SPLIT) ROOT=$(ROOT) SHARDS=$(SHARDS) SHARD_SIZE=$(SHARD_SIZE)"
 	@echo "         TEACHER=$(TEACHER) QUANT=$(QUANT) CACHE=$(CACHE) AUDIT=$(AUDIT) MODEL=$(MODEL) WEIGHTS=$(WEIGHTS)"
-	@echo "         EPOCHS=$(EPOCHS) BATCH=$(BATCH) FRACTION=$(FRACTION) RUN=$(RUN))"
+	@echo "         BATCH_SIZE=$(BATCH_SIZE) EPOCHS=$(EPOCHS) BATCH=$(BATCH) FRACTION=$(FRACTION) RUN=$(RUN)"
+	@echo "         CACHE_ENTRY=$(CACHE_ENTRY) EVAL_SPLIT=$(EVAL_SPLIT) TRAIN_ARGS=$(TRAIN_ARGS))"
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
@@ -78,13 +80,14 @@ extract: $(STAMP) ## teacher maps for DATASET/SPLIT into the map cache CACHE (TE
 train: $(STAMP) ## train an I-ViT on DATASET with its cached maps (MODEL WEIGHTS EPOCHS BATCH FRACTION RUN)
 	$(PY) -m flows.train --dataset $(DATASET) --shards-root $(SHARDS) --shard-size $(SHARD_SIZE) \
 	  --cache-root $(CACHE) --model $(MODEL) $(if $(WEIGHTS),--weights $(WEIGHTS),) --epochs $(EPOCHS) \
-	  --batch $(BATCH) --fraction $(FRACTION) $(if $(RUN),--run $(RUN),) $(TRAIN_ARGS)
+	  --batch $(BATCH) --fraction $(FRACTION) $(if $(RUN),--run $(RUN),) \
+	  $(if $(CACHE_ENTRY),--cache-entry $(CACHE_ENTRY),) $(TRAIN_ARGS)
 
 eval: $(STAMP) ## top-1 of run RUN on DATASET/EVAL_SPLIT (per-domain accuracy and variance on domain sets)
 	@test -n "$(RUN)" || { echo "make eval needs RUN=<name> (a folder of data/runs)"; exit 2; }
 	$(PY) -m flows.evaluate --run $(RUN) --dataset $(DATASET) --split $(EVAL_SPLIT) --shards-root $(SHARDS)
 
-ui: $(STAMP) ## Prefect UI on http://127.0.0.1:4200 with deployments of the extract and train flows
+ui: $(STAMP) ## Prefect UI on http://127.0.0.1:4200 with deployments of the extract, train and evaluate flows
 	$(PY) -m flows.serve --port 4200
 
 bench: bench-extract bench-student bench-loader ## every benchmark (each ends with a RESULT line)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import typing
 from typing import TypeVar
 
 from pydantic import BaseModel
@@ -13,20 +14,28 @@ Params = TypeVar("Params", bound=BaseModel)
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, model: type[BaseModel]) -> None:
-    """One flag per field (booleans get --x / --no-x, dicts take JSON); unset flags keep the
-    model's default."""
+    """One flag per field (booleans get --x / --no-x; lists, tuples and dicts take JSON); unset
+    flags keep the model's default."""
     for name, field in model.model_fields.items():
         flag = "--" + name.replace("_", "-")
         if field.annotation is bool:
             parser.add_argument(
                 flag, action=argparse.BooleanOptionalAction, default=None, help=field.description
             )
-        elif field.annotation is dict:
+        elif _is_json_field(field.annotation):
             parser.add_argument(
                 flag, type=json.loads, default=None, help=f"{field.description} (JSON)"
             )
         else:
             parser.add_argument(flag, default=None, help=field.description)
+
+
+def _is_json_field(annotation: object) -> bool:
+    """Lists, tuples and dicts (optional or not) come from the command line as JSON."""
+    candidates = [annotation, *typing.get_args(annotation)]
+    return any(
+        typing.get_origin(a) in (list, tuple, dict) or a in (list, tuple, dict) for a in candidates
+    )
 
 
 def parse_model(model: type[Params], args: argparse.Namespace) -> Params:

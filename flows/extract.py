@@ -50,6 +50,13 @@ class ExtractParams(BaseModel):
     dtype: Literal["float16", "bfloat16", "float32"] = "float16"
     prompt: Literal["prompt1", "prompt2", "prompt3", "dense"] = "prompt1"
     answer_mode: Literal["forced-foreground", "generate"] = "forced-foreground"
+    revision: str | None = Field(None, description="hub revision of the teacher (None: default)")
+    view: Literal["pad", "crop", "resize"] = Field("pad", description="teacher view of the image")
+    box_width: int = Field(3, ge=0, description="visual-prompt box width at 336 px (0: no boxes)")
+    box_color: tuple[int, int, int] = Field((255, 0, 0), description="visual-prompt box RGB")
+    layers: list[int] | None = Field(None, description="decoder layers to average (None: all)")
+    heads: list[int] | None = Field(None, description="attention heads to average (None: all)")
+    max_new_tokens: int = Field(24, ge=1, description="room for the generated answer")
     cache_root: str = Field(str(data_dir() / "cache"), description="local path or s3:// URL")
     batch_size: int = Field(8, ge=1, description="images per teacher forward")
     concurrency: int = Field(0, ge=0, description="shards at once; 0 = one per GPU (1 on CPU)")
@@ -59,14 +66,10 @@ class ExtractParams(BaseModel):
     def teacher_config_json(self) -> str:
         from teacher import TeacherConfig
 
+        fields = ("quant", "dtype", "prompt", "answer_mode", "revision", "view", "box_width",
+                  "box_color", "layers", "heads", "max_new_tokens", "batch_size", "audit")  # fmt: skip
         return TeacherConfig(
-            model=self.teacher,
-            quant=self.quant,
-            dtype=self.dtype,
-            prompt=self.prompt,
-            answer_mode=self.answer_mode,
-            batch_size=self.batch_size,
-            audit=self.audit,
+            model=self.teacher, **{name: getattr(self, name) for name in fields}
         ).model_dump_json()
 
     def shard_dir(self) -> Path:

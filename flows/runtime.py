@@ -11,12 +11,12 @@ import json
 import queue
 import threading
 from collections.abc import Iterator
-from functools import lru_cache
+from functools import cache, lru_cache
 
 import torch
 
 
-@lru_cache(maxsize=2)
+@cache  # one teacher per (config, vocabulary, device): one per GPU, never evicted and reloaded
 def _teacher(config_json: str, vocabulary: tuple[str, ...], device: str):
     from teacher import TeacherConfig, load_teacher
 

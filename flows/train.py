@@ -23,12 +23,12 @@ from pydantic import BaseModel, Field
 
 import flows  # noqa: F401  (Prefect settings)
 from flows.cli_args import add_model_arguments, parse_model
-from pipeline.cache import list_entries
+from pipeline.cache import CacheEntry, list_entries, open_entry
 from pipeline.config import ShardsConfig
 from pipeline.paths import data_dir
 from pipeline.records import ShardIndex
 from pipeline.shards_command import ensure_shards
-from student.config import StudentConfig, TrainConfig
+from student.config import KlDirection, StudentConfig, TrainConfig
 from student.run import DataConfig, RunConfig, run_training
 
 
@@ -61,20 +61,45 @@ class TrainParams(BaseModel):
     alignment: bool = True
     align_on_original: bool = False
     align_lambda: float = Field(1.0, ge=0)
+    kl_direction: KlDirection = Field(
+        "vlm||agt", description="'agt||vlm': the paper's literal Eq. 14"
+    )
+    kl_eps: float = Field(1e-6, gt=0, description="smoothing for 'agt||vlm'")
+    gate_hidden: int = Field(16, gt=0, description="width of the gate FFN")
     seed: int = 0
+
+    def student_config(self, num_classes: int) -> StudentConfig:
+        """The I-ViT part of the run: model, weights, ablation switches and the loss."""
+        fields = ("model", "img_size", "model_kwargs", "interaction_queries", "gate", "alignment",
+                  "align_on_original", "align_lambda", "kl_direction", "kl_eps", "gate_hidden",
+                  "seed")  # fmt: skip
+        weights = None if self.weights in (None, "") else self.weights  # "": timm's own loading
+        return StudentConfig(
+            weights=weights, num_classes=num_classes, **{f: getattr(self, f) for f in fields}
+        )
 
     def run_name(self) -> str:
         return self.run or f"{self.dataset}-{self.model}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def _matching_entry(params: TrainParams, index: ShardIndex, required: bool) -> str | None:
-    """The cache entry holding maps for exactly these shards (matched by dataset fingerprint)."""
+def _teacher_name(entry: CacheEntry) -> str:
+    teacher = entry.spec.teacher
+    return f"{teacher.get('weights', {}).get('source', '?')} {teacher.get('quant', '')} {teacher.get('prompt', {}).get('name', '')}"
+
+
+def _matching_entry(
+    params: TrainParams, index: ShardIndex, required: bool, teacher: dict | None = None
+) -> str | None:
+    """The cache entry holding maps for exactly these shards (matched by dataset fingerprint);
+    with `teacher`, only entries made by that teacher spec (the val split follows the train
+    split's teacher, so a run never mixes two teachers' maps)."""
     if params.cache_entry and index.split == params.train_split:
         return params.cache_entry
     matches = [
         e
         for e in list_entries(params.cache_root)
         if e.spec.dataset_fingerprint == index.fingerprint
+        and (teacher is None or e.spec.teacher == teacher)
     ]
     if len(matches) == 1:
         return matches[0].path
@@ -86,9 +111,10 @@ def _matching_entry(params: TrainParams, index: ShardIndex, required: bool) -> s
                 f"SPLIT={index.split}` first, or train without alignment (--no-alignment)"
             )
         return None
-    listing = "\n  ".join(f"{e.path}  ({e.spec.teacher.get('model', '?')})" for e in matches)
+    listing = "\n  ".join(f"{e.path}  ({_teacher_name(e)})" for e in matches)
     raise ValueError(
-        f"several cache entries match {where}; choose one with CACHE_ENTRY=:\n  {listing}"
+        f"several cache entries match {where} (one per teacher); choose one with "
+        f"CACHE_ENTRY=<path> (--cache-entry):\n  {listing}"
     )
 
 
@@ -108,21 +134,13 @@ def resolve_run(params: TrainParams) -> str:
     train_index = indexes[params.train_split]
     aligns = params.alignment and params.align_lambda > 0
     train_cache = _matching_entry(params, train_index, required=aligns)
-    val_cache = (
-        _matching_entry(params, indexes[params.val_split], required=False)
-        if params.val_split
-        else None
-    )
-    weights = None if params.weights in (None, "") else params.weights
+    val_cache = None
+    if params.val_split and train_cache is not None:
+        teacher = open_entry(train_cache).spec.teacher
+        val_cache = _matching_entry(params, indexes[params.val_split], False, teacher)
     run_dir = Path(params.runs_root) / params.run_name()
     config = RunConfig(
-        student=StudentConfig(
-            model=params.model, weights=weights, num_classes=len(train_index.classes),
-            img_size=params.img_size, model_kwargs=params.model_kwargs,
-            interaction_queries=params.interaction_queries, gate=params.gate,
-            alignment=params.alignment, align_on_original=params.align_on_original,
-            align_lambda=params.align_lambda, seed=params.seed,
-        ),
+        student=params.student_config(num_classes=len(train_index.classes)),
         train=TrainConfig(
             epochs=params.epochs, lr=params.lr, warmup_epochs=params.warmup_epochs,
             seed=params.seed, run_dir=run_dir,

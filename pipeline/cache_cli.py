@@ -59,11 +59,17 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 
 
 def _teacher_brief(spec: dict[str, Any]) -> str:
+    """Checkpoint, quantization, prompt and answer mode: what tells two teachers apart at a
+    glance (the full spec is in `cache show`)."""
     teacher = spec.get("teacher", {})
+    weights, prompt = teacher.get("weights"), teacher.get("prompt")
     parts = [
-        str(teacher.get(k)) for k in ("model", "checkpoint", "quant", "prompt") if k in teacher
+        weights.get("source") if isinstance(weights, dict) else teacher.get("model"),
+        teacher.get("quant"),
+        prompt.get("name") if isinstance(prompt, dict) else prompt,
+        teacher.get("answer_mode"),
     ]
-    return " ".join(parts) or "-"
+    return " ".join(str(p) for p in parts if p) or "-"
 
 
 def _reasons(by_reason: dict[str, int]) -> str:

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from student.checkpoint import TrainingState, checkpoint_paths, load_checkpoint, save_checkpoint
 from student.config import TrainConfig
-from student.distributed import is_distributed, is_main_process
+from student.distributed import is_distributed, is_main_process, unwrap
 from student.loss import InteractionCriterion, renormalize
 from student.model import IViT
 from student.plots import denormalize, plot_curves, plot_overlays
@@ -46,11 +46,6 @@ def forward_outputs(model: nn.Module, images: torch.Tensor, with_interactions: b
     if with_interactions:
         return model(images, with_interactions=True)
     return {"logits": model(images), "align_rows": None}
-
-
-def unwrap(model: nn.Module) -> IViT:
-    """The IViT inside a DDP wrapper: checkpoints and pictures use its own parameter names."""
-    return getattr(model, "module", model)
 
 
 def train_one_epoch(
@@ -128,6 +123,7 @@ def evaluate(
     *,
     criterion: InteractionCriterion | None = None,
     amp: bool = False,
+    amp_dtype: torch.dtype = torch.bfloat16,
 ) -> dict:
     """Top-1 and loss (cross-entropy, or the criterion's terms when given); batches carrying a
     "domain" list add per-domain top-1 and their variance across domains."""
@@ -137,7 +133,7 @@ def evaluate(
     per_domain: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # domain -> [correct, seen]
     for batch in tqdm(loader, desc="eval", leave=False, dynamic_ncols=True):
         batch = to_device(batch, device)
-        with autocast(device, amp):
+        with autocast(device, amp, amp_dtype):
             if criterion is not None:
                 outputs = forward_outputs(model, batch["image"], criterion.alignment)
                 losses = criterion(outputs, batch)
@@ -246,7 +242,9 @@ def fit(
         if val_loader is not None and (
             (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
         ):
-            val = evaluate(model, val_loader, device, criterion=criterion, amp=use_amp)
+            val = evaluate(
+                model, val_loader, device, criterion=criterion, amp=use_amp, amp_dtype=amp_dtype
+            )
             row.update({f"val_{k}": v for k, v in val.items() if k != "samples"})
             first = next(iter(val_loader), None) if main and cfg.overlays else None
             if first is not None:

@@ -54,8 +54,13 @@ class InteractionCriterion(nn.Module):
 
     def alignment_term(self, rows: torch.Tensor | None, batch: dict) -> torch.Tensor:
         device = batch["label"].device
-        if not self.alignment or rows is None or "c_vlm" not in batch:
+        if not self.alignment or rows is None:
             return torch.zeros((), device=device)
+        if "c_vlm" not in batch or "map_valid" not in batch:
+            # A loader that lost the maps must not quietly turn the constraint off.
+            raise KeyError(
+                "alignment is on but the batch has no c_vlm/map_valid (loader without maps?)"
+            )
         c_vlm = batch["c_vlm"]  # [B, g, g]
         valid = batch["map_valid"].to(device=device, dtype=torch.bool)  # [B]
         _, batch_size, num_patches = rows.shape  # [L, B, P]

@@ -133,6 +133,9 @@ def weights_fingerprint(source: str, config: LlavaConfig) -> dict:
     fingerprint: dict = {"source": source, "commit": commit}
     path = Path(source)
     if path.is_dir():
+        # The folder's name only: the same files under /a/llava and /b/llava are one teacher,
+        # so teams on different mounts of a shared cache land on the same entry.
+        fingerprint["source"] = path.resolve().name
         digest = hashlib.sha256()
         for file in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.json")):
             # Header + size is enough to tell checkpoints apart without reading 14 GB.

@@ -71,6 +71,13 @@ def recompute_from_audit(teacher, item: TeacherInput, result: MapResult) -> tupl
     return fore, c_back
 
 
+def audited_words(teacher, result: MapResult, key: str) -> list[str]:
+    """Decode the audited token positions back to text: an independent check that the rows
+    picked are the words' own tokens (fast and naive share the word-to-token mapping)."""
+    ids = result.audit["input_ids"]
+    return [teacher.tokenizer.decode([ids[p] for p in ps]).strip() for ps in result.audit[key]]
+
+
 def test_forced_foreground_equals_eager_reference(tiny_dir):
     teacher = make_teacher(tiny_dir, audit=True, batch_size=3)
     items = sample_items()
@@ -80,6 +87,7 @@ def test_forced_foreground_equals_eager_reference(tiny_dir):
         assert result.valid and result.fg_correct == -1
         assert f"'foreground': '{item.class_name}'" in result.answer
         assert np.isclose(result.c_vlm.sum(), 1.0, atol=1e-5) and (result.c_vlm >= 0).all()
+        assert audited_words(teacher, result, "fore_positions") == [item.class_name]
         fore, c_back = recompute_from_audit(teacher, item, result)
         assert_scaled(result.c_fore, fore[0])
         assert_scaled(result.c_back, c_back)
@@ -98,7 +106,8 @@ def test_generate_mode_equals_eager_reference(tiny_dir):
     assert [r.fg_correct for r in fast] == [0, 1, 0]  # only item b's label is golden retriever
     for item, result in zip(items, fast, strict=True):
         assert result.valid
-        assert len(result.audit["back_positions"]) == 2  # grass, sky (the comma is skipped)
+        assert audited_words(teacher, result, "back_positions") == ["grass", "sky"]  # no comma
+        assert audited_words(teacher, result, "fore_positions") == ["golden retriever"]
         fore, c_back = recompute_from_audit(teacher, item, result)
         assert_scaled(result.c_fore, fore[0])
         assert_scaled(result.c_back, c_back)

@@ -101,3 +101,28 @@ def test_missing_cache_entry_says_how_to_make_one(toy_data, tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="make extract DATASET=toy SPLIT=train"):
         _matching_entry(params, index, required=True)
     assert _matching_entry(params, index, required=False) is None
+
+
+def test_several_teachers_on_one_root(toy_data, tmp_path) -> None:
+    """Two teachers' maps for the same shards: training must be told which, and the val split
+    follows the train split's teacher instead of mixing two."""
+    from pipeline.cache import CacheEntry, CacheSpec, open_entry
+    from pipeline.records import read_index
+
+    root = tmp_path / "cache"
+    for split in ("train", "val"):
+        index = read_index(toy_data["shards"] / "toy" / split)
+        for teacher in ({"model": "teacher-a"}, {"model": "teacher-b"}):
+            spec = CacheSpec(
+                dataset="toy", split=split, dataset_fingerprint=index.fingerprint, teacher=teacher
+            )
+            CacheEntry.create_or_open(
+                str(root), spec, index, grid=24, geometry={"mode": "resize", "size": 32}
+            )
+    params = TrainParams(dataset="toy", cache_root=str(root), shards_root=str(toy_data["shards"]))
+    train_index = read_index(toy_data["shards"] / "toy" / "train")
+    with pytest.raises(ValueError, match="CACHE_ENTRY"):
+        _matching_entry(params, train_index, required=True)
+    val_index = read_index(toy_data["shards"] / "toy" / "val")
+    chosen = _matching_entry(params, val_index, required=False, teacher={"model": "teacher-b"})
+    assert open_entry(chosen).spec.teacher == {"model": "teacher-b"}
