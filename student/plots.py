@@ -15,6 +15,15 @@ import numpy as np
 import torch
 
 
+def _save(fig: plt.Figure, out_path: str | Path, dpi: int) -> Path:
+    fig.tight_layout()
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=dpi)
+    plt.close(fig)  # figures are made per epoch: keep pyplot from accumulating them
+    return out
+
+
 def read_metrics(path: str | Path) -> list[dict]:
     lines = Path(path).read_text().splitlines()
     return [json.loads(line) for line in lines if line.strip()]
@@ -42,12 +51,7 @@ def plot_curves(metrics_path: str | Path, out_path: str | Path) -> Path:
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.tight_layout()
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return _save(fig, out_path, dpi=100)
 
 
 def denormalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
@@ -82,9 +86,4 @@ def plot_overlays(
             axes[i, j].set_title(name, fontsize=8)
         for ax in axes[i]:
             ax.axis("off")
-    fig.tight_layout()
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=80)
-    plt.close(fig)
-    return out
+    return _save(fig, out_path, dpi=80)
