@@ -104,14 +104,16 @@ bench-loader: $(STAMP) ## image-only vs map-joined streaming throughput
 
 DEMO_STUDENT := --model vit_tiny_patch16_224 --weights none --img-size 64 \
   --model-kwargs '{"patch_size": 8, "depth": 4}' --batch 32 --lr 3e-3 --num-workers 1
+DEMO_EXTRACT := --dataset sample --shards-root $(SHARDS) --shard-size 100 --teacher tiny \
+  --quant $(DEMO_QUANT) --dtype float32 --cache-root $(CACHE)
 demo: $(STAMP) ## the whole pipeline offline: sample shards -> tiny teacher maps -> a tiny I-ViT run
 	@if [ ! -f data/models/tiny-llava/config.json ]; then $(MAKE) --no-print-directory tiny-teacher; fi
-	$(PY) -m flows.extract --dataset sample --split train --shards-root $(SHARDS) --shard-size 100 \
-	  --teacher tiny --quant $(DEMO_QUANT) --dtype float32 --cache-root $(CACHE)
-	$(PY) -m flows.extract --dataset sample --split val --shards-root $(SHARDS) --shard-size 100 \
-	  --teacher tiny --quant $(DEMO_QUANT) --dtype float32 --cache-root $(CACHE)
+	$(PY) -m flows.extract $(DEMO_EXTRACT) --split train
+	$(PY) -m flows.extract $(DEMO_EXTRACT) --split val
+	@# The entry these maps went to: a cache root may also hold other teachers' maps of these shards.
+	entry=$$($(PY) -m flows.extract $(DEMO_EXTRACT) --split train --which-entry) && \
 	$(PY) -m flows.train --dataset sample --shards-root $(SHARDS) --shard-size 100 --cache-root $(CACHE) \
-	  $(DEMO_STUDENT) --epochs $(DEMO_EPOCHS) --run demo
+	  --cache-entry $$entry $(DEMO_STUDENT) --epochs $(DEMO_EPOCHS) --run demo
 	@echo "demo done: maps and their previews under $(CACHE)/<key>/previews, the run under data/runs/demo"
 
 clean: ## remove generated data (shards, caches, runs, Prefect home); keeps raw datasets and models

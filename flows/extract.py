@@ -14,7 +14,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from prefect import flow, get_run_logger, task, unmapped
 from prefect.artifacts import (
@@ -30,11 +30,14 @@ from pydantic import BaseModel, Field
 import flows  # noqa: F401  (Prefect settings)
 from flows.cli_args import add_model_arguments, parse_model
 from flows.runtime import default_concurrency, describe, device_pool, get_teacher
-from pipeline.cache import CacheEntry, CacheSpec
+from pipeline.cache import CacheEntry, CacheSpec, cache_key
 from pipeline.config import ShardsConfig
 from pipeline.paths import data_dir
-from pipeline.records import read_index
+from pipeline.records import ShardIndex, read_index
 from pipeline.shards_command import ensure_shards
+
+if TYPE_CHECKING:
+    from teacher import Teacher
 
 
 class ExtractParams(BaseModel):
@@ -76,8 +79,8 @@ class ExtractParams(BaseModel):
         return Path(self.shards_root) / self.dataset / self.split
 
 
-def _open_entry(params: ExtractParams) -> CacheEntry:
-    """The cache entry for these params, created when absent (no teacher weights needed)."""
+def _spec(params: ExtractParams) -> tuple[CacheSpec, ShardIndex, Teacher]:
+    """What these params' maps are (no teacher weights needed, only its config and processor)."""
     index = read_index(params.shard_dir())
     teacher = describe(params.teacher_config_json(), index.classes)
     spec = CacheSpec(
@@ -86,6 +89,17 @@ def _open_entry(params: ExtractParams) -> CacheEntry:
         dataset_fingerprint=index.fingerprint,
         teacher=teacher.spec(),
     )
+    return spec, index, teacher
+
+
+def entry_location(params: ExtractParams) -> str:
+    """Where these params' entry is (or would be): `<cache_root>/<cache_key>`."""
+    return f"{params.cache_root.rstrip('/')}/{cache_key(_spec(params)[0])}"
+
+
+def _open_entry(params: ExtractParams) -> CacheEntry:
+    """The cache entry for these params, created when absent."""
+    spec, index, teacher = _spec(params)
     return CacheEntry.create_or_open(
         params.cache_root, spec, index, grid=teacher.grid, geometry=teacher.geometry_spec()
     )
@@ -242,8 +256,14 @@ def main(argv: list[str] | None = None) -> int:
     add_model_arguments(parser, ExtractParams)
     parser.add_argument("--runner", choices=["threads", "dask"], default="threads")
     parser.add_argument("--workers", type=int, default=2, help="Dask worker processes")
+    parser.add_argument(
+        "--which-entry", action="store_true", help="print the entry's location and exit (no run)"
+    )
     args = parser.parse_args(argv)
     params = parse_model(ExtractParams, args)
+    if args.which_entry:
+        print(entry_location(params))
+        return 0
     summary = run_extract(params, args.runner, args.workers)
     print(
         json.dumps(
