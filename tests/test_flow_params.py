@@ -6,10 +6,13 @@ import argparse
 import json
 
 import pytest
+import teacher_fixtures
 
 from flows.cli_args import add_model_arguments, parse_model
 from flows.extract import ExtractParams
 from flows.train import TrainParams
+
+tiny_dir = teacher_fixtures.tiny_dir  # session fixture: the tiny LLaVA, built once
 
 
 def parse(model, argv: list[str]):
@@ -51,3 +54,19 @@ def test_train_flags_reach_the_student_config() -> None:
 def test_bad_flag_values_are_named() -> None:
     with pytest.raises(ValueError, match="quant"):
         parse(ExtractParams, ["--quant", "3bit"])
+
+
+def test_which_entry_names_the_entry_a_run_writes(tiny_dir, tmp_path, capsys) -> None:
+    from flows.extract import _open_entry, main
+    from pipeline.config import ShardsConfig
+    from pipeline.sample_dataset import write_sample_dataset
+    from pipeline.shards_command import build_shards
+
+    raw = write_sample_dataset(tmp_path / "raw", train_per_class=1, val_per_class=1)
+    argv = ["--root", str(raw), "--shards-root", str(tmp_path / "shards"), "--shard-size", "5",
+            "--teacher", str(tiny_dir), "--quant", "none", "--cache-root", str(tmp_path / "cache")]  # fmt: skip
+    build_shards(ShardsConfig(root=raw, shards=tmp_path / "shards", shard_size=5), progress=False)
+    assert main([*argv, "--which-entry"]) == 0
+    printed = capsys.readouterr().out.strip()
+    assert not (tmp_path / "cache").exists()  # it only names the entry
+    assert _open_entry(parse(ExtractParams, argv)).path == printed
