@@ -133,7 +133,24 @@ def start_flow(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    return FlowProcess(process, log)
+    run = FlowProcess(process, log)
+    _STARTED.append(run)
+    return run
+
+
+_STARTED: list[FlowProcess] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_run_outlives_its_test() -> Iterator[None]:
+    """A failing assertion must not leave a stopped (SIGSTOP) or running extraction behind."""
+    yield
+    while _STARTED:
+        run = _STARTED.pop()
+        if run.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(run.pid, signal.SIGKILL)
+            run.process.wait()
 
 
 # ---- reading caches back with plain zarr and json ------------------------------------------
