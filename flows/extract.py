@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
+from uuid import UUID
 
 from prefect import flow, get_run_logger, task, unmapped
 from prefect.artifacts import (
@@ -214,6 +215,27 @@ def publish_summary(
     return summary
 
 
+def _extract_pass(
+    params: ExtractParams,
+    shards: list[str],
+    wait: bool,
+    results: list[dict],
+    progress: UUID,
+    total: int,
+) -> list[str]:
+    """One task per shard; finished shards go to `results`. Returns the shards another live
+    writer held (only when `wait` is False: waiting tasks hold on until they can finish)."""
+    held = []
+    for future in as_completed(extract_shard.map(unmapped(params), shards, unmapped(wait))):
+        result = future.result()
+        if result["status"] == "held elsewhere":
+            held.append(result["shard"])
+            continue
+        results.append(result)
+        update_progress_artifact(progress, 100.0 * len(results) / max(1, total))
+    return held
+
+
 @flow(name="extract-maps", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=1))
 def extract_flow(params: ExtractParams) -> dict:
     """Teacher maps for every uncommitted shard of a dataset split, into the map cache."""
@@ -223,16 +245,10 @@ def extract_flow(params: ExtractParams) -> dict:
     progress = create_progress_artifact(
         0.0, description=f"shards committed by this run of {len(pending)}"
     )
-    results, held = [], []
+    results: list[dict] = []
     # Shards another live writer is computing come last, so two extractors split the work.
-    for wait, shards in ((False, pending), (True, held)):
-        for future in as_completed(extract_shard.map(unmapped(params), shards, unmapped(wait))):
-            result = future.result()
-            if result["status"] == "held elsewhere":
-                held.append(result["shard"])  # the second pass (wait=True) iterates this list
-                continue
-            results.append(result)
-            update_progress_artifact(progress, 100.0 * len(results) / max(1, len(pending)))
+    held = _extract_pass(params, pending, False, results, progress, len(pending))
+    _extract_pass(params, held, True, results, progress, len(pending))
     update_progress_artifact(progress, 100.0)
     return publish_summary(params, entry_path, results, time.perf_counter() - started)
 

@@ -7,6 +7,7 @@ invalid row with its reason, never NaN) reads in one place.
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -114,3 +115,20 @@ class ShardMaps:
                     raise ValueError(
                         f"{where}: row {row} ({self.keys[row]}) is invalid but c_vlm is not zeros"
                     )
+
+
+def row_counts(valid: np.ndarray, reason: Sequence[str], fg_correct: np.ndarray) -> dict[str, Any]:
+    """The counts a commit record states about its rows (and `verify` recomputes from them)."""
+    valid = np.asarray(valid, dtype=bool)
+    fg = np.asarray(fg_correct)
+    reasons = Counter(r for r, ok in zip(reason, valid, strict=True) if not ok)
+    return {
+        "valid": int(valid.sum()),
+        "invalid": int((~valid).sum()),
+        "invalid_by_reason": dict(sorted(reasons.items())),
+        "fg_correct": {
+            "correct": int((fg == 1).sum()),
+            "wrong": int((fg == 0).sum()),
+            "unknown": int((fg == -1).sum()),
+        },
+    }

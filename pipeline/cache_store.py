@@ -41,7 +41,7 @@ import zarr.errors
 from zarr.storage import FsspecStore, LocalStore
 
 from pipeline.cache_files import EntryFiles, canonical_json, pretty_json
-from pipeline.cache_rows import MAP_ARRAYS, ROW_ARRAYS, ROW_DTYPES, ShardMaps
+from pipeline.cache_rows import MAP_ARRAYS, ROW_ARRAYS, ROW_DTYPES, ShardMaps, row_counts
 from pipeline.cache_spec import (
     CACHE_FORMAT_VERSION,
     CacheMismatchError,
@@ -528,9 +528,6 @@ def _create_arrays(store: Any, manifest: dict[str, Any]) -> None:
 def _commit_record(
     entry: CacheEntry, shard_name: str, info: dict[str, Any], maps: ShardMaps
 ) -> dict[str, Any]:
-    valid = np.asarray(maps.valid, dtype=bool)
-    fg = np.asarray(maps.fg_correct)
-    reasons = Counter(r for r, ok in zip(maps.reason, valid, strict=True) if not ok)
     return {
         "shard": shard_name,
         "sha256": info["sha256"],
@@ -538,14 +535,7 @@ def _commit_record(
         "row_start": info["row_offset"],
         "row_stop": info["row_offset"] + info["count"],
         "count": info["count"],
-        "valid": int(valid.sum()),
-        "invalid": int((~valid).sum()),
-        "invalid_by_reason": dict(sorted(reasons.items())),
-        "fg_correct": {
-            "correct": int((fg == 1).sum()),
-            "wrong": int((fg == 0).sum()),
-            "unknown": int((fg == -1).sum()),
-        },
+        **row_counts(maps.valid, maps.reason, maps.fg_correct),
         "writer": entry.writer_id,
         "committed_at": _utc_now(),
     }

@@ -7,12 +7,11 @@ and committed rows that are neither a normalized map nor an invalid row with a r
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.cache_rows import MAP_ARRAYS, NORMALIZED_ATOL_STORED
+from pipeline.cache_rows import MAP_ARRAYS, NORMALIZED_ATOL_STORED, row_counts
 from pipeline.cache_spec import CacheMismatchError
 from pipeline.cache_store import COMMITS_DIR, CacheEntry, ShardNotCommittedError
 
@@ -94,17 +93,7 @@ def _verify_shard(entry: CacheEntry, group, shard_name: str) -> list[Problem]:
     if len(set(keys)) != len(keys):
         problems.append(Problem(shard_name, "duplicate keys within the shard"))
 
-    invalid_reasons = Counter(r for r, ok in zip(reason, valid, strict=True) if not ok)
-    counted = {
-        "valid": int(valid.sum()),
-        "invalid": int((~valid).sum()),
-        "invalid_by_reason": dict(sorted(invalid_reasons.items())),
-        "fg_correct": {
-            "correct": int((fg == 1).sum()),
-            "wrong": int((fg == 0).sum()),
-            "unknown": int((fg == -1).sum()),
-        },
-    }
+    counted = row_counts(valid, reason, fg)
     for field, found in counted.items():
         if record.get(field) != found:
             problems.append(

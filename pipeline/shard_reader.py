@@ -13,7 +13,7 @@ from pathlib import Path
 
 import webdataset as wds
 
-from pipeline.records import SampleRecord, ShardIndex
+from pipeline.records import SampleRecord
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "bmp", "webp", "gif", "tif", "tiff")
 
@@ -45,7 +45,3 @@ def iter_shard(tar_path: str | Path) -> Iterator[ShardSample]:
             image_ext=ext,
             record=SampleRecord.model_validate_json(raw["json"]),
         )
-
-
-def shard_paths(shard_dir: str | Path, index: ShardIndex) -> list[Path]:
-    return [Path(shard_dir) / shard.name for shard in index.shards]

@@ -119,14 +119,6 @@ def load_model(cfg: TeacherConfig, source: str) -> LlavaForConditionalGeneration
     return model.eval()
 
 
-def load_model_and_processor(
-    cfg: TeacherConfig,
-) -> tuple[LlavaForConditionalGeneration, LlavaProcessor, str]:
-    """(model in eval mode, processor, resolved path or hub id)."""
-    _, processor, source = load_config_and_processor(cfg)
-    return load_model(cfg, source), processor, source
-
-
 def weights_fingerprint(source: str, config: LlavaConfig) -> dict:
     """What identifies the weights: the hub commit when known, else hashes of local files."""
     commit = getattr(config, "_commit_hash", None)
