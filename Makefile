@@ -30,6 +30,9 @@ EVAL_SPLIT ?= val
 TRAIN_ARGS ?=
 CACHE_ENTRY ?=
 DEMO_QUANT ?= 4bit
+# Experiments.
+EXP        ?= smoke
+EXP_OVERRIDE ?=
 DEMO_EPOCHS ?= 6
 
 export PREFECT_HOME := $(CURDIR)/data/prefect
@@ -40,7 +43,7 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 ROOT_ARG := $(if $(ROOT),--root $(ROOT),)
 AUDIT_ARG := $(if $(filter 1 true yes,$(AUDIT)),--audit,)
 
-.PHONY: help setup test lint demo shards tiny-teacher extract train eval ui bench bench-extract bench-student bench-loader clean
+.PHONY: help setup test lint demo shards tiny-teacher extract train eval experiment ui bench bench-extract bench-student bench-loader clean
 
 help: ## this list
 	@echo "Targets (variables: DATASET=$(DATASET) SPLIT=$(SPLIT) ROOT=$(ROOT) SHARDS=$(SHARDS) SHARD_SIZE=$(SHARD_SIZE)"
@@ -86,6 +89,10 @@ train: $(STAMP) ## train an I-ViT on DATASET with its cached maps (MODEL WEIGHTS
 eval: $(STAMP) ## top-1 of run RUN on DATASET/EVAL_SPLIT (per-domain accuracy and variance on domain sets)
 	@test -n "$(RUN)" || { echo "make eval needs RUN=<name> (a folder of data/runs)"; exit 2; }
 	$(PY) -m flows.evaluate --run $(RUN) --dataset $(DATASET) --split $(EVAL_SPLIT) --shards-root $(SHARDS)
+
+experiment: $(STAMP) ## run the grid of experiments/specs/$(EXP).yaml (resumable) -> data/experiments/<name>/ (EXP_OVERRIDE='<json>')
+	$(PY) -m flows.experiment --spec $(EXP) --shards-root $(SHARDS) --cache-root $(CACHE) \
+	  $(if $(EXP_OVERRIDE),--override '$(EXP_OVERRIDE)',)
 
 ui: $(STAMP) ## Prefect UI on http://127.0.0.1:4200 with deployments of the extract, train and evaluate flows
 	$(PY) -m flows.serve --port 4200
