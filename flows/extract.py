@@ -49,7 +49,10 @@ class ExtractParams(BaseModel):
     root: str | None = Field(None, description="raw dataset folder (default: the registry's)")
     shards_root: str = Field(str(data_dir() / "shards"), description="where shards live")
     shard_size: int = Field(1000, ge=1, description="samples per shard when shards are written")
-    teacher: str = Field("llava-hf/llava-1.5-7b-hf", description="hub id, local dir, or 'tiny'")
+    teacher: str = Field(
+        "llava-hf/llava-1.5-7b-hf",
+        description="hub id, local dir, 'tiny', or a baseline: 'box', 'uniform'",
+    )
     quant: Literal["4bit", "8bit", "none"] = "4bit"
     dtype: Literal["float16", "bfloat16", "float32"] = "float16"
     prompt: Literal["prompt1", "prompt2", "prompt3", "dense"] = "prompt1"
