@@ -43,7 +43,7 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 ROOT_ARG := $(if $(ROOT),--root $(ROOT),)
 AUDIT_ARG := $(if $(filter 1 true yes,$(AUDIT)),--audit,)
 
-.PHONY: help setup test lint demo shards tiny-teacher extract train eval experiment ui bench bench-extract bench-student bench-loader clean
+.PHONY: help setup test lint demo shards tiny-teacher extract train eval experiment ui bench bench-extract bench-student bench-loader bench-science backbone clean
 
 help: ## this list
 	@echo "Targets (variables: DATASET=$(DATASET) SPLIT=$(SPLIT) ROOT=$(ROOT) SHARDS=$(SHARDS) SHARD_SIZE=$(SHARD_SIZE)"
@@ -94,6 +94,10 @@ experiment: $(STAMP) ## run the grid of experiments/specs/$(EXP).yaml (resumable
 	$(PY) -m flows.experiment --spec $(EXP) --shards-root $(SHARDS) --cache-root $(CACHE) \
 	  $(if $(EXP_OVERRIDE),--override '$(EXP_OVERRIDE)',)
 
+BACKBONE   ?= data/models/shift-vit.safetensors
+backbone: $(STAMP) ## pretrain the stand-in foundation ViT of bench-science (shapes x backgrounds) -> BACKBONE
+	$(PY) -m experiments.backbone --out $(BACKBONE)
+
 ui: $(STAMP) ## Prefect UI on http://127.0.0.1:4200 with deployments of the extract, train and evaluate flows
 	$(PY) -m flows.serve --port 4200
 
@@ -108,6 +112,10 @@ bench-student: $(STAMP) ## I-ViT vs ViT training step time and FLOPs
 
 bench-loader: $(STAMP) ## image-only vs map-joined streaming throughput
 	$(PY) -m bench.loader
+
+bench-science: $(STAMP) ## sample-shift: ViT vs I-ViT (box maps) vs control vs tiny-LLaVA maps, 3 seeds, with ceiling
+	@test -f $(BACKBONE) || $(MAKE) --no-print-directory backbone
+	$(PY) -m bench.science --weights $(BACKBONE)
 
 DEMO_STUDENT := --model vit_tiny_patch16_224 --weights none --img-size 64 \
   --model-kwargs '{"patch_size": 8, "depth": 4}' --batch 32 --lr 3e-3 --num-workers 1

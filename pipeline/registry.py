@@ -11,6 +11,10 @@ from pydantic import BaseModel
 from pipeline.adapters import ADAPTERS, DatasetAdapter
 from pipeline.paths import PROJECT_ROOT, data_dir, resolve
 from pipeline.sample_dataset import write_sample_dataset
+from pipeline.shift_dataset import write_shift_dataset
+
+# Generated datasets: the registry's `generator` name -> the function that writes one under a root.
+GENERATORS = {"sample": write_sample_dataset, "sample-shift": write_shift_dataset}
 
 REGISTRY_FILE = PROJECT_ROOT / "data" / "registry.json"
 
@@ -24,6 +28,7 @@ class DatasetEntry(BaseModel):
     obtain: str
     classes: str
     generated: bool = False
+    generator: str = "sample"
 
     def default_root(self) -> Path:
         # A relocated data dir (LFI_DATA_DIR) moves raw data with it.
@@ -58,7 +63,7 @@ def open_adapter(name: str, split: str, root: Path | None = None) -> tuple[Datas
     root = Path(root) if root else entry.default_root()
     if not root.exists():
         if entry.generated:
-            write_sample_dataset(root)
+            GENERATORS[entry.generator](root)
         else:
             raise DatasetMissingError(
                 f"dataset {name!r} was expected at {root} but that folder does not exist.\n"
