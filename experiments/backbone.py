@@ -84,9 +84,9 @@ def losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, to
 
 def pretrain(
     out: Path,
-    images: int = 5000,
-    epochs: int = 8,
-    batch: int = 128,
+    images: int = 3000,
+    epochs: int = 5,
+    batch: int = 64,
     seed: int = 0,
     heldout: int = 1000,
 ) -> dict:
@@ -145,8 +145,8 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m experiments.backbone", description=__doc__)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--images", type=int, default=5000)
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--images", type=int, default=3000)
+    parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     card = pretrain(args.out, args.images, args.epochs, seed=args.seed)

@@ -35,3 +35,15 @@ def test_backbone_file_loads_as_a_runs_frozen_backbone(tmp_path: Path) -> None:
     assert saved["head.weight"].shape[0] == 18 and vit.head.weight.shape[0] == 4
     assert not any(p.requires_grad for p in vit.patch_embed.parameters())
     assert not vit.blocks[1].attn.qkv.weight.requires_grad and vit.head.weight.requires_grad
+
+
+def test_science_spec_uses_the_backbone_architecture() -> None:
+    from experiments.spec import load_spec
+
+    base = load_spec("science").base
+    assert (base["model"], base["img_size"], base["model_kwargs"]) == (
+        bb.MODEL,
+        bb.IMG_SIZE,
+        bb.MODEL_KWARGS,
+    )
+    assert Path(base["weights"]).name == bb.DEFAULT_OUT.name
