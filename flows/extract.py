@@ -253,6 +253,15 @@ def extract_flow(params: ExtractParams) -> dict:
     return publish_summary(params, entry_path, results, time.perf_counter() - started)
 
 
+def check_teacher(params: ExtractParams) -> None:
+    """Before the flow: the teacher's checkpoint can be had (the hub's reachability is decided
+    here, once; offline, the local Hugging Face cache must hold it), else TeacherWeightsError
+    says how to supply it, in seconds, instead of a task failing under retries."""
+    from teacher import TeacherConfig, load_config_and_processor
+
+    load_config_and_processor(TeacherConfig.model_validate_json(params.teacher_config_json()))
+
+
 def run_extract(params: ExtractParams, runner: str = "threads", workers: int = 2) -> dict:
     """Run the flow with the chosen task runner (threads in-process, or a local Dask cluster)."""
     concurrency = params.concurrency or default_concurrency()
@@ -268,6 +277,8 @@ def run_extract(params: ExtractParams, runner: str = "threads", workers: int = 2
 
 
 def main(argv: list[str] | None = None) -> int:
+    from teacher import TeacherWeightsError
+
     parser = argparse.ArgumentParser(prog="python -m flows.extract", description=__doc__)
     add_model_arguments(parser, ExtractParams)
     parser.add_argument("--runner", choices=["threads", "dask"], default="threads")
@@ -277,10 +288,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     params = parse_model(ExtractParams, args)
-    if args.which_entry:
-        print(entry_location(params))
-        return 0
-    summary = run_extract(params, args.runner, args.workers)
+    try:
+        if args.which_entry:
+            print(entry_location(params))
+            return 0
+        check_teacher(params)
+        summary = run_extract(params, args.runner, args.workers)
+    except TeacherWeightsError as err:  # the user's to fix: the message says how, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(
         json.dumps(
             {
