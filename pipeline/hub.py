@@ -66,7 +66,7 @@ def hub_access() -> HubAccess:
     with _lock:
         if _decided is None:
             if constants.is_offline_mode():
-                _decided = HubAccess(False, "HF_HUB_OFFLINE=1 is set")
+                _decided = HubAccess(False, "HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is set")
             else:
                 _decided = probe(constants.ENDPOINT, probe_timeout_s())
                 if not _decided.online:

@@ -128,58 +128,45 @@ def test_default_backbone_without_network_fails_with_the_fix(tmp_path):
 
 
 PROJECTOR = "multi_modal_projector.linear_1.weight"  # unquantized, whatever the key prefix
-LOAD_TEACHER = f"""
+LOAD_BOTH = f"""
 import json
+from student.config import StudentConfig
+from student.model import create_backbone
 from teacher import TeacherConfig, load_teacher
 cfg = TeacherConfig(model={TINY_TEACHER_ID!r}, quant="none", dtype="float32", device="cpu")
 teacher = load_teacher(cfg, vocabulary=["circle"])
 projector = next(v for k, v in teacher.model.state_dict().items() if k.endswith({PROJECTOR!r}))
-print(json.dumps({{"weights": teacher.spec()["weights"], "sum": projector.double().sum().item()}}))
+vit = create_backbone(StudentConfig(model="vit_tiny_patch16_224", num_classes=3,
+                                    model_kwargs={{"depth": 1}}))
+print(json.dumps({{"weights": teacher.spec()["weights"], "projector": projector.double().sum().item(),
+                   "qkv": vit.blocks[0].attn.qkv.weight.double().sum().item()}}))
 """
 
 
-def test_teacher_in_local_hf_cache_loads_without_network(tiny_dir, tmp_path):
-    files = {p.name: p for p in tiny_dir.iterdir() if p.is_file()}
-    put_in_hf_cache(tmp_path / "hf-home" / "hub", TINY_TEACHER_ID, files)
-    result = run_offline(["-c", LOAD_TEACHER], tmp_path)
+def test_checkpoints_in_local_hf_cache_load_without_network(tiny_dir, tmp_path):
+    """The tiny teacher under a hub id, and a timm ViT under the id timm fetches, in a fresh
+    cache; one process loads both (one subprocess start instead of two)."""
+    hub_cache = tmp_path / "hf-home" / "hub"
+    put_in_hf_cache(hub_cache, TINY_TEACHER_ID, {p.name: p for p in tiny_dir.iterdir() if p.is_file()})  # fmt: skip
+    torch.manual_seed(123)  # weights unlike the seeded random init of create_backbone
+    vit_state = timm.create_model("vit_tiny_patch16_224", pretrained=False, depth=1).state_dict()
+    save_file(vit_state, tmp_path / "model.safetensors")
+    put_in_hf_cache(hub_cache, TIMM_ID, {"model.safetensors": tmp_path / "model.safetensors"})
+
+    result = run_offline(["-c", LOAD_BOTH], tmp_path)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     assert "Retrying" not in output
-    assert output.count("Hugging Face hub unreachable") == 1  # decided once per process
-    assert f"teacher {TINY_TEACHER_ID}" in result.stderr and "local Hugging Face cache" in output
+    assert output.count("Hugging Face hub unreachable") == 1, output  # decided once per process
+    assert f"teacher {TINY_TEACHER_ID}: the hub is not used" in result.stderr, output
+    assert f"{TIMM_ID}/model.safetensors from the local Hugging Face cache" in result.stderr, output
     loaded = json.loads(result.stdout.strip().splitlines()[-1])
     assert loaded["weights"]["source"] == TINY_TEACHER_ID  # the same spec as an online load
     saved = load_file(tiny_dir / "model.safetensors")
-    reference = next(v for k, v in saved.items() if k.endswith(PROJECTOR)).double().sum().item()
-    assert loaded["sum"] == pytest.approx(reference, rel=1e-6)
-
-
-LOAD_BACKBONE = """
-import json
-from student.config import StudentConfig
-from student.model import create_backbone
-vit = create_backbone(StudentConfig(model="vit_tiny_patch16_224", num_classes=3,
-                                    model_kwargs={"depth": 1}))
-print(json.dumps({"qkv": vit.blocks[0].attn.qkv.weight.double().sum().item()}))
-"""
-
-
-def test_timm_backbone_in_local_hf_cache_loads_without_network(tmp_path):
-    torch.manual_seed(123)  # weights unlike the seeded random init of create_backbone
-    state = timm.create_model("vit_tiny_patch16_224", pretrained=False, depth=1).state_dict()
-    save_file(state, tmp_path / "model.safetensors")
-    put_in_hf_cache(
-        tmp_path / "hf-home" / "hub", TIMM_ID, {"model.safetensors": tmp_path / "model.safetensors"}
-    )
-    result = run_offline(["-c", LOAD_BACKBONE], tmp_path)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output
-    assert "Retrying" not in output
-    assert output.count("Hugging Face hub unreachable") == 1
-    assert f"{TIMM_ID}/model.safetensors from the local Hugging Face cache" in result.stderr
-    loaded = json.loads(result.stdout.strip().splitlines()[-1])
-    expected = state["blocks.0.attn.qkv.weight"].double().sum().item()
-    assert loaded["qkv"] == pytest.approx(expected, rel=1e-6)
+    projector = next(v for k, v in saved.items() if k.endswith(PROJECTOR)).double().sum().item()
+    assert loaded["projector"] == pytest.approx(projector, rel=1e-6)
+    qkv = vit_state["blocks.0.attn.qkv.weight"].double().sum().item()
+    assert loaded["qkv"] == pytest.approx(qkv, rel=1e-6)
 
 
 def test_probe_tells_refused_from_answered(monkeypatch):
@@ -232,3 +219,15 @@ def test_partial_download_names_what_is_missing(offline_cache, tiny_dir, tmp_pat
     with pytest.raises(TeacherWeightsError, match=r"weight shard\(s\) model-2\.safetensors"):
         ensure_teacher_files("org/one-shard", None)
     ensure_teacher_files(str(tiny_dir), None)  # a local folder is never looked up in the cache
+
+
+def test_user_offline_setting_skips_the_probe(monkeypatch):
+    def no_probe(*args, **kwargs):
+        raise AssertionError("probed although HF_HUB_OFFLINE is set")
+
+    monkeypatch.setattr(pipeline.hub, "_decided", None)
+    monkeypatch.setattr(pipeline.hub, "probe", no_probe)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    access = pipeline.hub.hub_access()
+    assert not access.online and "HF_HUB_OFFLINE" in access.reason
+    assert pipeline.hub.hub_access() is access  # once per process
