@@ -46,7 +46,7 @@ def probe(endpoint: str, timeout_s: float) -> HubAccess:
     try:
         response = get_session().head(endpoint, timeout=timeout_s)
     except Exception as err:  # refused, timed out, bad proxy, bad URL: all mean unreachable
-        return HubAccess(False, f"{endpoint} did not answer within {timeout_s:g} s ({type(err).__name__}: {err})")  # fmt: skip
+        return HubAccess(False, f"no answer from {endpoint}: {type(err).__name__}: {err}")
     if response.status_code >= 500:  # a failing hub makes downloads retry just the same
         return HubAccess(False, f"{endpoint} answered HTTP {response.status_code}")
     return HubAccess(True, f"{endpoint} answered HTTP {response.status_code}")
@@ -83,6 +83,12 @@ def hub_cache_dir() -> str:
     return constants.HF_HUB_CACHE
 
 
+_noted: set[str] = set()
+
+
 def note(message: str) -> None:
-    """A line for the person running the command: on stderr, next to the run's other notes."""
-    print(f"note: {message}", file=sys.stderr, flush=True)
+    """A line for the person running the command, on stderr; once per process (a checkpoint is
+    looked up by the pre-flight check, the spec and the load alike)."""
+    if message not in _noted:
+        _noted.add(message)
+        print(f"note: {message}", file=sys.stderr, flush=True)

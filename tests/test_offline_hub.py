@@ -172,7 +172,7 @@ def test_checkpoints_in_local_hf_cache_load_without_network(tiny_dir, tmp_path):
 def test_probe_tells_refused_from_answered(monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # conftest's default: no requests
     refused = probe(f"http://127.0.0.1:{free_port()}", timeout_s=2.0)
-    assert not refused.online and "did not answer" in refused.reason
+    assert not refused.online and "no answer from" in refused.reason
 
     class Quiet(http.server.BaseHTTPRequestHandler):
         def do_HEAD(self) -> None:
