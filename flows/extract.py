@@ -30,6 +30,7 @@ from pydantic import BaseModel, Field
 
 import flows  # noqa: F401  (Prefect settings)
 from flows.cli_args import add_model_arguments, parse_model
+from flows.retries import retry_unless_user_error
 from flows.runtime import default_concurrency, describe, device_pool, get_teacher
 from pipeline.cache import CacheEntry, CacheSpec, cache_key
 from pipeline.config import ShardsConfig
@@ -127,14 +128,19 @@ def prepare_shards(params: ExtractParams) -> str:
     return str(outcome.out_dir)
 
 
-@task(retries=2, retry_delay_seconds=10)
+@task(retries=2, retry_delay_seconds=10, retry_condition_fn=retry_unless_user_error)
 def open_cache_entry(params: ExtractParams) -> tuple[str, list[str]]:
     """Create or open the entry; returns its location and the shards still to compute."""
     entry = _open_entry(params)
     return entry.path, entry.pending_shards()
 
 
-@task(retries=2, retry_delay_seconds=10, task_run_name="extract {shard_name}")
+@task(
+    retries=2,
+    retry_delay_seconds=10,
+    retry_condition_fn=retry_unless_user_error,
+    task_run_name="extract {shard_name}",
+)
 def extract_shard(
     params: ExtractParams, shard_name: str, wait: bool = True, poll_s: float = 2.0
 ) -> dict:

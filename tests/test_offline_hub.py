@@ -231,3 +231,15 @@ def test_user_offline_setting_skips_the_probe(monkeypatch):
     access = pipeline.hub.hub_access()
     assert not access.online and "HF_HUB_OFFLINE" in access.reason
     assert pipeline.hub.hub_access() is access  # once per process
+
+
+def test_tasks_do_not_retry_what_only_the_user_can_fix():
+    from prefect.states import Failed
+
+    from flows.retries import retry_unless_user_error
+    from student.backbone_weights import WeightsUnavailableError
+
+    # Failed(data=exception) is the state Prefect's task engine hands the condition.
+    for error in (TeacherWeightsError("offline"), WeightsUnavailableError("offline")):
+        assert not retry_unless_user_error(None, None, Failed(data=error))
+    assert retry_unless_user_error(None, None, Failed(data=TimeoutError("busy shared cache")))
