@@ -32,10 +32,10 @@ import flows  # noqa: F401  (Prefect settings)
 from flows.cli_args import add_model_arguments, parse_model
 from flows.runtime import default_concurrency, describe, device_pool, get_teacher
 from pipeline.cache import CacheEntry, CacheSpec, cache_key
-from pipeline.config import ShardsConfig
 from pipeline.paths import data_dir
-from pipeline.records import ShardIndex, read_index
-from pipeline.shards_command import ensure_shards
+from pipeline.shards.build import ensure_shards
+from pipeline.shards.config import ShardsConfig
+from pipeline.shards.records import ShardIndex, read_index
 
 if TYPE_CHECKING:
     from teacher import Teacher

@@ -24,10 +24,10 @@ from pydantic import BaseModel, Field
 import flows  # noqa: F401  (Prefect settings)
 from flows.cli_args import add_model_arguments, parse_model
 from pipeline.cache import CacheEntry, list_entries, open_entry
-from pipeline.config import ShardsConfig
 from pipeline.paths import data_dir
-from pipeline.records import ShardIndex
-from pipeline.shards_command import ensure_shards
+from pipeline.shards.build import ensure_shards
+from pipeline.shards.config import ShardsConfig
+from pipeline.shards.records import ShardIndex
 from student.config import KlDirection, StudentConfig, TrainConfig
 from student.run import DataConfig, RunConfig, run_training
 

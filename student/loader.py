@@ -33,8 +33,8 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline.cache import CacheEntry, ShardNotCommittedError, open_entry
-from pipeline.records import INDEX_FILE, SampleRecord, ShardIndex, read_index
-from pipeline.shard_reader import image_member
+from pipeline.shards.reader import image_member
+from pipeline.shards.records import INDEX_FILE, SampleRecord, ShardIndex, read_index
 from student.maps import (
     PairedTransform,
     Rect,

@@ -16,7 +16,7 @@ from matplotlib import colormaps
 from PIL import Image, ImageDraw
 
 from pipeline.cache import CacheEntry
-from pipeline.shard_reader import iter_shard
+from pipeline.shards.reader import iter_shard
 from teacher.view import teacher_view
 
 OVERLAY_ALPHA = 0.55

@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from pipeline.cache import ShardMaps
-from pipeline.shard_reader import ShardSample, iter_shard
+from pipeline.shards.reader import ShardSample, iter_shard
 from teacher.extract import MapResult, Teacher, TeacherInput
 from teacher.view import view_geometry
 

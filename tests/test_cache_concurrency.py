@@ -19,7 +19,7 @@ from test_cache_kit import (
 )
 
 from pipeline.cache import CacheEntry, open_entry
-from pipeline.cache_verify import verify_entry
+from pipeline.cache.verify import verify_entry
 
 COUNTS = (4, 4, 4, 4, 4, 4, 3)  # seven shards, the last one short
 GEOMETRY = {"mode": "resize", "size": 336}

@@ -22,9 +22,9 @@ from test_cache_kit import (
 )
 
 from pipeline.cache import CacheEntry, ShardNotCommittedError, cache_key, list_entries, open_entry
-from pipeline.cache_cli import add_cache_commands
-from pipeline.cache_files import EntryFiles
-from pipeline.cache_verify import verify_entry
+from pipeline.cache.cli import add_cache_commands
+from pipeline.cache.files import EntryFiles
+from pipeline.cache.verify import verify_entry
 
 moto_server = pytest.importorskip("moto.server", reason="moto[server] is in the dev extra")
 

@@ -18,7 +18,7 @@ import webdataset as wds
 from PIL import Image
 
 from pipeline.cache import CacheEntry, CacheSpec, ShardMaps
-from pipeline.records import ShardIndex, ShardInfo
+from pipeline.shards.records import ShardIndex, ShardInfo
 
 IMAGE_SIZE = 32
 TEACHER_GRID = 8  # 4 px cells over a 32 px image

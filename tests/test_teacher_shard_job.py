@@ -11,9 +11,9 @@ from PIL import Image
 from teacher_fixtures import make_teacher
 
 from pipeline.cache import CacheEntry, CacheSpec
-from pipeline.config import ShardsConfig
-from pipeline.sample_dataset import write_sample_dataset
-from pipeline.shards_command import build_shards
+from pipeline.datasets.generated import write_sample_dataset
+from pipeline.shards.build import build_shards
+from pipeline.shards.config import ShardsConfig
 from teacher.previews import save_previews
 from teacher.shard_job import extract_shard_maps
 

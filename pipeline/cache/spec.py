@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from pipeline.cache_files import canonical_json
+from pipeline.cache.files import canonical_json
 
 # Bump when the on-disk layout or the meaning of a stored value changes; old entries then get a
 # new key instead of being misread.

@@ -19,8 +19,9 @@ import webdataset as wds
 from filelock import FileLock
 from tqdm import tqdm
 
-from pipeline.adapters import AdapterResult, RawSample
-from pipeline.records import (
+from pipeline.datasets.adapters import AdapterResult, RawSample
+from pipeline.shards.checks import BadSample, CheckedImage, check_boxes, check_image
+from pipeline.shards.records import (
     INDEX_FILE,
     SampleRecord,
     ShardIndex,
@@ -28,7 +29,6 @@ from pipeline.records import (
     SkippedSample,
     read_index,
 )
-from pipeline.sample_check import BadSample, CheckedImage, check_boxes, check_image
 
 WRITER_VERSION = 1
 SHARD_PATTERN = "shard-{:06d}.tar"

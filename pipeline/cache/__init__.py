@@ -55,15 +55,7 @@ S3 and other object stores: pass `storage_options` (for example
 (`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, ...). Exclusive creation uses `If-None-Match: *`.
 """
 
-from pipeline.cache_rows import ShardMaps
-from pipeline.cache_spec import (
-    CACHE_FORMAT_VERSION,
-    CacheMismatchError,
-    CacheSpec,
-    cache_key,
-    full_cache_hash,
-)
-from pipeline.cache_store import (
+from pipeline.cache.entry import (
     DEFAULT_LEASE_S,
     CacheEntry,
     ShardNotCommittedError,
@@ -71,6 +63,14 @@ from pipeline.cache_store import (
     list_entries,
     open_entry,
     scan_root,
+)
+from pipeline.cache.rows import ShardMaps
+from pipeline.cache.spec import (
+    CACHE_FORMAT_VERSION,
+    CacheMismatchError,
+    CacheSpec,
+    cache_key,
+    full_cache_hash,
 )
 
 __all__ = [

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.cache_rows import MAP_ARRAYS, NORMALIZED_ATOL_STORED, row_counts
-from pipeline.cache_spec import CacheMismatchError
-from pipeline.cache_store import COMMITS_DIR, CacheEntry, ShardNotCommittedError
+from pipeline.cache.entry import COMMITS_DIR, CacheEntry, ShardNotCommittedError
+from pipeline.cache.rows import MAP_ARRAYS, NORMALIZED_ATOL_STORED, row_counts
+from pipeline.cache.spec import CacheMismatchError
 
 
 @dataclass(frozen=True)

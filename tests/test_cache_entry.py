@@ -37,8 +37,8 @@ from pipeline.cache import (
     list_entries,
     open_entry,
 )
-from pipeline.cache_cli import add_cache_commands
-from pipeline.cache_verify import verify_entry
+from pipeline.cache.cli import add_cache_commands
+from pipeline.cache.verify import verify_entry
 
 GEOMETRY = {"mode": "resize", "size": 336}
 

@@ -11,10 +11,10 @@ import json
 import sys
 from typing import Any
 
-from pipeline.cache_spec import CacheMismatchError
-from pipeline.cache_store import CacheEntry, ShardNotCommittedError, open_entry, scan_root
-from pipeline.cache_verify import Problem, verify_entry
-from pipeline.records import read_index
+from pipeline.cache.entry import CacheEntry, ShardNotCommittedError, open_entry, scan_root
+from pipeline.cache.spec import CacheMismatchError
+from pipeline.cache.verify import Problem, verify_entry
+from pipeline.shards.records import read_index
 
 EXIT_PROBLEMS = 1
 EXIT_USAGE = 2

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import webdataset as wds
 
-from pipeline.records import SampleRecord
+from pipeline.shards.records import SampleRecord
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "bmp", "webp", "gif", "tif", "tiff")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from pipeline.records import Box
+from pipeline.shards.records import Box
 
 # Pillow format name -> shard member extension (webdataset decodes by extension).
 FORMAT_EXTENSIONS = {
