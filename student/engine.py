@@ -15,14 +15,19 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from student.checkpoint import TrainingState, checkpoint_paths, load_checkpoint, save_checkpoint
+from student.checkpoint import (
+    LAST_CHECKPOINT,
+    TrainingState,
+    checkpoint_paths,
+    load_checkpoint,
+    save_checkpoint,
+)
 from student.config import TrainConfig
 from student.distributed import is_distributed, is_main_process, unwrap
 from student.loss import InteractionCriterion, renormalize
 from student.model import IViT
 from student.plots import denormalize, plot_curves, plot_overlays
 
-LAST = "checkpoint-last"
 AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -223,8 +228,8 @@ def fit(
     use_amp = cfg.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda") if use_amp and amp_dtype == torch.float16 else None
     state = TrainingState()
-    if cfg.resume and checkpoint_paths(run_dir / LAST)[1].is_file():
-        state = load_checkpoint(run_dir / LAST, bare, optimizer, scheduler, scaler)
+    if cfg.resume and checkpoint_paths(run_dir / LAST_CHECKPOINT)[1].is_file():
+        state = load_checkpoint(run_dir / LAST_CHECKPOINT, bare, optimizer, scheduler, scaler)
         _move_optimizer_state(optimizer, device)
     metrics_path = run_dir / "metrics.jsonl"
     rows = []
@@ -252,7 +257,7 @@ def fit(
                 save_interaction_overlays(bare, first, overlay, cfg.overlays)
         rows.append(row)
         if main:
-            save_checkpoint(run_dir / LAST, bare, optimizer, state, scheduler, scaler)
+            save_checkpoint(run_dir / LAST_CHECKPOINT, bare, optimizer, state, scheduler, scaler)
             with metrics_path.open("a") as f:
                 f.write(json.dumps(row) + "\n")
             plot_curves(metrics_path, run_dir / "curves.png")

@@ -12,8 +12,9 @@ import time
 import uuid
 from typing import Any
 
-from pipeline.cache.files import EntryFiles, pretty_json
+from pipeline.cache.files import EntryFiles
 from pipeline.cache.manifest import CLAIMS_DIR
+from pipeline.io import pretty_json
 
 # Long enough for a 1000-image shard on a slow GPU; an expired claim only costs duplicate work.
 DEFAULT_LEASE_S = 2 * 3600.0

@@ -33,7 +33,7 @@ import zarr.errors
 from zarr.storage import FsspecStore, LocalStore
 
 from pipeline.cache.claims import DEFAULT_LEASE_S, ShardClaims, default_writer_id
-from pipeline.cache.files import EntryFiles, pretty_json
+from pipeline.cache.files import EntryFiles
 from pipeline.cache.manifest import (
     COMMITS_DIR,
     MANIFEST_FILE,
@@ -53,6 +53,7 @@ from pipeline.cache.spec import (
     cache_key,
     full_cache_hash,
 )
+from pipeline.io import pretty_json
 from pipeline.shards.records import ShardIndex
 
 

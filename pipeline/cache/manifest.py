@@ -15,7 +15,6 @@ from typing import Any
 import zarr
 import zarr.errors
 
-from pipeline.cache.files import canonical_json
 from pipeline.cache.rows import MAP_ARRAYS, ROW_ARRAYS, ROW_DTYPES
 from pipeline.cache.spec import (
     CACHE_FORMAT_VERSION,
@@ -24,6 +23,7 @@ from pipeline.cache.spec import (
     cache_key,
     full_cache_hash,
 )
+from pipeline.io import canonical_json
 from pipeline.shards.records import ShardIndex
 
 MANIFEST_FILE = "manifest.json"

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import webdataset as wds
 
+from pipeline.io import IMAGE_EXTENSIONS
 from pipeline.shards.records import SampleRecord
-
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "bmp", "webp", "gif", "tif", "tiff")
 
 
 @dataclass(frozen=True)

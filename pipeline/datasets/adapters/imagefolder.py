@@ -14,9 +14,9 @@ from pipeline.datasets.adapters.base import (
     AdapterResult,
     DatasetAdapter,
     RawSample,
-    is_image_file,
     make_key,
 )
+from pipeline.io import is_image_file
 
 ALL_DOMAINS = "all"
 
