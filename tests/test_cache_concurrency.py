@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from test_cache_kit import (
+from cache_fixtures import (
     GRID,
     assert_rows_equal,
     expected_maps,

@@ -12,7 +12,7 @@ from typing import Any
 import boto3
 import numpy as np
 import pytest
-from test_cache_kit import (
+from cache_fixtures import (
     GRID,
     expected_maps,
     make_index,

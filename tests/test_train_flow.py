@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_loader_toys import write_toy_cache, write_toy_split
+from loader_fixtures import write_toy_cache, write_toy_split
 
 from flows.train import TrainParams, _matching_entry
 

@@ -377,13 +377,6 @@ def open_entry(
     return entry
 
 
-def find_entry(
-    root: str, spec: CacheSpec, storage_options: dict[str, Any] | None = None
-) -> CacheEntry:
-    """The existing entry for `spec` under `root` (readers: the student, the CLI)."""
-    return open_entry(f"{str(root).rstrip('/')}/{cache_key(spec)}", storage_options, expect=spec)
-
-
 def scan_root(
     root: str, storage_options: dict[str, Any] | None = None
 ) -> tuple[list[CacheEntry], list[str]]:
