@@ -174,8 +174,7 @@ def _compute_shard(
 
     started = time.perf_counter()
     teacher = get_teacher(params.teacher_config_json(), vocabulary, device)
-    audit_dir = f"{entry.path}/audit" if params.audit else None
-    maps = extract_shard_maps(teacher, params.shard_dir() / shard_name, audit_dir)
+    maps = extract_shard_maps(teacher, params.shard_dir() / shard_name, entry)
     written = entry.write_shard(shard_name, maps)
     return {
         "shard": shard_name,

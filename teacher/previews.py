@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-import fsspec
 import numpy as np
 from matplotlib import colormaps
 from PIL import Image, ImageDraw
@@ -83,12 +82,7 @@ def save_previews(entry: CacheEntry, shard_dir: str | Path, count: int = 6) -> l
                 "C_VLM": np.asarray(maps.c_vlm[i], np.float32),
             }
             png = preview_image(image, sample.record.boxes, grids, entry)
-            url = f"{entry.path}/previews/{sample.key}.png"
             buffer = io.BytesIO()
             png.save(buffer, format="PNG")
-            # url_to_fs + pipe_file: the same two calls for a local entry and an s3:// one.
-            fs, path = fsspec.core.url_to_fs(url, **(entry.storage_options or {}))
-            fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-            fs.pipe_file(path, buffer.getvalue())
-            saved.append(url)
+            saved.append(entry.put_file(f"previews/{sample.key}.png", buffer.getvalue()))
     return saved

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from pipeline.cache import ShardMaps
+from pipeline.cache import CacheEntry, ShardMaps
 from pipeline.shards.reader import ShardSample, iter_shard
 from teacher.extract import MapResult, Teacher, TeacherInput
 from teacher.view import view_geometry
@@ -50,21 +50,19 @@ def unreadable_result(teacher: Teacher, sample: ShardSample, reason: str) -> Map
     )  # fmt: skip
 
 
-def write_audit(results: list[MapResult], path: Path) -> None:
+def audit_lines(results: list[MapResult]) -> bytes:
     """One JSON line per row: key, answer, and the audit record (token ids and positions)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as fh:
-        for r in results:
-            fh.write(json.dumps({"key": r.key, "answer": r.answer, **(r.audit or {})}) + "\n")
+    lines = [json.dumps({"key": r.key, "answer": r.answer, **(r.audit or {})}) for r in results]
+    return "".join(line + "\n" for line in lines).encode()
 
 
 def extract_shard_maps(
-    teacher: Teacher, shard_path: str | Path, audit_dir: str | Path | None = None
+    teacher: Teacher, shard_path: str | Path, entry: CacheEntry | None = None
 ) -> ShardMaps:
     """Maps of every sample of one shard, in the shard's order.
 
-    With the teacher's audit option on and `audit_dir` given, also writes
-    `<audit_dir>/<shard name>.audit.jsonl` so anyone can recompute each map.
+    With the teacher's audit option on and `entry` given, also writes
+    `audit/<shard name>.audit.jsonl` into the entry so anyone can recompute each map.
     """
     shard_path = Path(shard_path)
     samples = list(iter_shard(shard_path))
@@ -78,6 +76,6 @@ def extract_shard_maps(
             unreadable[sample.key] = unreadable_result(teacher, sample, str(err))
     extracted = {r.key: r for r in teacher.extract(items)} if items else {}
     results = [extracted.get(s.key) or unreadable[s.key] for s in samples]  # the shard's order
-    if teacher.cfg.audit and audit_dir is not None:
-        write_audit(results, Path(audit_dir) / f"{shard_path.name}.audit.jsonl")
+    if teacher.cfg.audit and entry is not None:
+        entry.put_file(f"audit/{shard_path.name}.audit.jsonl", audit_lines(results))
     return ShardMaps.from_results(results)

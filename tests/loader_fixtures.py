@@ -109,6 +109,7 @@ def write_toy_cache(
     toy: ToySplit,
     commit: int | None = None,
     geometry: dict | None = None,
+    storage_options: dict | None = None,
 ) -> CacheEntry:
     """A cache entry for `toy`, with only its first `commit` shards committed (None: all).
 
@@ -125,6 +126,7 @@ def write_toy_cache(
         toy.index,
         grid=TEACHER_GRID,
         geometry=geometry or {"mode": "resize", "size": IMAGE_SIZE},
+        storage_options=storage_options,
     )
     shards = toy.index.shards if commit is None else toy.index.shards[:commit]
     for shard in shards:

@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import contextlib
 from collections import Counter
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, overload
 
 import numpy as np
 import zarr
@@ -38,6 +38,7 @@ from pipeline.cache.manifest import (
     COMMITS_DIR,
     MANIFEST_FILE,
     MAPS_GROUP,
+    RESERVED_NAMES,
     check_self_consistent,
     create_arrays,
     jsonable,
@@ -46,7 +47,7 @@ from pipeline.cache.manifest import (
     spec_differences,
     utc_now,
 )
-from pipeline.cache.rows import MAP_ARRAYS, ShardMaps, row_counts
+from pipeline.cache.rows import MAP_ARRAYS, ROW_ARRAYS, ShardMaps, row_counts
 from pipeline.cache.spec import (
     CacheMismatchError,
     CacheSpec,
@@ -91,6 +92,7 @@ class CacheEntry:
         self._index = index  # known to writers; lets write_shard check row alignment by key
         self._shards = {s["name"]: s for s in manifest["shards"]}
         self._groups: dict[bool, zarr.Group] = {}
+        self._arrays: dict[str, zarr.Array] = {}
 
     # ---- identity -------------------------------------------------------------------------
     @property
@@ -152,7 +154,7 @@ class CacheEntry:
         found = files.get_json(MANIFEST_FILE)
         require_same_identity(url, found, wanted)
         entry = cls(url, found, storage_options, index=index, writer_id=writer_id)
-        entry._check_arrays()
+        entry.check_arrays()
         return entry
 
     def _maps_url(self) -> str:
@@ -166,7 +168,8 @@ class CacheEntry:
             self._groups[writable] = zarr.open_group(store, mode="r+" if writable else "r")
         return self._groups[writable]
 
-    def _check_arrays(self) -> None:
+    def check_arrays(self) -> None:
+        """CacheMismatchError unless every array is stored as the manifest says."""
         try:
             group = self.group()
         except (FileNotFoundError, zarr.errors.BaseZarrError) as err:
@@ -281,23 +284,58 @@ class CacheEntry:
         self.release_shard(shard_name)
         return created
 
-    def read_shard(self, shard_name: str) -> ShardMaps:
-        """The committed rows of one shard; ShardNotCommittedError for anything else."""
+    @overload
+    def read_shard(self, shard_name: str) -> ShardMaps: ...
+
+    @overload
+    def read_shard(self, shard_name: str, fields: Sequence[str]) -> dict[str, np.ndarray]: ...
+
+    def read_shard(
+        self, shard_name: str, fields: Sequence[str] | None = None
+    ) -> ShardMaps | dict[str, np.ndarray]:
+        """The committed rows of one shard: all of them as ShardMaps or, with `fields`, only the
+        arrays named there (e.g. `("key", "c_vlm", "valid")` for the student: the rest stays
+        on disk), one chunk read each. ShardNotCommittedError for a shard without a commit."""
         self._shard_info(shard_name)
         if not self._files.exists(f"{COMMITS_DIR}/{shard_name}.json"):
             raise ShardNotCommittedError(self._not_committed_message(shard_name))
         start, stop = self.shard_rows(shard_name)
-        group = self.group()
+        names = ROW_ARRAYS if fields is None else fields
+        unknown = [name for name in names if name not in ROW_ARRAYS]
+        if unknown:
+            raise KeyError(f"{self.path}: no arrays named {unknown} (have {list(ROW_ARRAYS)})")
+        arrays = {name: self._array(name)[start:stop] for name in names}  # one chunk each
+        if fields is not None:
+            return arrays
         return ShardMaps(
-            keys=[str(k) for k in group["key"][start:stop]],
-            c_vlm=group["c_vlm"][start:stop],
-            c_fore=group["c_fore"][start:stop],
-            c_back=group["c_back"][start:stop],
-            valid=group["valid"][start:stop],
-            reason=[str(r) for r in group["reason"][start:stop]],
-            answer=[str(a) for a in group["answer"][start:stop]],
-            fg_correct=group["fg_correct"][start:stop],
+            keys=[str(k) for k in arrays["key"]],
+            c_vlm=arrays["c_vlm"],
+            c_fore=arrays["c_fore"],
+            c_back=arrays["c_back"],
+            valid=arrays["valid"],
+            reason=[str(r) for r in arrays["reason"]],
+            answer=[str(a) for a in arrays["answer"]],
+            fg_correct=arrays["fg_correct"],
         )
+
+    def _array(self, name: str) -> zarr.Array:
+        # Opened once per entry: on object stores each open costs a metadata request.
+        if name not in self._arrays:
+            self._arrays[name] = self.group()[name]
+        return self._arrays[name]
+
+    def foreign_commits(self) -> list[str]:
+        """Commit records of shards this entry's manifest does not list (damage, for verify)."""
+        names = self._files.list_names(COMMITS_DIR, suffix=".json")
+        return [n for n in names if n.removesuffix(".json") not in self._shards]
+
+    def put_file(self, relative: str, data: bytes) -> str:
+        """Store a side file of the entry (previews, audit records) through the entry's own file
+        layer: atomic locally, one PUT on object stores. Returns its URL."""
+        if relative.split("/", 1)[0] in RESERVED_NAMES:
+            raise ValueError(f"{self.path}: {relative!r} is part of the entry's format")
+        self._files.put(relative, data)
+        return self._files.url_of(relative)
 
     def summary(self) -> dict[str, Any]:
         """Counts for the flow's summary artifact, from the commit records alone (cheap)."""
@@ -373,7 +411,7 @@ def open_entry(
     entry = CacheEntry(url, manifest, storage_options, index=index)
     if index is not None:
         entry.check_matches(index)
-    entry._check_arrays()
+    entry.check_arrays()
     return entry
 
 

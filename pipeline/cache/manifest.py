@@ -30,6 +30,8 @@ MANIFEST_FILE = "manifest.json"
 MAPS_GROUP = "maps.zarr"
 COMMITS_DIR = "commits"
 CLAIMS_DIR = "claims"
+# What a side file (`CacheEntry.put_file`: previews/, audit/) may never overwrite.
+RESERVED_NAMES = (MANIFEST_FILE, MAPS_GROUP, COMMITS_DIR, CLAIMS_DIR)
 
 
 def library_versions() -> dict[str, str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.cache.entry import COMMITS_DIR, CacheEntry, ShardNotCommittedError
+from pipeline.cache.entry import CacheEntry, ShardNotCommittedError
 from pipeline.cache.rows import MAP_ARRAYS, NORMALIZED_ATOL_STORED, row_counts, row_problems
 from pipeline.cache.spec import CacheMismatchError
 
@@ -26,13 +26,12 @@ class Problem:
 def verify_entry(entry: CacheEntry) -> list[Problem]:
     """Every disagreement found; an empty list means the entry is sound."""
     try:
-        entry._check_arrays()
+        entry.check_arrays()
     except CacheMismatchError as err:
         return [Problem("arrays", str(err))]
     problems = [
         Problem(f"commits/{name}", "commit record for a shard the manifest does not list")
-        for name in entry._files.list_names(COMMITS_DIR, suffix=".json")
-        if name.removesuffix(".json") not in entry.shard_names
+        for name in entry.foreign_commits()
     ]
     group = entry.group()
     for shard_name in sorted(entry.committed_shards(), key=entry.shard_names.index):
