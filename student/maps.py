@@ -29,11 +29,11 @@ from PIL import Image
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
+from pipeline.geometry import VIEW_MODES, view_rect
+
 # A crop that keeps less than this share of the teacher's mass yields a map made of rounding
 # slivers, not signal: the row is marked invalid instead of renormalizing noise up to 1.
 MIN_KEPT_MASS = 1e-3
-
-VIEW_MODES = ("pad", "resize", "crop")
 
 
 @dataclass(frozen=True)
@@ -67,10 +67,8 @@ def teacher_view_rect(geometry: Mapping[str, Any], width: int, height: int) -> R
     """Where the teacher's square view (and so its G x G grid) lies over an original image.
 
     `geometry` is the cache manifest's view geometry: `mode` and the view's `size` in pixels
-    (a full per-image ViewGeometry from teacher/view.py works too: its extra fields are
-    recomputed). The teacher resizes the image to integer sizes and pastes it at integer
-    offsets on a size x size canvas; this repeats that arithmetic, so the grid lands on the
-    same original pixels the teacher saw:
+    (a full per-image ViewGeometry works too: its extra fields are recomputed). The placement
+    is pipeline/geometry.py's, the very arithmetic the teacher rendered its view with:
     - "pad": long edge fitted to `size`, centered; the grid reaches past the image on the short
       side, and those cells fall outside every crop.
     - "crop": short edge fitted to `size`, center crop; the grid covers a centered square.
@@ -79,23 +77,12 @@ def teacher_view_rect(geometry: Mapping[str, Any], width: int, height: int) -> R
     mode = geometry.get("mode")
     if mode not in VIEW_MODES:
         raise ValueError(f"map geometry mode {mode!r} is not one of {VIEW_MODES}: {dict(geometry)}")
-    if mode == "resize":
-        return Rect(0.0, 0.0, float(width), float(height))
     size = geometry.get("size")
-    if not isinstance(size, int) or size <= 0:
+    if mode != "resize" and (not isinstance(size, int) or size <= 0):
         raise ValueError(
             f"map geometry needs the view's integer 'size' in pixels: {dict(geometry)}"
         )
-    edge = max(width, height) if mode == "pad" else min(width, height)
-    new_w, new_h = max(1, round(width * size / edge)), max(1, round(height * size / edge))
-    offset_x, offset_y = (size - new_w) // 2, (size - new_h) // 2  # view pixels
-    scale_x, scale_y = new_w / width, new_h / height  # view pixels per original pixel
-    return Rect(
-        -offset_x / scale_x,
-        -offset_y / scale_y,
-        (size - offset_x) / scale_x,
-        (size - offset_y) / scale_y,
-    )
+    return Rect(*view_rect(geometry, width, height))
 
 
 def check_view_geometry(geometry: Any, where: str) -> None:

@@ -15,10 +15,13 @@ from matplotlib import colormaps
 from PIL import Image, ImageDraw
 
 from pipeline.cache import CacheEntry
+from pipeline.geometry import MapGeometry
 from pipeline.shards.reader import iter_shard
+from teacher.config import TeacherConfig
 from teacher.view import teacher_view
 
 OVERLAY_ALPHA = 0.55
+_DEFAULT_VISUAL = TeacherConfig().model_dump(include={"pad_color", "box_color", "box_width"})
 
 
 def overlay(view: Image.Image, grid_map: np.ndarray) -> Image.Image:
@@ -42,16 +45,18 @@ def preview_image(
     image: Image.Image, boxes: list, maps: dict[str, np.ndarray], entry: CacheEntry
 ) -> Image.Image:
     """One row: the teacher's view with its boxes, then each map of `maps` (title -> G x G)."""
-    geometry = entry.manifest.get("geometry") or {}
-    visual = entry.manifest["spec"]["teacher"].get("visual_prompt", {})
+    geometry = MapGeometry.model_validate(entry.manifest["geometry"])
+    # The visual prompt the teacher recorded in its spec; a spec without one (maps from
+    # elsewhere) gets TeacherConfig's defaults, the one place they are declared.
+    visual = {**_DEFAULT_VISUAL, **entry.manifest["spec"]["teacher"].get("visual_prompt", {})}
     view, _ = teacher_view(
         image,
         boxes,
-        int(geometry.get("size", 336)),
-        geometry.get("mode", "pad"),
-        tuple(visual.get("pad_color", (122, 116, 104))),
-        tuple(visual.get("box_color", (255, 0, 0))),
-        int(visual.get("box_width", 3)),
+        geometry.size,
+        geometry.mode,
+        tuple(visual["pad_color"]),
+        tuple(visual["box_color"]),
+        int(visual["box_width"]),
     )
     panels = [_titled(view.copy(), "teacher view + boxes")]
     panels += [_titled(overlay(view, grid_map), title) for title, grid_map in maps.items()]

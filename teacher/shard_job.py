@@ -12,7 +12,6 @@ from PIL import Image, UnidentifiedImageError
 from pipeline.cache import CacheEntry, ShardMaps
 from pipeline.shards.reader import ShardSample, iter_shard
 from teacher.extract import MapResult, Teacher, TeacherInput
-from teacher.view import view_geometry
 
 
 class UnreadableImage(ValueError):
@@ -42,11 +41,9 @@ def teacher_input(sample: ShardSample, shard_path: Path, vocabulary: list[str]) 
 
 def unreadable_result(teacher: Teacher, sample: ShardSample, reason: str) -> MapResult:
     zeros = np.zeros((teacher.grid, teacher.grid), dtype=np.float32)
-    record = sample.record
     return MapResult(
         key=sample.key, c_vlm=zeros, c_fore=zeros, c_back=zeros, valid=False, reason=reason,
         answer="", fg_correct=-1, audit=None,
-        geometry=view_geometry(record.width, record.height, teacher.image_size, teacher.cfg.view),
     )  # fmt: skip
 
 

@@ -285,8 +285,8 @@ def test_image_size_must_divide_into_patches():
 @pytest.mark.parametrize("mode", ["pad", "crop", "resize"])
 def test_view_rect_agrees_with_the_teachers_own_geometry(mode):
     # Contract check: the grid the student places is the grid the teacher computed its maps on
-    # (teacher/view.py's ViewGeometry maps view pixels back to original pixels).
-    from teacher.view import view_geometry
+    # (pipeline/geometry.py's ViewGeometry maps view pixels back to original pixels).
+    from pipeline.geometry import view_geometry
 
     for width, height, size in [(64, 64, 336), (500, 375, 336), (61, 100, 336), (333, 17, 224)]:
         theirs = view_geometry(width, height, size, mode)
