@@ -23,7 +23,11 @@ class MapGeometry(BaseModel):
 
     mode: ViewMode = Field(description="pad | crop | resize: how the image became the view")
     size: int = Field(gt=0, description="the view's side in pixels (336 for LLaVA-1.5)")
-    grid: int = Field(gt=0, description="the maps' side in cells (24 for LLaVA-1.5)")
+    grid: int | None = Field(
+        None,
+        gt=0,
+        description="the maps' side in cells (24 for LLaVA-1.5; also the manifest's grid)",
+    )
 
 
 class ViewGeometry(BaseModel):
