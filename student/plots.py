@@ -97,12 +97,13 @@ def plot_human_alignment(result: dict, out_path: str | Path, title: str) -> Path
     colors = ["tab:blue" if "VFM" in n else "tab:red" if "VLM" in n else "tab:green" for n in names]
     fig, ax = plt.subplots(figsize=(1.4 * len(names) + 2, 3.8))
     bars = ax.bar(range(len(names)), means, yerr=stds, capsize=4, color=colors)
-    for bar, mean, name in zip(bars, means, names, strict=True):
+    for bar, mean, std, name in zip(bars, means, stds, names, strict=True):
         n = result["cosine"][name]["n"]
-        ax.annotate(f"{mean:.3f}\n(n={n})", (bar.get_x() + bar.get_width() / 2, mean),
+        ax.annotate(f"{mean:.3f} +- {std:.3f}\n(n={n})",
+                    (bar.get_x() + bar.get_width() / 2, mean + std),
                     ha="center", va="bottom", fontsize=7, xytext=(0, 3),
                     textcoords="offset points")  # fmt: skip
     ax.set_xticks(range(len(names)), [n.replace(" ", "\n", 1) for n in names], fontsize=8)
-    ax.set(ylabel=f"cosine to {result['reference']}", ylim=(0, 1.1), title=title)
+    ax.set(ylabel=f"cosine to {result['reference']}", ylim=(0, 1.25), title=title)
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, out_path, dpi=100)
