@@ -21,8 +21,10 @@ EXIT_USAGE = 2
 
 
 def add_cache_commands(subparsers: argparse._SubParsersAction) -> None:
-    """Register `cache ls|show|verify` on the project's top-level parser."""
-    cache = subparsers.add_parser("cache", help="list, show and verify map-cache entries")
+    """Register `cache ls|show|verify|report` on the project's top-level parser."""
+    cache = subparsers.add_parser(
+        "cache", help="list, show, verify and report on map-cache entries"
+    )
     commands = cache.add_subparsers(dest="cache_command", required=True)
 
     ls = commands.add_parser("ls", help="list the entries under a cache root with their specs")
