@@ -118,7 +118,8 @@ def evaluate_run(
     result["human_alignment"] = {**human.result(), "c_vlm_entry": cache_entry}
     figure = plot_human_alignment(
         result["human_alignment"], run_dir / f"human-alignment-{split}.png",
-        f"{run_dir.name} on {split}: cosine to {human.reference}",
+        f"{run_dir.name} on {split}: cosine to {human.reference}"
+        + (f" ({Path(human_maps).name})" if human_maps else ""),
     )  # fmt: skip
     result["human_alignment"]["figure"] = str(figure)
     (run_dir / f"eval-{split}.json").write_text(json.dumps(result, indent=1))
