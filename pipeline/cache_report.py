@@ -54,9 +54,9 @@ class ReportRows:
     valid: np.ndarray  # bool [N]
     reasons: list[str]
     fg_correct: np.ndarray  # int8 [N]
-    maps: dict[str, np.ndarray]  # name -> float32 [N, G, G]
-    coverage: np.ndarray  # float64 [N, G, G]: each cell's share inside the boxes
-    uniform: np.ndarray  # float64 [N, G, G]: each cell's share inside the image
+    maps: dict[str, np.ndarray]  # name -> float16 [N, G, G], as stored
+    coverage: np.ndarray  # float32 [N, G, G]: each cell's share inside the boxes
+    uniform: np.ndarray  # float32 [N, G, G]: each cell's share inside the image
 
     @property
     def has_boxes(self) -> np.ndarray:
@@ -86,8 +86,11 @@ def collect_rows(entry: CacheEntry, shard_dir: Path) -> ReportRows:
                 raise KeyError(f"{entry.path}: row {key!r} of {name} is not in {shard_dir / name}")
             view = teacher_view_rect(geometry, record.width, record.height)
             image = image_rect(record.width, record.height)
-            out["coverage"].append(box_coverage(record.boxes, view, grid, clip=image))
-            out["uniform"].append(box_coverage([list(dataclasses.astuple(image))], view, grid))
+            # float32 / float16 (the cache's own precision) keep 100k rows near 1 GB
+            cover = box_coverage(record.boxes, view, grid, clip=image)
+            out["coverage"].append(cover.astype(np.float32))
+            whole = box_coverage([list(dataclasses.astuple(image))], view, grid)
+            out["uniform"].append(whole.astype(np.float32))
             out["keys"].append(key)
             out["shards"].append(name)
             out["domains"].append(record.domain)
@@ -97,7 +100,7 @@ def collect_rows(entry: CacheEntry, shard_dir: Path) -> ReportRows:
             out["reasons"].append(rows.reason[i])
             out["fg"].append(int(rows.fg_correct[i]))
             for kind, field in MAP_KINDS.items():
-                maps[kind].append(np.asarray(getattr(rows, field)[i], np.float32))
+                maps[kind].append(np.asarray(getattr(rows, field)[i], np.float16))
     empty = np.zeros((0, grid, grid))
     return ReportRows(
         keys=out["keys"], shards=out["shards"], domains=out["domains"], boxes=out["boxes"],
