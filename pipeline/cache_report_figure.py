@@ -105,7 +105,8 @@ def render_report_png(
             _overlay(ax, images[e["row"]], rows, e["row"], report["geometry"], caption)
     fig.suptitle(
         f"{report['dataset']}/{report['split']}  teacher {report['teacher']}  entry "
-        f"{report['cache_key']}  (C_VLM over the teacher's view; green: ground-truth boxes)"
+        f"{report['cache_key']}\n(C_VLM over the teacher's view, colors spanning each map's own "
+        "min..max; green: ground-truth boxes)"
     )
     fig.tight_layout()
     buffer = io.BytesIO()
