@@ -20,6 +20,7 @@ from filelock import FileLock
 from tqdm import tqdm
 
 from pipeline.adapters import AdapterResult, RawSample
+from pipeline.masks import check_dense_targets
 from pipeline.records import (
     INDEX_FILE,
     SampleRecord,
@@ -28,9 +29,9 @@ from pipeline.records import (
     SkippedSample,
     read_index,
 )
-from pipeline.sample_check import BadSample, CheckedImage, check_boxes, check_image
+from pipeline.sample_check import BadSample, CheckedImage, check_image
 
-WRITER_VERSION = 1
+WRITER_VERSION = 2  # 2: instance masks in the records
 SHARD_PATTERN = "shard-{:06d}.tar"
 TMP_SUFFIX = ".partial"
 LOCK_FILE = ".write.lock"
@@ -193,8 +194,8 @@ def _write_all(
         if key in seen_keys:  # two raw names that sanitize alike: keep both, disambiguated
             key = f"{key}-{hashlib.sha1(source.encode()).hexdigest()[:8]}"
         seen_keys.add(key)
-        boxes, box_labels, box_repairs = check_boxes(
-            sample.boxes, sample.box_labels, checked.width, checked.height
+        boxes, box_labels, masks, box_repairs = check_dense_targets(
+            sample.boxes, sample.box_labels, sample.masks, checked.width, checked.height
         )
         repairs = [*sample.notes, *checked.repairs, *box_repairs]
         if repairs:
@@ -204,6 +205,7 @@ def _write_all(
             class_name=result.classes[sample.label],
             boxes=boxes,
             box_labels=box_labels,
+            masks=masks,
             width=checked.width,
             height=checked.height,
             source=source,

@@ -8,11 +8,13 @@ from pipeline.adapters.base import AdapterResult, DatasetAdapter, RawSample
 from pipeline.adapters.coco import CocoAdapter
 from pipeline.adapters.imagefolder import ImageFolderAdapter
 from pipeline.adapters.tinyimagenet import TinyImageNetAdapter
+from pipeline.adapters.voc import VocAdapter
 
 ADAPTERS: dict[str, type[DatasetAdapter]] = {
     "tinyimagenet": TinyImageNetAdapter,
     "imagefolder": ImageFolderAdapter,
     "coco": CocoAdapter,
+    "voc": VocAdapter,
 }
 
 __all__ = [
@@ -23,4 +25,5 @@ __all__ = [
     "ImageFolderAdapter",
     "RawSample",
     "TinyImageNetAdapter",
+    "VocAdapter",
 ]

@@ -7,7 +7,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.records import Box, SkippedSample
+from pipeline.records import Box, MaskRLE, SkippedSample
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 
@@ -21,6 +21,7 @@ class RawSample:
     label: int
     boxes: list[Box] = field(default_factory=list)
     box_labels: list[int] = field(default_factory=list)
+    masks: list[MaskRLE] = field(default_factory=list)  # COCO RLE per box (pipeline.masks)
     domain: str | None = None
     notes: list[str] = field(default_factory=list)  # annotation-level repairs (e.g. no box file)
 
