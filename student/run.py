@@ -13,12 +13,14 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from student.build import build, build_optimizer, build_scheduler
 from student.checkpoint import load_checkpoint
 from student.config import StudentConfig, TrainConfig
+from student.dense.config import DetrConfig
 from student.distributed import cleanup, init_distributed, wrap_ddp
 from student.engine import evaluate, fit
 from student.loader import build_loader
@@ -47,6 +49,10 @@ class RunConfig(BaseModel):
     train: TrainConfig
     data: DataConfig
     device: str = Field("auto", description="auto | cpu | cuda")
+    task: Literal["classify", "detect", "segment"] = Field(
+        "classify", description="detect/segment: the I-ViT inside Conditional DETR (DESIGN 9)"
+    )
+    detr: DetrConfig | None = Field(None, description="the detector's size (dense tasks)")
 
 
 def _loader(cfg: RunConfig, model: IViT, split: str, cache: str | None, train: bool):
@@ -60,6 +66,10 @@ def _loader(cfg: RunConfig, model: IViT, split: str, cache: str | None, train: b
 
 def run_training(cfg: RunConfig) -> list[dict]:
     """Train (or resume) the run described by `cfg`; returns this call's metric rows."""
+    if cfg.task != "classify":
+        from student.dense.run import run_dense_training
+
+        return run_dense_training(cfg)
     context = init_distributed(device=cfg.device)
     try:
         model, criterion = build(cfg.student)
@@ -89,6 +99,10 @@ def evaluate_run(
 ) -> dict:
     """Top-1 (and per-domain accuracy with its variance) of a run's last checkpoint on `split`."""
     cfg = RunConfig.model_validate_json((run_dir / "config.json").read_text())
+    if cfg.task != "classify":
+        from student.dense.run import evaluate_dense_run
+
+        return evaluate_dense_run(cfg, run_dir, split, shard_dir, device)
     context = init_distributed(device=device)
     model, _ = build(cfg.student)
     load_checkpoint(run_dir / "checkpoint-last", model, restore_rng=False)
