@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from student.build import build as build_classifier
 from student.config import StudentConfig
 from student.dense.config import DetrConfig
@@ -14,7 +16,11 @@ def build_dense(cfg: StudentConfig, detr: DetrConfig) -> tuple[DenseStudent, Den
     """Conditional DETR on the I-ViT (headless: num_classes=0) and its criterion. `cfg`'s
     num_classes is the detector's label count; the ablation switches act on the I-ViT as for
     the classifier."""
-    ivit, interaction = build_classifier(cfg.model_copy(update={"num_classes": 0}))
+    # Seeded as a whole (the gate's first layer draws random weights), so two builds of one
+    # config are identical without disturbing the caller's RNG.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        ivit, interaction = build_classifier(cfg.model_copy(update={"num_classes": 0}))
     return DenseStudent(ivit, detr, cfg.num_classes, seed=cfg.seed), DenseCriterion(interaction)
 
 

@@ -45,7 +45,6 @@ class ViTFeatureEncoder(nn.Module):
     def __init__(self, body: IViT | VisionTransformer, levels: int, pyramid_channels: int) -> None:
         super().__init__()
         self.body = body
-        self.vit: VisionTransformer = body.vit if isinstance(body, IViT) else body
         width = self.vit.embed_dim
         self.grid = self.vit.patch_embed.grid_size[0]
         # Coarse to fine: each learned 2x step feeds the next finer FPN level of the mask head.
@@ -64,6 +63,10 @@ class ViTFeatureEncoder(nn.Module):
         self.intermediate_channel_sizes = [pyramid_channels] * (levels - 1) + [width]
         self.record = False
         self.interactions: dict[str, torch.Tensor | None] = {}
+
+    @property
+    def vit(self) -> VisionTransformer:
+        return self.body.vit if isinstance(self.body, IViT) else self.body
 
     def tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """forward_features [B, N, C]; with `record`, the CLS rows land in `interactions`."""

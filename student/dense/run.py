@@ -65,7 +65,10 @@ def run_dense_training(cfg: RunConfig) -> list[dict]:
         optimizer = build_optimizer(model, cfg.train)
         scheduler = build_scheduler(optimizer, cfg.train, len(train_loader))
         model.to(context.device)
-        trained = wrap_ddp(model) if context.world_size > 1 else model
+        # Conditional DETR's query_scale is skipped by the first decoder layer, so with one
+        # decoder layer it gets no gradient; DDP must not wait for it.
+        unused = _detr(cfg).decoder_layers == 1
+        trained = wrap_ddp(model, unused) if context.world_size > 1 else model
         return fit(
             trained, criterion, optimizer, scheduler, train_loader, val_loader, cfg.train,
             context.device, resolved_config=cfg.model_dump(mode="json"),
