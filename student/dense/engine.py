@@ -196,20 +196,28 @@ def save_dense_overlays(
     )
 
 
-def summarize_dense(model: DenseStudent, plain: DenseStudent) -> str:
-    """Table 6's columns: parameters and forward FLOPs of the I-ViT detector against the same
-    detector on the plain ViT (no interaction queries, no gates)."""
-    _, total = count_parameters(model)
-    trainable, _ = count_parameters(model)
+def dense_overheads(model: DenseStudent, plain: DenseStudent) -> dict[str, float]:
+    """Parameters and forward FLOPs of the I-ViT detector and of the same detector on the plain
+    ViT (no interaction queries, no gates): Table 6's columns, and their relative overheads."""
+    trainable, total = count_parameters(model)
     _, plain_total = count_parameters(plain)
     flops = count_forward_flops(model, model.img_size)
     plain_flops = count_forward_flops(plain, plain.img_size)
+    return {
+        "params": total, "trainable": trainable, "plain_params": plain_total,
+        "flops": flops, "plain_flops": plain_flops,
+        "param_overhead": (total - plain_total) / plain_total,
+        "flops_overhead": (flops - plain_flops) / plain_flops,
+    }  # fmt: skip
+
+
+def summarize_dense(model: DenseStudent, plain: DenseStudent) -> str:
+    o = dense_overheads(model, plain)
     return (
         f"Conditional DETR ({model.task}) on I-ViT {model.cfg.model if model.cfg else '?'} @ "
-        f"{model.img_size}px: params {total / 1e6:.4f}M (trainable {trainable / 1e6:.4f}M) vs "
-        f"{plain_total / 1e6:.4f}M on the plain ViT (+{(total - plain_total) / plain_total:.4%}); "
-        f"forward {flops / 1e9:.4f} GFLOPs vs {plain_flops / 1e9:.4f} "
-        f"(+{(flops - plain_flops) / plain_flops:.4%})\n"
-        f"param_overhead={(total - plain_total) / plain_total:.6f} "
-        f"flops_overhead={(flops - plain_flops) / plain_flops:.6f}"
+        f"{model.img_size}px: params {o['params'] / 1e6:.4f}M (trainable "
+        f"{o['trainable'] / 1e6:.4f}M) vs {o['plain_params'] / 1e6:.4f}M on the plain ViT "
+        f"(+{o['param_overhead']:.4%}); forward {o['flops'] / 1e9:.4f} GFLOPs vs "
+        f"{o['plain_flops'] / 1e9:.4f} (+{o['flops_overhead']:.4%})\n"
+        f"param_overhead={o['param_overhead']:.6f} flops_overhead={o['flops_overhead']:.6f}"
     )
