@@ -205,3 +205,25 @@ def test_detection_step_under_torchrun_then_resume(shards: Path, tmp_path: Path)
         config.model_copy(update={"train": config.train.model_copy(update={"epochs": 2})})
     )
     assert [r["epoch"] for r in resumed] == [2] and resumed[0]["step"] == 2 + 4
+
+
+def test_dense_loader_yields_detr_targets_with_masks(shards: Path) -> None:
+    from student.dense.loader import build_dense_loader
+
+    loader = build_dense_loader(shards, None, "val", 32, 8, 4, False, 0, masks=True,
+                                mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))  # fmt: skip
+    (batch,) = list(loader)
+    assert batch["image"].shape == (4, 3, 32, 32) and len(batch["targets"]) == 4
+    gt, ids = ground_truth(shards / "val")
+    for key, target, size in zip(batch["key"], batch["targets"], batch["orig_size"], strict=True):
+        anns = gt.imgToAnns[ids[key]]
+        assert tuple(size) == (96, 96) and len(target["boxes"]) == len(anns) == len(target["masks"])
+        assert target["class_labels"].tolist() == [a["category_id"] - 1 for a in anns]
+        for ann, box, mask in zip(anns, target["boxes"], target["masks"], strict=True):
+            x, y, w, h = ann["bbox"]
+            expected = torch.tensor([x + w / 2, y + h / 2, w, h]) / 96
+            assert torch.allclose(box, expected, atol=1e-6)
+            small = torch.nn.functional.interpolate(
+                torch.from_numpy(gt.annToMask(ann)).float()[None, None], size=(32, 32)
+            )[0, 0]
+            assert torch.equal(mask, small)

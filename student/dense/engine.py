@@ -78,7 +78,7 @@ def train_one_epoch_dense(
         n = batch["image"].shape[0]
         seen += n
         for name, value in losses.items():
-            sums[name] += float(value) * n
+            sums[name] += float(value.detach()) * n
         bar.set_postfix(loss=f"{loss.item():.3f}")
     if seen == 0:
         raise ValueError(f"train loader yielded no batches in epoch {epoch}")
