@@ -47,7 +47,7 @@ def extract(shards_root: str, cache_root: str) -> str:
 def run(alignment: bool, entry: str, args: argparse.Namespace) -> dict:
     """Train one variant in this process, then COCOeval it on val."""
     from flows.train import TrainParams, _matching_entry
-    from pipeline.records import read_index
+    from pipeline.shards.records import read_index
     from student.config import TrainConfig
     from student.dense.config import DetrConfig
     from student.run import DataConfig, RunConfig, evaluate_run, run_training

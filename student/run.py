@@ -18,7 +18,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from student.build import build, build_optimizer, build_scheduler
-from student.checkpoint import load_checkpoint
+from student.checkpoint import LAST_CHECKPOINT, load_checkpoint
 from student.config import StudentConfig, TrainConfig
 from student.dense.config import DetrConfig
 from student.distributed import cleanup, init_distributed, wrap_ddp
@@ -105,7 +105,7 @@ def evaluate_run(
         return evaluate_dense_run(cfg, run_dir, split, shard_dir, device)
     context = init_distributed(device=device)
     model, _ = build(cfg.student)
-    load_checkpoint(run_dir / "checkpoint-last", model, restore_rng=False)
+    load_checkpoint(run_dir / LAST_CHECKPOINT, model, restore_rng=False)
     if shard_dir is not None:
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"shard_dir": shard_dir})})
     loader = _loader(cfg, model, split, None, train=False)

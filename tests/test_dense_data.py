@@ -15,10 +15,10 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from pipeline.adapters import CocoAdapter, VocAdapter
-from pipeline.masks import check_dense_targets, encode
-from pipeline.sample_coco import CLASSES, write_sample_coco
-from pipeline.shard_writer import write_shards
+from pipeline.datasets.adapters import CocoAdapter, VocAdapter
+from pipeline.datasets.sample_coco import CLASSES, write_sample_coco
+from pipeline.shards.masks import check_dense_targets, encode
+from pipeline.shards.writer import write_shards
 
 
 @pytest.fixture(scope="module")

@@ -14,12 +14,12 @@ import pytest
 import torch
 
 from flows.dense_entries import check_entry_for_task
-from pipeline.adapters import CocoAdapter
 from pipeline.cache import CacheEntry, CacheSpec
-from pipeline.masks import decode, encode
-from pipeline.records import SampleRecord, read_index
-from pipeline.sample_coco import write_sample_coco
-from pipeline.shard_writer import write_shards
+from pipeline.datasets.adapters import CocoAdapter
+from pipeline.datasets.sample_coco import write_sample_coco
+from pipeline.shards.masks import decode, encode
+from pipeline.shards.records import SampleRecord, read_index
+from pipeline.shards.writer import write_shards
 from student.config import StudentConfig
 from student.dense.build import build_dense
 from student.dense.coco_eval import coco_metrics, ground_truth

@@ -18,8 +18,8 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from transformers import ConditionalDetrImageProcessor
 
-from pipeline.records import read_index
-from pipeline.shard_reader import iter_shard
+from pipeline.shards.reader import iter_shard
+from pipeline.shards.records import read_index
 
 METRICS = ("mAP", "AP50", "AP75", "AP_S", "AP_M", "AP_L")  # COCOeval.stats[0:6]
 

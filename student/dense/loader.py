@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.masks import decode
-from pipeline.records import SampleRecord
+from pipeline.shards.masks import decode
+from pipeline.shards.records import SampleRecord
 from student.loader import Collate, DecodeAndView, LoaderConfig, ShardMapLoader
 from student.maps import PairedTransform, Rect
 

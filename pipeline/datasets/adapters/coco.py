@@ -17,9 +17,9 @@ import io
 
 from pycocotools.coco import COCO
 
-from pipeline.adapters.base import AdapterResult, DatasetAdapter, RawSample, make_key
-from pipeline.masks import from_coco_segmentation
-from pipeline.records import SkippedSample
+from pipeline.datasets.adapters.base import AdapterResult, DatasetAdapter, RawSample, make_key
+from pipeline.shards.masks import from_coco_segmentation
+from pipeline.shards.records import SkippedSample
 
 
 class CocoAdapter(DatasetAdapter):

@@ -7,11 +7,12 @@ stages, so they live here, below every other package.
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field
+
+from pipeline.io import canonical_json
 
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in original-image pixels
 # {"size": [height, width], "counts": "<COCO compressed RLE>"}: pycocotools.mask.decode reads it
@@ -32,7 +33,7 @@ class SampleRecord(BaseModel):
     )
     masks: list[MaskRLE] = Field(
         default_factory=list,
-        description="instance masks, one per box in box order, COCO compressed RLE (pipeline.masks)",
+        description="instance masks, one per box in box order, COCO compressed RLE (pipeline.shards.masks)",
     )
     width: int = Field(gt=0)
     height: int = Field(gt=0)
@@ -77,8 +78,7 @@ class ShardIndex(BaseModel):
         every cache built on shards whose bytes did not change.
         """
         body = self.model_dump(exclude={"fingerprint", "source_fingerprint"})
-        canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()
+        return hashlib.sha256(canonical_json(body).encode()).hexdigest()
 
     @property
     def num_samples(self) -> int:

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from pipeline.sample_dataset import SHAPES, _background, _polygon, _star
+from pipeline.datasets.generated import SHAPES, _background, _polygon, _star
 
 IMAGE_SIZE = 96
 CLASSES = ["circle", "square", "triangle", "star", "cross", "hexagon"]

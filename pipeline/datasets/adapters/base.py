@@ -7,9 +7,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.records import Box, MaskRLE, SkippedSample
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
+from pipeline.shards.records import Box, MaskRLE, SkippedSample
 
 
 @dataclass
@@ -21,7 +19,7 @@ class RawSample:
     label: int
     boxes: list[Box] = field(default_factory=list)
     box_labels: list[int] = field(default_factory=list)
-    masks: list[MaskRLE] = field(default_factory=list)  # COCO RLE per box (pipeline.masks)
+    masks: list[MaskRLE] = field(default_factory=list)  # COCO RLE per box (pipeline.shards.masks)
     domain: str | None = None
     notes: list[str] = field(default_factory=list)  # annotation-level repairs (e.g. no box file)
 
@@ -64,7 +62,3 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 def make_key(*parts: str) -> str:
     """A webdataset key: stable, no dots (webdataset splits keys at the first dot)."""
     return "_".join(_UNSAFE.sub("-", p).strip("-") for p in parts if p)
-
-
-def is_image_file(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_SUFFIXES

@@ -21,9 +21,9 @@ import numpy as np
 from PIL import Image
 from torchvision.datasets import VOCDetection
 
-from pipeline.adapters.base import AdapterResult, DatasetAdapter, RawSample, make_key
-from pipeline.masks import encode
-from pipeline.records import MaskRLE, SkippedSample
+from pipeline.datasets.adapters.base import AdapterResult, DatasetAdapter, RawSample, make_key
+from pipeline.shards.masks import encode
+from pipeline.shards.records import MaskRLE, SkippedSample
 
 VOC_CLASSES = [
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",

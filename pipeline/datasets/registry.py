@@ -9,9 +9,9 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from pipeline.adapters import ADAPTERS, DatasetAdapter
+from pipeline.datasets.adapters import ADAPTERS, DatasetAdapter
+from pipeline.datasets.generated import write_sample_dataset
 from pipeline.paths import PROJECT_ROOT, data_dir, resolve
-from pipeline.sample_dataset import write_sample_dataset
 
 REGISTRY_FILE = PROJECT_ROOT / "data" / "registry.json"
 
@@ -63,7 +63,7 @@ def open_adapter(name: str, split: str, root: Path | None = None) -> tuple[Datas
     root = Path(root) if root else entry.default_root()
     if not root.exists():
         if entry.generated and entry.generator == "sample-coco":
-            from pipeline.sample_coco import write_sample_coco
+            from pipeline.datasets.sample_coco import write_sample_coco
 
             write_sample_coco(root)
         elif entry.generated:

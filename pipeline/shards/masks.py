@@ -14,8 +14,8 @@ from collections.abc import Sequence
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from pipeline.records import Box, MaskRLE
-from pipeline.sample_check import check_boxes
+from pipeline.shards.checks import check_boxes
+from pipeline.shards.records import Box, MaskRLE
 
 
 def encode(mask: np.ndarray) -> MaskRLE:
