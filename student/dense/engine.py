@@ -181,6 +181,8 @@ def save_dense_overlays(
         return renormalize(rows.float().mean(0)).reshape(-1, g, g).cpu().numpy()
 
     c_vlm = batch.get("c_vlm")
+    if c_vlm is not None and not bool(batch["map_valid"][:count].any()):
+        c_vlm = None  # a split without maps: no empty panels
     cfg = model.data_config
     return plot_dense_overlays(
         out_path,
