@@ -49,7 +49,10 @@ class ExtractParams(BaseModel):
     root: str | None = Field(None, description="raw dataset folder (default: the registry's)")
     shards_root: str = Field(str(data_dir() / "shards"), description="where shards live")
     shard_size: int = Field(1000, ge=1, description="samples per shard when shards are written")
-    teacher: str = Field("llava-hf/llava-1.5-7b-hf", description="hub id, local dir, or 'tiny'")
+    teacher: str = Field(
+        "llava-hf/llava-1.5-7b-hf",
+        description="hub id, local dir, 'tiny', or a baseline: 'box', 'uniform'",
+    )
     quant: Literal["4bit", "8bit", "none"] = "4bit"
     dtype: Literal["float16", "bfloat16", "float32"] = "float16"
     prompt: Literal["prompt1", "prompt2", "prompt3", "dense"] | None = Field(
@@ -206,7 +209,9 @@ def _compute_shard(
 def publish_summary(
     params: ExtractParams, entry_path: str, results: list[dict], wall_s: float
 ) -> dict:
-    """Summary artifact: where the entry is, what it holds, and preview overlays."""
+    """Summary artifact: where the entry is, what it holds, preview overlays, and the
+    map-quality report (also written into the entry as report.json / report.png)."""
+    from pipeline.cache.report import report_markdown, write_report
     from teacher.previews import save_previews
 
     entry = open_entry(entry_path)
@@ -217,6 +222,12 @@ def publish_summary(
     summary["seconds_per_image"] = seconds / rows_now if rows_now else None
     summary["wall_seconds"] = wall_s
     summary["previews"] = save_previews(entry, params.shard_dir(), count=params.previews)
+    report, summary["report"] = write_report(entry, params.shard_dir())
+    create_markdown_artifact(
+        report_markdown(report) + "\n\n" + "\n".join(f"- `{url}`" for url in summary["report"]),
+        key="map-quality",
+        description="map quality against the ground-truth boxes",
+    )
     fg = summary["fg_accuracy"]
     lines = [
         f"# Map cache entry `{summary['cache_key']}`",
@@ -321,6 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     if summary["previews"]:
         # A URL, not a Path: Path("s3://b/k") would print "s3:/b/k".
         print(f"preview overlays: {summary['previews'][0].rsplit('/', 1)[0]}")
+    print(f"map-quality report: {' '.join(summary['report'])}")
     return 0
 
 

@@ -16,10 +16,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline.geometry import Rect
 from pipeline.shards.masks import decode
 from pipeline.shards.records import SampleRecord
 from student.loader import Collate, DecodeAndView, LoaderConfig, ShardMapLoader
-from student.maps import PairedTransform, Rect
+from student.maps import PairedTransform
 
 
 class WholeImageTransform(PairedTransform):

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from student.build import build_optimizer, build_scheduler
-from student.checkpoint import load_checkpoint
+from student.checkpoint import LAST_CHECKPOINT, load_checkpoint
 from student.dense.build import build_dense, build_plain_detector
 from student.dense.config import DetrConfig
 from student.dense.engine import (
@@ -81,16 +81,21 @@ def run_dense_training(cfg: RunConfig) -> list[dict]:
 
 
 def evaluate_dense_run(
-    cfg: RunConfig, run_dir: Path, split: str, shard_dir: Path | None, device: str
+    cfg: RunConfig,
+    run_dir: Path,
+    split: str,
+    shard_dir: Path | None,
+    device: str,
+    cache_entry: str | None = None,
 ) -> dict:
     """COCO metrics of the run's last checkpoint on `split` -> eval-<split>.json, overlays of
     predictions, C_VLM and C_AGT, and model.txt (params/FLOPs against the plain detector)."""
     context = init_distributed(device=device)
     model, _ = build_dense(cfg.student, _detr(cfg))
-    load_checkpoint(run_dir / "checkpoint-last", model, restore_rng=False)
+    load_checkpoint(run_dir / LAST_CHECKPOINT, model, restore_rng=False)
     if shard_dir is not None:
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"shard_dir": shard_dir})})
-    cache = cfg.data.val_cache if split == cfg.data.val_split else None
+    cache = cache_entry or (cfg.data.val_cache if split == cfg.data.val_split else None)
     loader = _loader(cfg, model, split, cache, train=False)
     model.to(context.device)
     result = evaluate_dense(model, loader, context.device)
