@@ -56,11 +56,17 @@ class ExtractParams(BaseModel):
     )
     quant: Literal["4bit", "8bit", "none"] = "4bit"
     dtype: Literal["float16", "bfloat16", "float32"] = "float16"
-    prompt: Literal["prompt1", "prompt2", "prompt3", "dense"] = "prompt1"
+    prompt: Literal["prompt1", "prompt2", "prompt3", "dense"] | None = Field(
+        None, description="None: 'dense' (Eq. 12) for detection datasets, else 'prompt1'"
+    )
     answer_mode: Literal["forced-foreground", "generate"] = "forced-foreground"
     revision: str | None = Field(None, description="hub revision of the teacher (None: default)")
     view: Literal["pad", "crop", "resize"] = Field("pad", description="teacher view of the image")
-    box_width: int = Field(3, ge=0, description="visual-prompt box width at 336 px (0: no boxes)")
+    box_width: int = Field(
+        3,
+        ge=0,
+        description="visual-prompt box width at 336 px (0: no boxes, Table 9's language only)",
+    )
     box_color: tuple[int, int, int] = Field((255, 0, 0), description="visual-prompt box RGB")
     layers: list[int] | None = Field(None, description="decoder layers to average (None: all)")
     heads: list[int] | None = Field(None, description="attention heads to average (None: all)")
@@ -74,11 +80,22 @@ class ExtractParams(BaseModel):
     def teacher_config_json(self) -> str:
         from teacher import TeacherConfig
 
-        fields = ("quant", "dtype", "prompt", "answer_mode", "revision", "view", "box_width",
+        fields = ("quant", "dtype", "answer_mode", "revision", "view", "box_width",
                   "box_color", "layers", "heads", "max_new_tokens", "batch_size", "audit")  # fmt: skip
         return TeacherConfig(
-            model=self.teacher, **{name: getattr(self, name) for name in fields}
+            model=self.teacher,
+            prompt=self.resolved_prompt(),
+            **{name: getattr(self, name) for name in fields},
         ).model_dump_json()
+
+    def resolved_prompt(self) -> str:
+        """The prompt asked for, else the dataset's own: dense for detection datasets."""
+        if self.prompt is not None:
+            return self.prompt
+        from pipeline.datasets.registry import get_entry, load_registry
+
+        known = self.dataset in load_registry()
+        return "dense" if known and get_entry(self.dataset).task == "detection" else "prompt1"
 
     def shard_dir(self) -> Path:
         return Path(self.shards_root) / self.dataset / self.split

@@ -23,6 +23,7 @@ from pydantic import BaseModel, Field
 
 import flows  # noqa: F401  (Prefect settings)
 from flows.cli_args import add_model_arguments, parse_model
+from flows.dense_entries import check_entry_for_task, fits_task
 from pipeline.cache import list_entries, open_entry
 from pipeline.cache.spec import teacher_brief
 from pipeline.paths import data_dir
@@ -31,6 +32,7 @@ from pipeline.shards.config import ShardsConfig
 from pipeline.shards.records import ShardIndex
 from student.backbone_weights import WeightsUnavailableError, check_weights_source
 from student.config import KlDirection, StudentConfig, TrainConfig
+from student.dense.config import DetrConfig
 from student.run import DataConfig, RunConfig, run_training
 
 
@@ -38,6 +40,9 @@ class TrainParams(BaseModel):
     """A training run; Prefect renders it as the deployment's form."""
 
     dataset: str = Field("sample", description="a name from data/registry.json")
+    task: Literal["classify", "detect", "segment"] = Field(
+        "classify", description="detect/segment: the I-ViT as Conditional DETR's backbone"
+    )
     train_split: str = "train"
     val_split: str | None = Field("val", description="None: no validation")
     shards_root: str = Field(str(data_dir() / "shards"))
@@ -69,6 +74,10 @@ class TrainParams(BaseModel):
     kl_eps: float = Field(1e-6, gt=0, description="smoothing for 'agt||vlm'")
     gate_hidden: int = Field(16, gt=0, description="width of the gate FFN")
     seed: int = 0
+    detr: DetrConfig = Field(
+        default_factory=DetrConfig,
+        description="detect/segment: Conditional DETR's size and loss weights (JSON on the CLI)",
+    )
 
     def student_config(self, num_classes: int) -> StudentConfig:
         """The I-ViT part of the run: model, weights, ablation switches and the loss."""
@@ -85,6 +94,10 @@ class TrainParams(BaseModel):
         """A file, 'none', or None for timm's own (hub) loading, which "" also means."""
         return None if self.weights in (None, "") else self.weights
 
+    def detr_config(self) -> DetrConfig:
+        """The detector for this task (validated again: segmentation has its own constraints)."""
+        return DetrConfig.model_validate({**self.detr.model_dump(), "task": self.task})
+
     def run_name(self) -> str:
         return self.run or f"{self.dataset}-{self.model}-{time.strftime('%Y%m%d-%H%M%S')}"
 
@@ -96,12 +109,14 @@ def _matching_entry(
     with `teacher`, only entries made by that teacher spec (the val split follows the train
     split's teacher, so a run never mixes two teachers' maps)."""
     if params.cache_entry and index.split == params.train_split:
+        check_entry_for_task(open_entry(params.cache_entry), params.task)
         return params.cache_entry
     matches = [
         e
         for e in list_entries(params.cache_root)
         if e.spec.dataset_fingerprint == index.fingerprint
         and (teacher is None or e.spec.teacher == teacher)
+        and fits_task(e, params.task)
     ]
     if len(matches) == 1:
         return matches[0].path
@@ -153,6 +168,8 @@ def resolve_run(params: TrainParams) -> str:
             batch_size=params.batch, num_workers=params.num_workers, fraction=params.fraction,
         ),
         device=params.device,
+        task=params.task,
+        detr=None if params.task == "classify" else params.detr_config(),
     )  # fmt: skip
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(config.model_dump_json(indent=2))
