@@ -37,9 +37,9 @@ import numpy as np
 import torch
 
 from experiments import backbone as bb
-from pipeline.config import ShardsConfig
 from pipeline.paths import data_dir
-from pipeline.shards_command import ensure_shards
+from pipeline.shards.build import ensure_shards
+from pipeline.shards.config import ShardsConfig
 from student.build import build, build_optimizer, build_scheduler
 from student.config import StudentConfig, TrainConfig
 from student.engine import evaluate, train_one_epoch

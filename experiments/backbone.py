@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
+from pipeline.datasets.generated import SHAPES
+from pipeline.datasets.shift import BACKGROUNDS
 from pipeline.paths import data_dir
-from pipeline.sample_dataset import SHAPES
-from pipeline.shift_dataset import BACKGROUNDS
 
 # The benchmark student: 32 px, 4 px patches (an 8x8 grid), 3 blocks of width 64 (2 heads):
 # small enough that 3 seeds of every variant train in minutes on 2 CPU cores.
@@ -49,7 +49,7 @@ DEFAULT_OUT = data_dir() / "models" / "shift-vit.safetensors"
 def render_batch(count: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """`count` images at IMG_SIZE ([N, 3, H, W] in [-1, 1], timm's ViT normalization) with
     labels [N, 2] = (shape, background), shape and background drawn independently."""
-    from pipeline.shift_dataset import render_pair
+    from pipeline.datasets.shift import render_pair
 
     shapes = rng.integers(len(SHAPES), size=count)
     backgrounds = rng.integers(len(PRETRAIN_BACKGROUNDS), size=count)

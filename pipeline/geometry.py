@@ -1,8 +1,11 @@
-"""Where a teacher's G x G map lies over an original image, and how cells overlap rectangles.
+"""The view geometry: where the teacher's square view (and its G x G grid) lies over an image.
 
-Part of the map-cache contract (the manifest's `geometry`: view `mode` and `size`), so it lives
-below both stages: the student moves maps with its crops (student/maps.py), the map-quality
-report and the box teacher measure boxes against map cells with the same arithmetic.
+Part of the cache contract (DESIGN 3.3): the manifest's `geometry` is a `MapGeometry` (mode,
+view size, grid), and the per-image placement follows from it and the image size alone. The
+teacher renders its view with `view_geometry` (teacher/view.py) and the student places the cached
+maps with `view_rect` (student/maps.py): one module, so the two cannot drift apart. The
+map-quality report and the box teacher measure boxes against map cells with the same arithmetic
+(`box_coverage`).
 """
 
 from __future__ import annotations
@@ -10,11 +13,87 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import BaseModel, Field
 
-VIEW_MODES = ("pad", "resize", "crop")
+Box = tuple[float, float, float, float]
+ViewMode = Literal["pad", "crop", "resize"]
+VIEW_MODES: tuple[str, ...] = ("pad", "crop", "resize")
+
+
+class MapGeometry(BaseModel):
+    """What a cache manifest stores as `geometry`: how every map of the entry lies over its image."""
+
+    mode: ViewMode = Field(description="pad | crop | resize: how the image became the view")
+    size: int = Field(gt=0, description="the view's side in pixels (336 for LLaVA-1.5)")
+    grid: int | None = Field(
+        None,
+        gt=0,
+        description="the maps' side in cells (24 for LLaVA-1.5; also the manifest's grid)",
+    )
+
+
+class ViewGeometry(BaseModel):
+    """view = original * scale + offset (per axis); the view is `size` x `size` pixels.
+
+    "pad": uniform scale, image centred, borders padded; "crop": shortest edge to `size`,
+    centre crop (offset < 0 on the long axis); "resize": stretch (scale_x != scale_y).
+    """
+
+    mode: ViewMode
+    size: int
+    original_width: int
+    original_height: int
+    scale_x: float
+    scale_y: float
+    offset_x: float
+    offset_y: float
+
+    def to_view(self, x: float, y: float) -> tuple[float, float]:
+        return x * self.scale_x + self.offset_x, y * self.scale_y + self.offset_y
+
+    def to_original(self, x: float, y: float) -> tuple[float, float]:
+        return (x - self.offset_x) / self.scale_x, (y - self.offset_y) / self.scale_y
+
+    def box_to_view(self, box: Box) -> Box:
+        x0, y0 = self.to_view(box[0], box[1])
+        x1, y1 = self.to_view(box[2], box[3])
+        return x0, y0, x1, y1
+
+    def cell_to_original(self, row: int, col: int, grid: int) -> Box:
+        """Original-image box [x0, y0, x1, y1] of grid cell (row, col); may leave the image."""
+        cell = self.size / grid
+        x0, y0 = self.to_original(col * cell, row * cell)
+        x1, y1 = self.to_original((col + 1) * cell, (row + 1) * cell)
+        return x0, y0, x1, y1
+
+
+def view_geometry(width: int, height: int, size: int, mode: str) -> ViewGeometry:
+    """Integer resized size and offsets, so the geometry is exactly what render_view pastes."""
+    if mode in ("pad", "crop"):
+        # pad fits the long edge to `size`; crop fits the short edge and cuts the long one.
+        edge = max(width, height) if mode == "pad" else min(width, height)
+        new_w, new_h = max(1, round(width * size / edge)), max(1, round(height * size / edge))
+        ox, oy = (size - new_w) // 2, (size - new_h) // 2
+    elif mode == "resize":
+        new_w, new_h, ox, oy = size, size, 0, 0
+    else:
+        raise ValueError(f"view mode must be pad, crop or resize, got {mode!r}")
+    return ViewGeometry(
+        mode=mode, size=size, original_width=width, original_height=height,
+        scale_x=new_w / width, scale_y=new_h / height, offset_x=ox, offset_y=oy,
+    )  # fmt: skip
+
+
+def view_rect(geometry: Mapping[str, Any], width: int, height: int) -> Box:
+    """The original-image rectangle [x0, y0, x1, y1) the view covers, for a manifest's geometry
+    (`mode` and `size`; other fields are ignored). It can reach past the image ("pad")."""
+    if geometry["mode"] == "resize":
+        return 0.0, 0.0, float(width), float(height)  # exact: no rounding through the scale
+    placed = view_geometry(width, height, geometry["size"], geometry["mode"])
+    return (*placed.to_original(0, 0), *placed.to_original(placed.size, placed.size))
 
 
 @dataclass(frozen=True)
@@ -48,10 +127,8 @@ def teacher_view_rect(geometry: Mapping[str, Any], width: int, height: int) -> R
     """Where the teacher's square view (and so its G x G grid) lies over an original image.
 
     `geometry` is the cache manifest's view geometry: `mode` and the view's `size` in pixels
-    (a full per-image ViewGeometry from teacher/view.py works too: its extra fields are
-    recomputed). The teacher resizes the image to integer sizes and pastes it at integer
-    offsets on a size x size canvas; this repeats that arithmetic, so the grid lands on the
-    same original pixels the teacher saw:
+    (a full per-image ViewGeometry works too: its extra fields are recomputed). The placement
+    is pipeline/geometry.py's, the very arithmetic the teacher rendered its view with:
     - "pad": long edge fitted to `size`, centered; the grid reaches past the image on the short
       side, and those cells fall outside every crop.
     - "crop": short edge fitted to `size`, center crop; the grid covers a centered square.
@@ -60,23 +137,12 @@ def teacher_view_rect(geometry: Mapping[str, Any], width: int, height: int) -> R
     mode = geometry.get("mode")
     if mode not in VIEW_MODES:
         raise ValueError(f"map geometry mode {mode!r} is not one of {VIEW_MODES}: {dict(geometry)}")
-    if mode == "resize":
-        return Rect(0.0, 0.0, float(width), float(height))
     size = geometry.get("size")
-    if not isinstance(size, int) or size <= 0:
+    if mode != "resize" and (not isinstance(size, int) or size <= 0):
         raise ValueError(
             f"map geometry needs the view's integer 'size' in pixels: {dict(geometry)}"
         )
-    edge = max(width, height) if mode == "pad" else min(width, height)
-    new_w, new_h = max(1, round(width * size / edge)), max(1, round(height * size / edge))
-    offset_x, offset_y = (size - new_w) // 2, (size - new_h) // 2  # view pixels
-    scale_x, scale_y = new_w / width, new_h / height  # view pixels per original pixel
-    return Rect(
-        -offset_x / scale_x,
-        -offset_y / scale_y,
-        (size - offset_x) / scale_x,
-        (size - offset_y) / scale_y,
-    )
+    return Rect(*view_rect(geometry, width, height))
 
 
 @functools.cache

@@ -27,7 +27,7 @@ from PIL import Image
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-# The geometry is part of the cache contract; re-exported here for the student's callers.
+# The geometry is part of the cache contract (pipeline/geometry.py), shared with the teacher.
 from pipeline.geometry import Rect, teacher_view_rect, uniform_overlap
 
 # A crop that keeps less than this share of the teacher's mass yields a map made of rounding
@@ -101,33 +101,13 @@ def transform_maps(
     return (mass * scale[:, None, None]).astype(np.float32), kept
 
 
-def transform_map(
-    c_vlm: np.ndarray,
-    valid: bool,
-    view_rect: Rect,
-    crop_rect: Rect,
-    out_grid: int,
-    flip: bool = False,
-) -> tuple[np.ndarray, bool]:
-    """One cached C_VLM row on the student's grid after crop (+ flip); (zeros, False) if invalid."""
-    maps, kept = transform_maps(
-        np.asarray(c_vlm)[None],
-        np.array([valid]),
-        rects_array([view_rect]),
-        rects_array([crop_rect]),
-        np.array([flip]),
-        out_grid,
-    )
-    return maps[0], bool(kept[0])
-
-
 class PairedTransform:
     """One geometric view of a sample, applied to the image and its map with the same parameters.
 
     Training: torchvision's RandomResizedCrop parameters (drawn in original-image pixels) and a
     horizontal flip; evaluation: a deterministic center crop. The image then goes through
     torchvision's kernels (resize with antialias, flip, scale, normalize), the map through
-    `transform_map` on the very same rectangle, so the two cannot drift apart.
+    `transform_maps` on the very same rectangle, so the two cannot drift apart.
     """
 
     def __init__(
@@ -181,16 +161,3 @@ class PairedTransform:
         """(image [3, S, S], crop, flip): the view is returned so the map can follow it."""
         crop, flip = self.sample_view(image)
         return self.apply_image(image, crop, flip), crop, flip
-
-    def __call__(
-        self, image: Image.Image, c_vlm: np.ndarray | None, valid: bool, view_rect: Rect | None
-    ) -> tuple[torch.Tensor, np.ndarray, bool]:
-        """(image [3, S, S], map [g, g] summing to 1 or zeros, map valid) for one sample.
-
-        The loader uses `view_image` and moves a whole batch of maps at once instead.
-        """
-        tensor, crop, flip = self.view_image(image)
-        if c_vlm is None or view_rect is None:
-            return tensor, np.zeros((self.grid, self.grid), dtype=np.float32), False
-        student_map, map_valid = transform_map(c_vlm, valid, view_rect, crop, self.grid, flip)
-        return tensor, student_map, map_valid

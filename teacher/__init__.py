@@ -6,6 +6,7 @@ results = teacher.extract([TeacherInput(key, image, boxes, class_name, label), .
 
 from __future__ import annotations
 
+from pipeline.geometry import MapGeometry, ViewGeometry
 from teacher.baselines import BASELINES, BaselineTeacher
 from teacher.config import DEFAULT_MODEL, TeacherConfig
 from teacher.extract import MapResult, Teacher, TeacherInput
@@ -15,7 +16,6 @@ from teacher.loading import (
     load_model,
     weights_fingerprint,
 )
-from teacher.view import ViewGeometry
 
 
 def load_teacher(cfg: TeacherConfig, vocabulary: list[str]) -> Teacher | BaselineTeacher:
@@ -41,6 +41,7 @@ __all__ = [
     "BASELINES",
     "DEFAULT_MODEL",
     "BaselineTeacher",
+    "MapGeometry",
     "MapResult",
     "Teacher",
     "TeacherConfig",

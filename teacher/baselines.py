@@ -18,10 +18,9 @@ import dataclasses
 
 import numpy as np
 
-from pipeline.geometry import box_coverage, image_rect, teacher_view_rect
+from pipeline.geometry import MapGeometry, box_coverage, image_rect, teacher_view_rect
 from teacher.config import TeacherConfig
 from teacher.extract import MapResult, TeacherInput
-from teacher.view import view_geometry
 
 BASELINES = ("box", "uniform")
 BASELINE_FORMAT = 1
@@ -60,13 +59,13 @@ class BaselineTeacher:
             "grid": GRID,
         }
 
-    def geometry_spec(self) -> dict:
-        return {"mode": self.cfg.view, "size": VIEW_SIZE, "grid": GRID}
+    def geometry_spec(self) -> MapGeometry:
+        return MapGeometry(mode=self.cfg.view, size=VIEW_SIZE, grid=GRID)
 
     def weights_for(self, item: TeacherInput) -> tuple[np.ndarray, str]:
         """(unnormalized cell weights [G, G], reason when they cannot make a map)."""
         width, height = item.image.size
-        view = teacher_view_rect(self.geometry_spec(), width, height)
+        view = teacher_view_rect(self.geometry_spec().model_dump(), width, height)
         image = image_rect(width, height)
         if self.kind == "uniform":
             return box_coverage([dataclasses.astuple(image)], view, GRID), ""
@@ -82,9 +81,7 @@ class BaselineTeacher:
         weights, reason = self.weights_for(item)
         zeros = np.zeros((GRID, GRID), np.float32)
         c_vlm = (weights / weights.sum()).astype(np.float32) if not reason else zeros
-        width, height = item.image.size
         return MapResult(
             key=item.key, c_vlm=c_vlm, c_fore=c_vlm, c_back=zeros, valid=not reason,
             reason=reason, answer="", fg_correct=-1, audit=None,
-            geometry=view_geometry(width, height, VIEW_SIZE, self.cfg.view),
         )  # fmt: skip

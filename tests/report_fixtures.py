@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipeline.adapters import AdapterResult, RawSample
 from pipeline.cache import CacheEntry, CacheSpec
-from pipeline.records import ShardIndex
-from pipeline.shard_writer import write_shards
+from pipeline.datasets.adapters import AdapterResult, RawSample
+from pipeline.shards.records import ShardIndex
+from pipeline.shards.writer import write_shards
 from teacher import TeacherConfig, load_teacher
 from teacher.shard_job import extract_shard_maps
 

@@ -9,10 +9,10 @@ from PIL import Image
 from report_fixtures import SAMPLES, box_entry, make_shards
 
 from pipeline.cache import CacheSpec, cache_key
-from pipeline.cache_verify import verify_entry
+from pipeline.cache.verify import verify_entry
+from pipeline.geometry import view_geometry
 from teacher import TeacherConfig, TeacherInput, describe_teacher, load_teacher
 from teacher.baselines import NO_BOXES
-from teacher.view import view_geometry
 
 SUPERSAMPLE = 4  # view pixels are cut into 4 x 4 sub-pixels for the reference
 

@@ -12,10 +12,12 @@ from typing import Any
 
 import boto3
 import fsspec
+import numpy as np
 import pytest
 from report_fixtures import box_entry, make_shards
 
-from pipeline.cache_report import write_report
+from pipeline.cache import CacheEntry, CacheSpec, ShardMaps
+from pipeline.cache.report import write_report
 from pipeline.cli import main as pipeline_main
 from teacher.baselines import NO_BOXES
 
@@ -115,3 +117,50 @@ def test_report_on_an_s3_root_equals_the_local_one(
     for report in (local_report, remote_report, stored):
         report.pop("entry")
     assert remote_report == local_report and stored == local_report
+
+
+def test_generate_mode_foreground_accuracy_per_domain_and_which_rows_count(tmp_path) -> None:
+    """Hand-made rows: the teacher's own foreground answers per domain, invalid rows left out of
+    C_VLM, and a C_back that lies wholly outside the boxes (box mass 0, pointing 0)."""
+    shard_dir, index = make_shards(tmp_path)
+    grid = 4  # resize view: cells are a quarter of the image on each axis
+    spec = CacheSpec(dataset=index.dataset, split=index.split,
+                     dataset_fingerprint=index.fingerprint,
+                     teacher={"model": "hand", "answer_mode": "generate"})  # fmt: skip
+    entry = CacheEntry.create_or_open(
+        str(tmp_path / "cache"), spec, index, grid=grid, geometry={"mode": "resize", "size": 336}
+    )
+    fg = {"s0": 1, "s1": 0, "s2": 1, "s3": -1, "s4": 1}
+    invalid = {"s1": "answer has no foreground word", "s3": "no positive mass"}
+    outside = {"s0": (3, 3), "s1": (0, 0), "s2": (3, 3), "s3": (0, 0), "s4": (0, 0)}  # no box
+    for shard in index.shards:
+        n = len(shard.keys)
+        c_vlm = np.zeros((n, grid, grid), np.float32)
+        c_back = np.zeros((n, grid, grid), np.float32)
+        for j, key in enumerate(shard.keys):
+            c_back[j][outside[key]] = 0.2
+            if key not in invalid:
+                c_vlm[j] = 1.0 / grid**2
+        entry.write_shard(shard.name, ShardMaps(
+            keys=list(shard.keys), c_vlm=c_vlm, c_fore=c_vlm + c_back, c_back=c_back,
+            valid=np.array([k not in invalid for k in shard.keys]),
+            reason=[invalid.get(k, "") for k in shard.keys], answer=["-"] * n,
+            fg_correct=np.array([fg[k] for k in shard.keys], np.int8),
+        ))  # fmt: skip
+    report, _ = write_report(entry, shard_dir)
+    groups = {g["group"]: g for g in report["groups"]}
+    assert groups["val"]["fg"] == {"correct": 3, "wrong": 1, "unknown": 1, "accuracy": 0.75}
+    assert groups["val/photo"]["fg"]["accuracy"] == 0.5  # s0 right, s1 wrong
+    assert groups["val/sketch"]["fg"]["accuracy"] == 1.0  # s2, s4 right; s3 unknown
+    assert groups["val"]["invalid_by_reason"] == {v: 1 for v in invalid.values()}
+    assert report["answer_mode"] == "generate"
+    maps = groups["val"]["maps"]
+    assert maps["C_VLM"]["box_mass"]["n"] == 3  # valid rows with boxes: s0, s2, s4
+    assert maps["C_back"]["box_mass"] == {"n": 4, "mean": 0.0, "std": 0.0, "median": 0.0}
+    assert maps["C_back"]["pointing"]["mean"] == 0.0
+    assert maps["C_back"]["entropy"]["n"] == 5  # entropy counts rows without boxes too
+    assert maps["C_back"]["entropy"]["mean"] == pytest.approx(0.0)  # one cell each
+    # a flat C_VLM on a resize grid is the uniform map itself
+    assert maps["C_VLM"]["box_mass"]["mean"] == pytest.approx(
+        maps["C_VLM"]["uniform_box_mass"]["mean"]
+    )

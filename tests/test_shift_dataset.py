@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.registry import get_entry, open_adapter
-from pipeline.shift_dataset import BACKGROUNDS, write_shift_dataset
+from pipeline.datasets.registry import get_entry, open_adapter
+from pipeline.datasets.shift import BACKGROUNDS, write_shift_dataset
 
 
 @pytest.fixture(scope="module")
