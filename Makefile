@@ -30,6 +30,8 @@ EVAL_SPLIT ?= val
 TRAIN_ARGS ?=
 CACHE_ENTRY ?=
 DEMO_QUANT ?= 4bit
+# Tiny teacher's tokenizer: bpe (small, local) or llama (the real LLaVA-1.5 vocabulary, from npm).
+VOCAB      ?= bpe
 DEMO_EPOCHS ?= 6
 
 export PREFECT_HOME := $(CURDIR)/data/prefect
@@ -68,8 +70,9 @@ lint: $(STAMP) ## ruff check and format check
 shards: $(STAMP) ## write DATASET/SPLIT as WebDataset shards under SHARDS (sample: generated if missing)
 	$(PY) -m pipeline shards --dataset $(DATASET) --split $(SPLIT) $(ROOT_ARG) --out $(SHARDS) --shard-size $(SHARD_SIZE)
 
-tiny-teacher: $(STAMP) ## build the offline tiny LLaVA-1.5-architecture teacher in data/models/tiny-llava
-	$(PY) -m teacher.tiny --out data/models/tiny-llava
+TINY_DIR := data/models/tiny-llava$(if $(filter llama,$(VOCAB)),-llama,)
+tiny-teacher: $(STAMP) ## the offline tiny LLaVA-1.5 teacher in data/models/tiny-llava (VOCAB=llama: real vocabulary, -llama)
+	$(PY) -m teacher.tiny --vocab $(VOCAB) --out $(TINY_DIR)
 
 extract: $(STAMP) ## teacher maps for DATASET/SPLIT into the map cache CACHE (TEACHER=<hub id|dir|tiny> QUANT=4bit|8bit|none)
 	@if [ "$(TEACHER)" = "tiny" ] && [ ! -f data/models/tiny-llava/config.json ]; then $(MAKE) --no-print-directory tiny-teacher; fi

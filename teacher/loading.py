@@ -24,11 +24,12 @@ from teacher.capture import ROWS_ATTENTION, register_rows_attention
 from teacher.config import TeacherConfig
 
 TINY_ALIAS = "tiny"
+TINY_LLAMA_ALIAS = "tiny-llama"  # the tiny teacher with the real LLaVA-1.5 vocabulary
 
 
-def default_tiny_dir() -> Path:
-    """Where `TEACHER=tiny` lives: data/models/tiny-llava, wherever the command runs from."""
-    return data_dir() / "models" / "tiny-llava"
+def default_tiny_dir(vocab: str = "bpe") -> Path:
+    """Where `TEACHER=tiny` (`tiny-llama`) lives: data/models/tiny-llava(-llama)."""
+    return data_dir() / "models" / ("tiny-llava-llama" if vocab == "llama" else "tiny-llava")
 
 
 # bitsandbytes' CPU backend asks for an optional hub-downloaded kernel on every 4-bit matmul
@@ -41,12 +42,14 @@ class TeacherWeightsError(RuntimeError):
 
 
 def resolve_model(model: str) -> str:
-    if model == TINY_ALIAS:
-        tiny_dir = default_tiny_dir()
+    if model in (TINY_ALIAS, TINY_LLAMA_ALIAS):
+        vocab = "llama" if model == TINY_LLAMA_ALIAS else "bpe"
+        tiny_dir = default_tiny_dir(vocab)
         if not (tiny_dir / "config.json").exists():
+            make = "make tiny-teacher" + (" VOCAB=llama" if vocab == "llama" else "")
             raise TeacherWeightsError(
-                f"TEACHER=tiny but {tiny_dir} holds no checkpoint; build it with "
-                f"`make tiny-teacher` (python -m teacher.tiny --out {tiny_dir})"
+                f"TEACHER={model} but {tiny_dir} holds no checkpoint; build it with "
+                f"`{make}` (python -m teacher.tiny --vocab {vocab} --out {tiny_dir})"
             )
         return str(tiny_dir)
     return model
