@@ -60,7 +60,9 @@ class ExtractParams(BaseModel):
     box_color: tuple[int, int, int] = Field((255, 0, 0), description="visual-prompt box RGB")
     layers: list[int] | None = Field(None, description="decoder layers to average (None: all)")
     heads: list[int] | None = Field(None, description="attention heads to average (None: all)")
-    max_new_tokens: int = Field(24, ge=1, description="room for the generated answer")
+    max_new_tokens: int | None = Field(
+        None, ge=1, description="answer budget (None: from the template and longest class name)"
+    )
     cache_root: str = Field(str(data_dir() / "cache"), description="local path or s3:// URL")
     batch_size: int = Field(8, ge=1, description="images per teacher forward")
     concurrency: int = Field(0, ge=0, description="shards at once; 0 = one per GPU (1 on CPU)")

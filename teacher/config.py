@@ -29,8 +29,9 @@ class TeacherConfig(BaseModel):
     heads: list[int] | None = None  # attention heads to average; None = all
     dense_background_hint: str = "[background]"  # fills {background} in the dense question
     batch_size: int = Field(default=8, ge=1)
-    # Room for a background list; answers are cut at the closing quote anyway.
-    max_new_tokens: int = Field(default=24, ge=1)
+    # None: from the template and the vocabulary's longest class name (teacher.budget); answers
+    # stop at their closing quote anyway, and one cut by the budget is never a shortened word.
+    max_new_tokens: int | None = Field(default=None, ge=1)
     audit: bool = False
 
     @model_validator(mode="after")
