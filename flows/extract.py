@@ -36,6 +36,7 @@ from pipeline.config import ShardsConfig
 from pipeline.paths import data_dir
 from pipeline.records import ShardIndex, read_index
 from pipeline.shards_command import ensure_shards
+from teacher.numerics import DEFAULT_MAX_NON_FINITE, check_non_finite, count_non_finite
 
 if TYPE_CHECKING:
     from teacher import Teacher
@@ -51,7 +52,18 @@ class ExtractParams(BaseModel):
     shard_size: int = Field(1000, ge=1, description="samples per shard when shards are written")
     teacher: str = Field("llava-hf/llava-1.5-7b-hf", description="hub id, local dir, or 'tiny'")
     quant: Literal["4bit", "8bit", "none"] = "4bit"
-    dtype: Literal["float16", "bfloat16", "float32"] = "float16"
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = Field(
+        "auto", description="auto: bfloat16 where the GPU has it, else float16; float32 on a CPU"
+    )
+    device: str = Field(
+        "auto",
+        pattern=r"^(auto|cpu|cuda(:\d+)?)$",
+        description="auto: the GPUs (a real teacher without one stops with an error); cpu: force",
+    )
+    max_non_finite: float = Field(
+        DEFAULT_MAX_NON_FINITE, ge=0, le=1,
+        description="fail the run when more than this fraction of its rows is non-finite",
+    )  # fmt: skip
     prompt: Literal["prompt1", "prompt2", "prompt3", "dense"] = "prompt1"
     answer_mode: Literal["forced-foreground", "generate"] = "forced-foreground"
     revision: str | None = Field(None, description="hub revision of the teacher (None: default)")
@@ -72,7 +84,7 @@ class ExtractParams(BaseModel):
     def teacher_config_json(self) -> str:
         from teacher import TeacherConfig
 
-        fields = ("quant", "dtype", "prompt", "answer_mode", "revision", "view", "box_width",
+        fields = ("quant", "dtype", "device", "prompt", "answer_mode", "revision", "view", "box_width",
                   "box_color", "layers", "heads", "max_new_tokens", "batch_size", "audit")  # fmt: skip
         return TeacherConfig(
             model=self.teacher, **{name: getattr(self, name) for name in fields}
@@ -176,6 +188,7 @@ def extract_shard(
         "shard": shard_name,
         "status": "written" if written else "committed elsewhere",
         "rows": len(maps),
+        "non_finite": count_non_finite(list(maps.reason)),
         "seconds": seconds,
     }
 
@@ -192,6 +205,8 @@ def publish_summary(
     written = [r for r in results if r.get("status") == "written"]
     rows_now = sum(r["rows"] for r in written)
     seconds = sum(r["seconds"] for r in written)
+    non_finite = sum(r.get("non_finite", 0) for r in written)
+    summary["rows_non_finite"] = non_finite
     summary["seconds_per_image"] = seconds / rows_now if rows_now else None
     summary["wall_seconds"] = wall_s
     summary["previews"] = save_previews(entry, params.shard_dir(), count=params.previews)
@@ -201,6 +216,8 @@ def publish_summary(
         f"- location: `{summary['path']}`",
         f"- shards committed: {summary['shards_committed']}/{summary['shards_total']}",
         f"- rows written: {summary['rows_written']} ({summary['rows_invalid']} invalid)",
+        f"- non-finite rows (this run): {non_finite} of {rows_now}"
+        f" (the run fails above {params.max_non_finite:.1%})",
         f"- foreground accuracy: {'n/a' if fg is None else f'{fg:.1%}'}",
         "- time per image (this run): "
         + ("n/a (nothing computed)" if not rows_now else f"{seconds / rows_now:.3f} s"),
@@ -214,6 +231,7 @@ def publish_summary(
     )
     if results:
         create_table_artifact(results, key="extract-shards", description="per-shard results")
+    check_non_finite(non_finite, rows_now, params.max_non_finite)  # after the summary exists
     return summary
 
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 from teacher.config import DEFAULT_MODEL, TeacherConfig
 from teacher.extract import MapResult, Teacher, TeacherInput
 from teacher.loading import (
+    TeacherDeviceError,
     TeacherWeightsError,
     load_config_and_processor,
     load_model,
+    resolve_config,
     weights_fingerprint,
 )
 from teacher.view import ViewGeometry
@@ -20,6 +22,7 @@ from teacher.view import ViewGeometry
 def load_teacher(cfg: TeacherConfig, vocabulary: list[str]) -> Teacher:
     """Load the checkpoint named by cfg.model; vocabulary = class names offered by Prompt 1."""
     config, processor, source = load_config_and_processor(cfg)
+    cfg = resolve_config(cfg, source)
     model = load_model(cfg, source)
     return Teacher(cfg, model, processor, vocabulary, weights_fingerprint(source, config), config)
 
@@ -28,6 +31,7 @@ def describe_teacher(cfg: TeacherConfig, vocabulary: list[str]) -> Teacher:
     """The teacher without its weights (spec, grid, geometry): finding a cache entry, or
     learning that every shard is committed, costs a config read, not a 7B load."""
     config, processor, source = load_config_and_processor(cfg)
+    cfg = resolve_config(cfg, source)
     return Teacher(cfg, None, processor, vocabulary, weights_fingerprint(source, config), config)
 
 
@@ -36,6 +40,7 @@ __all__ = [
     "MapResult",
     "Teacher",
     "TeacherConfig",
+    "TeacherDeviceError",
     "TeacherInput",
     "TeacherWeightsError",
     "ViewGeometry",

@@ -15,8 +15,11 @@ class TeacherConfig(BaseModel):
     revision: str | None = None  # hub revision; None = the default branch
     # NF4 4-bit is the default because it fits LLaVA-1.5-7B in ~4 GB with near-identical attention.
     quant: Literal["4bit", "8bit", "none"] = "4bit"
-    dtype: Literal["float16", "bfloat16", "float32"] = "float16"
-    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")  # cuda:N: one GPU
+    # auto: bfloat16 where the GPU has it, else float16; float32 on the CPU (teacher.loading).
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
+    # auto: the GPU (a real teacher without one is an error; tiny teachers fall back to the
+    # CPU); cpu: the CPU even for a real teacher; cuda:N: one GPU.
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     prompt: Literal["prompt1", "prompt2", "prompt3", "dense"] = "prompt1"
     answer_mode: Literal["forced-foreground", "generate"] = "forced-foreground"
     # Visual prompt: boxes drawn at the teacher's input resolution (336 px for LLaVA-1.5).

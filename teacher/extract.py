@@ -36,6 +36,7 @@ from teacher.budget import answer_budget, check_context, longest_name
 from teacher.capture import ROWS_ATTENTION, RowCapture, capturing
 from teacher.config import TeacherConfig
 from teacher.filters import eq11, eq12
+from teacher.numerics import NON_FINITE_REASON
 from teacher.prompts import CHAT_FORM, PROMPTS, chat_text, forced_answer_text, question_text
 from teacher.spans import Span, decode_with_spans, tokens_of
 from teacher.view import Box, ViewGeometry, teacher_view
@@ -403,7 +404,7 @@ class Teacher:
         if not (np.isfinite(c_fore).all() and np.isfinite(c_back).all()):
             # fp16 overflow upstream: keep the row, but never let a NaN reach the cache.
             c_fore, c_back, c_vlm, valid = zeros, zeros, zeros, False
-            reason = "non-finite attention (numerical overflow in the teacher)"
+            reason = NON_FINITE_REASON
         audit = None
         if self.cfg.audit:
             pad = encoded.pad[b]

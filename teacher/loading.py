@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -55,10 +56,51 @@ def resolve_model(model: str) -> str:
     return model
 
 
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
+class TeacherDeviceError(RuntimeError):
+    """A real teacher was asked to run where it cannot (no usable GPU, and no explicit CPU)."""
+
+
+def is_tiny_checkpoint(source: str) -> bool:
+    """The tiny random teachers (teacher.tiny) run anywhere; real checkpoints need a GPU."""
+    return (Path(source) / "TINY_TEACHER.json").exists()
+
+
+def _no_cuda_reason() -> str:
+    if torch.version.cuda is None:
+        return f"this torch build ({torch.__version__}) has no CUDA support"
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return "no CUDA device is visible" + (f" (CUDA_VISIBLE_DEVICES={visible!r})" if visible else "")
+
+
+def resolve_device(device: str, source: str | None = None) -> str:
+    """ "auto": the GPU, or the CPU for a tiny teacher; a real teacher never lands on the CPU
+    without being asked (`--device cpu`): minutes per image instead of a clear stop."""
+    if device == "cpu":
+        return device
+    if not torch.cuda.is_available():
+        if device == "auto" and source is not None and is_tiny_checkpoint(source):
+            return "cpu"
+        raise TeacherDeviceError(
+            f"teacher {source or ''!s} needs a usable CUDA device, and {_no_cuda_reason()}. "
+            "Run on a machine with a GPU, or pass --device cpu to run it on the CPU anyway "
+            "(slow: LLaVA-1.5-7B takes minutes per image there)."
+        )
+    return "cuda" if device == "auto" else device
+
+
+def resolve_dtype(cfg: TeacherConfig, source: str) -> str:
+    """ "auto": bfloat16 on GPUs that have it (fp16 with left padding is a known NaN source for
+    Llama-2/LLaVA), float16 on older GPUs, float32 on the CPU."""
+    if cfg.dtype != "auto":
+        return cfg.dtype
+    if cfg.device == "cpu" or not torch.cuda.is_available():
+        return "float32"
+    return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+
+
+def resolve_config(cfg: TeacherConfig, source: str) -> TeacherConfig:
+    """The config with its dtype decided (the spec, and so the cache key, records the real one)."""
+    return cfg.model_copy(update={"dtype": resolve_dtype(cfg, source)})
 
 
 def quantization_config(cfg: TeacherConfig) -> BitsAndBytesConfig | None:
@@ -107,13 +149,14 @@ def load_config_and_processor(cfg: TeacherConfig) -> tuple[LlavaConfig, LlavaPro
 def load_model(cfg: TeacherConfig, source: str) -> LlavaForConditionalGeneration:
     """The weights, quantized as cfg.quant says, with the row-capturing attention installed."""
     register_rows_attention()
+    device = resolve_device(cfg.device, source)  # before reading 14 GB of weights
     try:
         model = LlavaForConditionalGeneration.from_pretrained(
             source,
             revision=cfg.revision,
             dtype=getattr(torch, cfg.dtype),
             quantization_config=quantization_config(cfg),
-            device_map=resolve_device(cfg.device),
+            device_map=device,
             attn_implementation={"text_config": ROWS_ATTENTION, "vision_config": "sdpa"},
             trust_remote_code=False,
         )
