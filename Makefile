@@ -42,7 +42,7 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 ROOT_ARG := $(if $(ROOT),--root $(ROOT),)
 AUDIT_ARG := $(if $(filter 1 true yes,$(AUDIT)),--audit,)
 
-.PHONY: help setup test lint demo shards tiny-teacher extract train eval ui bench bench-extract bench-student bench-loader clean
+.PHONY: help setup test lint demo shards tiny-teacher extract train eval ui bench bench-extract bench-student bench-loader bench-gpu clean
 
 help: ## this list
 	@echo "Targets (variables: DATASET=$(DATASET) SPLIT=$(SPLIT) ROOT=$(ROOT) SHARDS=$(SHARDS) SHARD_SIZE=$(SHARD_SIZE)"
@@ -104,6 +104,10 @@ bench-student: $(STAMP) ## I-ViT vs ViT training step time and FLOPs
 
 bench-loader: $(STAMP) ## image-only vs map-joined streaming throughput
 	$(PY) -m bench.loader
+
+bench-gpu: $(STAMP) ## one GPU, < 8 min on an H100: 7B architecture, real ids, fp16 and NF4, vs the prefill limit
+	$(PY) -m teacher.llama_vocab
+	$(PY) -m bench.gpu
 
 DEMO_STUDENT := --model vit_tiny_patch16_224 --weights none --img-size 64 \
   --model-kwargs '{"patch_size": 8, "depth": 4}' --batch 32 --lr 3e-3 --num-workers 1
