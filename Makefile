@@ -74,8 +74,9 @@ TINY_DIR := data/models/tiny-llava$(if $(filter llama,$(VOCAB)),-llama,)
 tiny-teacher: $(STAMP) ## the offline tiny LLaVA-1.5 teacher in data/models/tiny-llava (VOCAB=llama: real vocabulary, -llama)
 	$(PY) -m teacher.tiny --vocab $(VOCAB) --out $(TINY_DIR)
 
-extract: $(STAMP) ## teacher maps for DATASET/SPLIT into the map cache CACHE (TEACHER=<hub id|dir|tiny> QUANT=4bit|8bit|none)
+extract: $(STAMP) ## teacher maps for DATASET/SPLIT into the map cache CACHE (TEACHER=<hub id|dir|tiny|tiny-llama> QUANT=4bit|8bit|none)
 	@if [ "$(TEACHER)" = "tiny" ] && [ ! -f data/models/tiny-llava/config.json ]; then $(MAKE) --no-print-directory tiny-teacher; fi
+	@if [ "$(TEACHER)" = "tiny-llama" ] && [ ! -f data/models/tiny-llava-llama/config.json ]; then $(MAKE) --no-print-directory tiny-teacher VOCAB=llama; fi
 	$(PY) -m flows.extract --dataset $(DATASET) --split $(SPLIT) $(ROOT_ARG) --shards-root $(SHARDS) \
 	  --shard-size $(SHARD_SIZE) --teacher $(TEACHER) --quant $(QUANT) --cache-root $(CACHE) \
 	  --batch-size $(BATCH_SIZE) $(AUDIT_ARG)
