@@ -42,7 +42,7 @@ from bench.llava7b import (
     prefill_flops,
     quantize_nf4,
 )
-from pipeline.sample_dataset import SHAPES
+from pipeline.datasets.generated import SHAPES
 from teacher import Teacher, TeacherConfig, TeacherInput, load_teacher
 from teacher.capture import register_rows_attention
 from teacher.loading import default_tiny_dir

@@ -19,9 +19,9 @@ from pydantic import BaseModel, Field
 
 import flows  # noqa: F401  (Prefect settings)
 from flows.cli_args import add_model_arguments, parse_model
-from pipeline.config import ShardsConfig
 from pipeline.paths import data_dir
-from pipeline.shards_command import ensure_shards
+from pipeline.shards.build import ensure_shards
+from pipeline.shards.config import ShardsConfig
 from student.run import evaluate_run
 
 

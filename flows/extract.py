@@ -31,11 +31,11 @@ from pydantic import BaseModel, Field
 import flows  # noqa: F401  (Prefect settings)
 from flows.cli_args import add_model_arguments, parse_model
 from flows.runtime import default_concurrency, describe, device_pool, get_teacher
-from pipeline.cache import CacheEntry, CacheSpec, cache_key
-from pipeline.config import ShardsConfig
+from pipeline.cache import CacheEntry, CacheSpec, cache_key, open_entry
 from pipeline.paths import data_dir
-from pipeline.records import ShardIndex, read_index
-from pipeline.shards_command import ensure_shards
+from pipeline.shards.build import ensure_shards
+from pipeline.shards.config import ShardsConfig
+from pipeline.shards.records import ShardIndex, read_index
 from teacher.numerics import DEFAULT_MAX_NON_FINITE, check_non_finite, count_non_finite
 
 if TYPE_CHECKING:
@@ -150,46 +150,53 @@ def open_cache_entry(params: ExtractParams) -> tuple[str, list[str]]:
 
 @task(retries=2, retry_delay_seconds=10, task_run_name="extract {shard_name}")
 def extract_shard(
-    params: ExtractParams, shard_name: str, wait: bool = True, poll_s: float = 2.0
+    params: ExtractParams, entry_path: str, shard_name: str, wait: bool = True, poll_s: float = 2.0
 ) -> dict:
-    """Compute and commit one shard, unless another writer finished it. If another live writer
-    holds it: wait for its commit (or for its claim to die), or with `wait=False` return at
-    once with status "held elsewhere"."""
-    from teacher.shard_job import extract_shard_maps
-
+    """Compute and commit one shard of the entry at `entry_path`, unless another writer finished
+    it. If another live writer holds it: wait for its commit (or for its claim to die), or with
+    `wait=False` return at once with status "held elsewhere"."""
     logger = get_run_logger()
     with device_pool().acquire() as device:
-        entry = _open_entry(params)
-        while not entry.claim_shard(shard_name):
+        index = read_index(params.shard_dir())
+        entry = open_entry(entry_path, index=index)  # the index lets write_shard check row keys
+        while True:
+            with entry.claim(shard_name) as mine:  # released on the way out, also on failure
+                if mine:
+                    result = _compute_shard(params, entry, shard_name, index.classes, device)
+                    break
             if shard_name in entry.committed_shards():
                 logger.info("%s: committed by another writer", shard_name)
                 return {"shard": shard_name, "status": "committed elsewhere"}
             if not wait:
                 return {"shard": shard_name, "status": "held elsewhere"}
             time.sleep(poll_s)  # another live writer holds it: wait for its commit or lease
-        started = time.perf_counter()
-        try:
-            vocabulary = read_index(params.shard_dir()).classes
-            teacher = get_teacher(params.teacher_config_json(), vocabulary, device)
-            audit_dir = f"{entry.path}/audit" if params.audit else None
-            maps = extract_shard_maps(teacher, params.shard_dir() / shard_name, audit_dir)
-            written = entry.write_shard(shard_name, maps)
-        finally:
-            entry.release_shard(shard_name)
-    seconds = time.perf_counter() - started
     logger.info(
         "%s: %d rows in %.1f s (%d invalid)",
         shard_name,
-        len(maps),
-        seconds,
-        int((~maps.valid).sum()),
+        result["rows"],
+        result["seconds"],
+        result["invalid"],
     )
+    return result
+
+
+def _compute_shard(
+    params: ExtractParams, entry: CacheEntry, shard_name: str, vocabulary: list[str], device: str
+) -> dict:
+    """The teacher's maps of one claimed shard, written into the entry."""
+    from teacher.shard_job import extract_shard_maps
+
+    started = time.perf_counter()
+    teacher = get_teacher(params.teacher_config_json(), vocabulary, device)
+    maps = extract_shard_maps(teacher, params.shard_dir() / shard_name, entry)
+    written = entry.write_shard(shard_name, maps)
     return {
         "shard": shard_name,
         "status": "written" if written else "committed elsewhere",
         "rows": len(maps),
+        "seconds": time.perf_counter() - started,
+        "invalid": int((~maps.valid).sum()),
         "non_finite": count_non_finite(list(maps.reason)),
-        "seconds": seconds,
     }
 
 
@@ -200,7 +207,7 @@ def publish_summary(
     """Summary artifact: where the entry is, what it holds, and preview overlays."""
     from teacher.previews import save_previews
 
-    entry = _open_entry(params)
+    entry = open_entry(entry_path)
     summary = entry.summary()
     written = [r for r in results if r.get("status") == "written"]
     rows_now = sum(r["rows"] for r in written)
@@ -237,6 +244,7 @@ def publish_summary(
 
 def _extract_pass(
     params: ExtractParams,
+    entry_path: str,
     shards: list[str],
     wait: bool,
     results: list[dict],
@@ -246,7 +254,9 @@ def _extract_pass(
     """One task per shard; finished shards go to `results`. Returns the shards another live
     writer held (only when `wait` is False: waiting tasks hold on until they can finish)."""
     held = []
-    for future in as_completed(extract_shard.map(unmapped(params), shards, unmapped(wait))):
+    for future in as_completed(
+        extract_shard.map(unmapped(params), unmapped(entry_path), shards, unmapped(wait))
+    ):
         result = future.result()
         if result["status"] == "held elsewhere":
             held.append(result["shard"])
@@ -267,8 +277,8 @@ def extract_flow(params: ExtractParams) -> dict:
     )
     results: list[dict] = []
     # Shards another live writer is computing come last, so two extractors split the work.
-    held = _extract_pass(params, pending, False, results, progress, len(pending))
-    _extract_pass(params, held, True, results, progress, len(pending))
+    held = _extract_pass(params, entry_path, pending, False, results, progress, len(pending))
+    _extract_pass(params, entry_path, held, True, results, progress, len(pending))
     update_progress_artifact(progress, 100.0)
     return publish_summary(params, entry_path, results, time.perf_counter() - started)
 

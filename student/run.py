@@ -17,7 +17,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from student.build import build, build_optimizer, build_scheduler
-from student.checkpoint import load_checkpoint
+from student.checkpoint import LAST_CHECKPOINT, load_checkpoint
 from student.config import StudentConfig, TrainConfig
 from student.distributed import cleanup, init_distributed, wrap_ddp
 from student.engine import evaluate, fit
@@ -91,7 +91,7 @@ def evaluate_run(
     cfg = RunConfig.model_validate_json((run_dir / "config.json").read_text())
     context = init_distributed(device=device)
     model, _ = build(cfg.student)
-    load_checkpoint(run_dir / "checkpoint-last", model, restore_rng=False)
+    load_checkpoint(run_dir / LAST_CHECKPOINT, model, restore_rng=False)
     if shard_dir is not None:
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"shard_dir": shard_dir})})
     loader = _loader(cfg, model, split, None, train=False)

@@ -6,6 +6,7 @@ results = teacher.extract([TeacherInput(key, image, boxes, class_name, label), .
 
 from __future__ import annotations
 
+from pipeline.geometry import MapGeometry, ViewGeometry
 from teacher.config import DEFAULT_MODEL, TeacherConfig
 from teacher.extract import MapResult, Teacher, TeacherInput
 from teacher.loading import (
@@ -16,7 +17,6 @@ from teacher.loading import (
     resolve_config,
     weights_fingerprint,
 )
-from teacher.view import ViewGeometry
 
 
 def load_teacher(cfg: TeacherConfig, vocabulary: list[str]) -> Teacher:
@@ -37,6 +37,7 @@ def describe_teacher(cfg: TeacherConfig, vocabulary: list[str]) -> Teacher:
 
 __all__ = [
     "DEFAULT_MODEL",
+    "MapGeometry",
     "MapResult",
     "Teacher",
     "TeacherConfig",

@@ -24,6 +24,7 @@ from transformers import (
     StoppingCriteria,
 )
 
+from pipeline.geometry import Box, MapGeometry, ViewGeometry
 from teacher.answers import (
     ParsedAnswer,
     normalize,
@@ -39,7 +40,7 @@ from teacher.filters import eq11, eq12
 from teacher.numerics import NON_FINITE_REASON
 from teacher.prompts import CHAT_FORM, PROMPTS, chat_text, forced_answer_text, question_text
 from teacher.spans import Span, decode_with_spans, tokens_of
-from teacher.view import Box, ViewGeometry, teacher_view
+from teacher.view import teacher_view
 
 SPEC_FORMAT = 1
 RowFn = Callable[[int, int], torch.Tensor]  # (item in batch, padded query position) -> [I]
@@ -66,7 +67,6 @@ class MapResult:
     answer: str
     fg_correct: int  # 1 / 0, or -1 when unknown (forced answers choose no foreground)
     audit: dict | None
-    geometry: ViewGeometry
 
 
 @dataclass
@@ -206,9 +206,9 @@ class Teacher:
             "grid": self.grid,
         }
 
-    def geometry_spec(self) -> dict:
+    def geometry_spec(self) -> MapGeometry:
         """The view geometry shared by every map (per-image scale follows from the image size)."""
-        return {"mode": self.cfg.view, "size": self.image_size, "grid": self.grid}
+        return MapGeometry(mode=self.cfg.view, size=self.image_size, grid=self.grid)
 
     # ---- preparation -------------------------------------------------------------------------
 
@@ -431,7 +431,6 @@ class Teacher:
             answer=text,
             fg_correct=self.fg_correct(parsed, text, prepared),
             audit=audit,
-            geometry=prepared.geometry,
         )
 
     def use_rows_attention(self) -> None:

@@ -38,10 +38,10 @@ import webdataset as wds
 import zarr
 
 from pipeline.cache import CacheMismatchError, ShardNotCommittedError, open_entry
-from pipeline.cache_verify import verify_entry
-from pipeline.records import read_index
-from pipeline.sample_dataset import write_sample_dataset
-from pipeline.shard_reader import iter_shard
+from pipeline.cache.verify import verify_entry
+from pipeline.datasets.generated import write_sample_dataset
+from pipeline.shards.reader import iter_shard
+from pipeline.shards.records import read_index
 
 pytestmark = pytest.mark.slow
 tiny_dir = teacher_fixtures.tiny_dir  # session fixture: the tiny LLaVA, built once

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_loader_toys import write_toy_cache, write_toy_split
+from loader_fixtures import write_toy_cache, write_toy_split
 
 from flows.train import TrainParams, _matching_entry
 
@@ -92,7 +92,7 @@ def test_train_under_torchrun_with_two_processes(toy_data, prefect_server) -> No
 
 
 def test_missing_cache_entry_says_how_to_make_one(toy_data, tmp_path) -> None:
-    from pipeline.records import read_index
+    from pipeline.shards.records import read_index
 
     params = TrainParams(
         dataset="toy", cache_root=str(tmp_path / "empty"), shards_root=str(toy_data["shards"])
@@ -107,7 +107,7 @@ def test_several_teachers_on_one_root(toy_data, tmp_path) -> None:
     """Two teachers' maps for the same shards: training must be told which, and the val split
     follows the train split's teacher instead of mixing two."""
     from pipeline.cache import CacheEntry, CacheSpec, open_entry
-    from pipeline.records import read_index
+    from pipeline.shards.records import read_index
 
     root = tmp_path / "cache"
     for split in ("train", "val"):

@@ -9,12 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
 
-from pipeline.cache_spec import CacheMismatchError
-from pipeline.cache_store import CacheEntry, ShardNotCommittedError, open_entry, scan_root
-from pipeline.cache_verify import Problem, verify_entry
-from pipeline.records import read_index
+from pipeline.cache.entry import CacheEntry, ShardNotCommittedError, open_entry, scan_root
+from pipeline.cache.spec import CacheMismatchError, teacher_brief
+from pipeline.cache.verify import Problem, verify_entry
+from pipeline.shards.records import read_index
 
 EXIT_PROBLEMS = 1
 EXIT_USAGE = 2
@@ -58,20 +57,6 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
-def _teacher_brief(spec: dict[str, Any]) -> str:
-    """Checkpoint, quantization, prompt and answer mode: what tells two teachers apart at a
-    glance (the full spec is in `cache show`)."""
-    teacher = spec.get("teacher", {})
-    weights, prompt = teacher.get("weights"), teacher.get("prompt")
-    parts = [
-        weights.get("source") if isinstance(weights, dict) else teacher.get("model"),
-        teacher.get("quant"),
-        prompt.get("name") if isinstance(prompt, dict) else prompt,
-        teacher.get("answer_mode"),
-    ]
-    return " ".join(str(p) for p in parts if p) or "-"
-
-
 def _reasons(by_reason: dict[str, int]) -> str:
     if not by_reason:
         return ""
@@ -96,7 +81,7 @@ def _ls(args: argparse.Namespace) -> int:
             [
                 entry.key,
                 f"{spec['dataset']}/{spec['split']}",
-                _teacher_brief(spec),
+                teacher_brief(spec),
                 f"{s['shards_committed']}/{s['shards_total']}",
                 f"{s['rows_written']}/{s['rows_total']}",
                 str(s["rows_invalid"]),
