@@ -29,6 +29,8 @@ RUN        ?=
 EVAL_SPLIT ?= val
 TRAIN_ARGS ?=
 CACHE_ENTRY ?=
+HUMAN      ?=
+EVAL_ENTRY ?=
 DEMO_QUANT ?= 4bit
 # Tiny teacher's tokenizer: bpe (small, local) or llama (the real LLaVA-1.5 vocabulary, from npm).
 VOCAB      ?= bpe
@@ -48,7 +50,7 @@ help: ## this list
 	@echo "Targets (variables: DATASET=$(DATASET) SPLIT=$(SPLIT) ROOT=$(ROOT) SHARDS=$(SHARDS) SHARD_SIZE=$(SHARD_SIZE)"
 	@echo "         TEACHER=$(TEACHER) QUANT=$(QUANT) CACHE=$(CACHE) AUDIT=$(AUDIT) MODEL=$(MODEL) WEIGHTS=$(WEIGHTS)"
 	@echo "         BATCH_SIZE=$(BATCH_SIZE) EPOCHS=$(EPOCHS) BATCH=$(BATCH) FRACTION=$(FRACTION) RUN=$(RUN)"
-	@echo "         CACHE_ENTRY=$(CACHE_ENTRY) EVAL_SPLIT=$(EVAL_SPLIT) TRAIN_ARGS=$(TRAIN_ARGS))"
+	@echo "         CACHE_ENTRY=$(CACHE_ENTRY) EVAL_SPLIT=$(EVAL_SPLIT) EVAL_ENTRY=$(EVAL_ENTRY) HUMAN=$(HUMAN) TRAIN_ARGS=$(TRAIN_ARGS))"
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
@@ -74,7 +76,7 @@ TINY_DIR := data/models/tiny-llava$(if $(filter llama,$(VOCAB)),-llama,)
 tiny-teacher: $(STAMP) ## the offline tiny LLaVA-1.5 teacher in data/models/tiny-llava (VOCAB=llama: real vocabulary, -llama)
 	$(PY) -m teacher.tiny --vocab $(VOCAB) --out $(TINY_DIR)
 
-extract: $(STAMP) ## teacher maps for DATASET/SPLIT into the map cache CACHE (TEACHER=<hub id|dir|tiny|tiny-llama> QUANT=4bit|8bit|none)
+extract: $(STAMP) ## teacher maps for DATASET/SPLIT into the map cache CACHE (TEACHER=<hub id|dir|tiny|tiny-llama|box|uniform> QUANT=4bit|8bit|none)
 	@if [ "$(TEACHER)" = "tiny" ] && [ ! -f data/models/tiny-llava/config.json ]; then $(MAKE) --no-print-directory tiny-teacher; fi
 	@if [ "$(TEACHER)" = "tiny-llama" ] && [ ! -f data/models/tiny-llava-llama/config.json ]; then $(MAKE) --no-print-directory tiny-teacher VOCAB=llama; fi
 	$(PY) -m flows.extract --dataset $(DATASET) --split $(SPLIT) $(ROOT_ARG) --shards-root $(SHARDS) \
@@ -87,9 +89,10 @@ train: $(STAMP) ## train an I-ViT on DATASET with its cached maps (MODEL WEIGHTS
 	  --batch $(BATCH) --fraction $(FRACTION) $(if $(RUN),--run $(RUN),) \
 	  $(if $(CACHE_ENTRY),--cache-entry $(CACHE_ENTRY),) $(TRAIN_ARGS)
 
-eval: $(STAMP) ## top-1 of run RUN on DATASET/EVAL_SPLIT (per-domain accuracy and variance on domain sets)
+eval: $(STAMP) ## top-1 of run RUN on DATASET/EVAL_SPLIT (per domain on domain sets) + cosine of C_VFM/C_VLM/C_AGT to C_HUM (HUMAN=<file>; else the box mask)
 	@test -n "$(RUN)" || { echo "make eval needs RUN=<name> (a folder of data/runs)"; exit 2; }
-	$(PY) -m flows.evaluate --run $(RUN) --dataset $(DATASET) --split $(EVAL_SPLIT) --shards-root $(SHARDS)
+	$(PY) -m flows.evaluate --run $(RUN) --dataset $(DATASET) --split $(EVAL_SPLIT) --shards-root $(SHARDS) \
+	  $(if $(EVAL_ENTRY),--cache-entry $(EVAL_ENTRY),) $(if $(HUMAN),--human-maps $(HUMAN),)
 
 ui: $(STAMP) ## Prefect UI on http://127.0.0.1:4200 with deployments of the extract, train and evaluate flows
 	$(PY) -m flows.serve --port 4200

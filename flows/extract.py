@@ -30,6 +30,7 @@ from pydantic import BaseModel, Field
 
 import flows  # noqa: F401  (Prefect settings)
 from flows.cli_args import add_model_arguments, parse_model
+from flows.retries import retry_unless_user_error
 from flows.runtime import default_concurrency, describe, device_pool, get_teacher
 from pipeline.cache import CacheEntry, CacheSpec, cache_key, open_entry
 from pipeline.paths import data_dir
@@ -50,7 +51,10 @@ class ExtractParams(BaseModel):
     root: str | None = Field(None, description="raw dataset folder (default: the registry's)")
     shards_root: str = Field(str(data_dir() / "shards"), description="where shards live")
     shard_size: int = Field(1000, ge=1, description="samples per shard when shards are written")
-    teacher: str = Field("llava-hf/llava-1.5-7b-hf", description="hub id, local dir, or 'tiny'")
+    teacher: str = Field(
+        "llava-hf/llava-1.5-7b-hf",
+        description="hub id, local dir, 'tiny', or a baseline: 'box', 'uniform'",
+    )
     quant: Literal["4bit", "8bit", "none"] = "4bit"
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = Field(
         "auto", description="auto: bfloat16 where the GPU has it, else float16; float32 on a CPU"
@@ -141,14 +145,19 @@ def prepare_shards(params: ExtractParams) -> str:
     return str(outcome.out_dir)
 
 
-@task(retries=2, retry_delay_seconds=10)
+@task(retries=2, retry_delay_seconds=10, retry_condition_fn=retry_unless_user_error)
 def open_cache_entry(params: ExtractParams) -> tuple[str, list[str]]:
     """Create or open the entry; returns its location and the shards still to compute."""
     entry = _open_entry(params)
     return entry.path, entry.pending_shards()
 
 
-@task(retries=2, retry_delay_seconds=10, task_run_name="extract {shard_name}")
+@task(
+    retries=2,
+    retry_delay_seconds=10,
+    retry_condition_fn=retry_unless_user_error,
+    task_run_name="extract {shard_name}",
+)
 def extract_shard(
     params: ExtractParams, entry_path: str, shard_name: str, wait: bool = True, poll_s: float = 2.0
 ) -> dict:
@@ -204,7 +213,9 @@ def _compute_shard(
 def publish_summary(
     params: ExtractParams, entry_path: str, results: list[dict], wall_s: float
 ) -> dict:
-    """Summary artifact: where the entry is, what it holds, and preview overlays."""
+    """Summary artifact: where the entry is, what it holds, preview overlays, and the
+    map-quality report (also written into the entry as report.json / report.png)."""
+    from pipeline.cache.report import report_markdown, write_report
     from teacher.previews import save_previews
 
     entry = open_entry(entry_path)
@@ -217,6 +228,12 @@ def publish_summary(
     summary["seconds_per_image"] = seconds / rows_now if rows_now else None
     summary["wall_seconds"] = wall_s
     summary["previews"] = save_previews(entry, params.shard_dir(), count=params.previews)
+    report, summary["report"] = write_report(entry, params.shard_dir())
+    create_markdown_artifact(
+        report_markdown(report) + "\n\n" + "\n".join(f"- `{url}`" for url in summary["report"]),
+        key="map-quality",
+        description="map quality against the ground-truth boxes",
+    )
     fg = summary["fg_accuracy"]
     lines = [
         f"# Map cache entry `{summary['cache_key']}`",
@@ -283,6 +300,15 @@ def extract_flow(params: ExtractParams) -> dict:
     return publish_summary(params, entry_path, results, time.perf_counter() - started)
 
 
+def check_teacher(params: ExtractParams) -> None:
+    """Before the flow: the teacher's checkpoint can be had (the hub's reachability is decided
+    here, once; offline, the local Hugging Face cache must hold it), else TeacherWeightsError
+    says how to supply it, in seconds, instead of a task failing under retries."""
+    from teacher import TeacherConfig, load_config_and_processor
+
+    load_config_and_processor(TeacherConfig.model_validate_json(params.teacher_config_json()))
+
+
 def run_extract(params: ExtractParams, runner: str = "threads", workers: int = 2) -> dict:
     """Run the flow with the chosen task runner (threads in-process, or a local Dask cluster)."""
     concurrency = params.concurrency or default_concurrency()
@@ -298,6 +324,8 @@ def run_extract(params: ExtractParams, runner: str = "threads", workers: int = 2
 
 
 def main(argv: list[str] | None = None) -> int:
+    from teacher import TeacherWeightsError
+
     parser = argparse.ArgumentParser(prog="python -m flows.extract", description=__doc__)
     add_model_arguments(parser, ExtractParams)
     parser.add_argument("--runner", choices=["threads", "dask"], default="threads")
@@ -307,10 +335,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     params = parse_model(ExtractParams, args)
-    if args.which_entry:
-        print(entry_location(params))
-        return 0
-    summary = run_extract(params, args.runner, args.workers)
+    try:
+        if args.which_entry:
+            print(entry_location(params))
+            return 0
+        check_teacher(params)
+        summary = run_extract(params, args.runner, args.workers)
+    except TeacherWeightsError as err:  # the user's to fix: the message says how, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(
         json.dumps(
             {
@@ -324,6 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     if summary["previews"]:
         # A URL, not a Path: Path("s3://b/k") would print "s3:/b/k".
         print(f"preview overlays: {summary['previews'][0].rsplit('/', 1)[0]}")
+    print(f"map-quality report: {' '.join(summary['report'])}")
     return 0
 
 

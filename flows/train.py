@@ -29,6 +29,7 @@ from pipeline.paths import data_dir
 from pipeline.shards.build import ensure_shards
 from pipeline.shards.config import ShardsConfig
 from pipeline.shards.records import ShardIndex
+from student.backbone_weights import WeightsUnavailableError, check_weights_source
 from student.config import KlDirection, StudentConfig, TrainConfig
 from student.run import DataConfig, RunConfig, run_training
 
@@ -74,10 +75,15 @@ class TrainParams(BaseModel):
         fields = ("model", "img_size", "model_kwargs", "interaction_queries", "gate", "alignment",
                   "align_on_original", "align_lambda", "kl_direction", "kl_eps", "gate_hidden",
                   "seed")  # fmt: skip
-        weights = None if self.weights in (None, "") else self.weights  # "": timm's own loading
         return StudentConfig(
-            weights=weights, num_classes=num_classes, **{f: getattr(self, f) for f in fields}
+            weights=self.backbone_weights(),
+            num_classes=num_classes,
+            **{f: getattr(self, f) for f in fields},
         )
+
+    def backbone_weights(self) -> str | None:
+        """A file, 'none', or None for timm's own (hub) loading, which "" also means."""
+        return None if self.weights in (None, "") else self.weights
 
     def run_name(self) -> str:
         return self.run or f"{self.dataset}-{self.model}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -199,7 +205,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows.train", description=__doc__)
     add_model_arguments(parser, TrainParams)
     params = parse_model(TrainParams, parser.parse_args(argv))
-    result = train_flow(params)
+    try:
+        # Before the flow: the backbone's weights can be had (offline: from the local HF cache).
+        check_weights_source(params.model, params.backbone_weights(), params.model_kwargs)
+        result = train_flow(params)
+    except WeightsUnavailableError as err:  # the user's to fix: the message says how
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(json.dumps(result["last"]))
     print(f"run folder: {result['run_dir']}")
     print(f"curves:     {result['curves']}")

@@ -24,6 +24,7 @@ from student.checkpoint import (
 )
 from student.config import TrainConfig
 from student.distributed import is_main_process, sum_over_ranks, unwrap
+from student.human_alignment import HumanAlignment
 from student.loss import InteractionCriterion, renormalize
 from student.model import IViT
 from student.plots import denormalize, plot_curves, plot_overlays
@@ -129,9 +130,11 @@ def evaluate(
     criterion: InteractionCriterion | None = None,
     amp: bool = False,
     amp_dtype: torch.dtype = torch.bfloat16,
+    human: HumanAlignment | None = None,
 ) -> dict:
     """Top-1 and loss (cross-entropy, or the criterion's terms when given); batches carrying a
-    "domain" list add per-domain top-1 and their variance across domains."""
+    "domain" list add per-domain top-1 and their variance across domains. With `human` (and
+    no criterion) every batch's interactions also go to its cosine-to-C_HUM figures."""
     model.eval()
     sums: dict[str, float] = defaultdict(float)
     seen = correct = 0
@@ -143,10 +146,16 @@ def evaluate(
                 outputs = forward_outputs(model, batch["image"], criterion.alignment)
                 losses = criterion(outputs, batch)
             else:
-                outputs = {"logits": model(batch["image"])}
+                outputs = (
+                    unwrap(model).forward_with_interactions(batch["image"])
+                    if human is not None
+                    else {"logits": model(batch["image"])}
+                )
                 losses = {
                     "loss": nn.functional.cross_entropy(outputs["logits"].float(), batch["label"])
                 }
+        if human is not None and criterion is None:
+            human.update(outputs, batch)
         hits = outputs["logits"].argmax(-1) == batch["label"]  # [B]
         n = hits.shape[0]
         seen += n

@@ -18,9 +18,7 @@ flip and normalize kernels, on the same rectangle the map is moved with (`Paired
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -29,60 +27,12 @@ from PIL import Image
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from pipeline.geometry import VIEW_MODES, view_rect
+# The geometry is part of the cache contract (pipeline/geometry.py), shared with the teacher.
+from pipeline.geometry import Rect, teacher_view_rect, uniform_overlap
 
 # A crop that keeps less than this share of the teacher's mass yields a map made of rounding
 # slivers, not signal: the row is marked invalid instead of renormalizing noise up to 1.
 MIN_KEPT_MASS = 1e-3
-
-
-@dataclass(frozen=True)
-class Rect:
-    """An axis-aligned rectangle in original-image pixel coordinates (x1, y1 exclusive)."""
-
-    x0: float
-    y0: float
-    x1: float
-    y1: float
-
-    def __post_init__(self) -> None:
-        if not (self.x1 > self.x0 and self.y1 > self.y0):
-            raise ValueError(f"empty rectangle {self}")
-
-    @property
-    def width(self) -> float:
-        return self.x1 - self.x0
-
-    @property
-    def height(self) -> float:
-        return self.y1 - self.y0
-
-    @classmethod
-    def from_crop(cls, top: int, left: int, height: int, width: int) -> Rect:
-        """The rectangle of torchvision's crop parameters (top, left, height, width)."""
-        return cls(float(left), float(top), float(left + width), float(top + height))
-
-
-def teacher_view_rect(geometry: Mapping[str, Any], width: int, height: int) -> Rect:
-    """Where the teacher's square view (and so its G x G grid) lies over an original image.
-
-    `geometry` is the cache manifest's view geometry: `mode` and the view's `size` in pixels
-    (a full per-image ViewGeometry works too: its extra fields are recomputed). The placement
-    is pipeline/geometry.py's, the very arithmetic the teacher rendered its view with:
-    - "pad": long edge fitted to `size`, centered; the grid reaches past the image on the short
-      side, and those cells fall outside every crop.
-    - "crop": short edge fitted to `size`, center crop; the grid covers a centered square.
-    - "resize": stretched; the grid covers exactly the image.
-    """
-    mode = geometry.get("mode")
-    if mode not in VIEW_MODES:
-        raise ValueError(f"map geometry mode {mode!r} is not one of {VIEW_MODES}: {dict(geometry)}")
-    size = geometry.get("size")
-    if mode != "resize" and (not isinstance(size, int) or size <= 0):
-        raise ValueError(
-            f"map geometry needs the view's integer 'size' in pixels: {dict(geometry)}"
-        )
-    return Rect(*view_rect(geometry, width, height))
 
 
 def check_view_geometry(geometry: Any, where: str) -> None:
@@ -108,37 +58,6 @@ def center_crop_rect(width: int, height: int, crop_fraction: float = 1.0) -> Rec
     side = max(1, round(min(width, height) * crop_fraction))
     left, top = (width - side) // 2, (height - side) // 2
     return Rect.from_crop(top, left, side, side)
-
-
-@functools.cache
-def _steps(n: int) -> np.ndarray:
-    return np.arange(n + 1, dtype=np.float64)  # [n + 1]; cached: this runs per batch
-
-
-def uniform_overlap(
-    source_lo: np.ndarray,
-    source_hi: np.ndarray,
-    n_source: int,
-    target_lo: np.ndarray,
-    target_hi: np.ndarray,
-    n_target: int,
-) -> np.ndarray:
-    """[..., n_target, n_source]: the share of each source cell's length in each target cell.
-
-    One axis of two uniform grids, for a batch of extents (`...` is the shape of the bounds).
-    With target edges measured in source-cell units from the source's start (u), source cell
-    k holds clip(u - k, 0, 1) of its length below u, so cell-to-cell shares are differences
-    of that along the target edges.
-    """
-    source_lo, source_hi = np.asarray(source_lo, np.float64), np.asarray(source_hi, np.float64)
-    target_lo, target_hi = np.asarray(target_lo, np.float64), np.asarray(target_hi, np.float64)
-    step = ((source_hi - source_lo) / n_source)[..., None]  # [..., 1]
-    edges = (target_lo[..., None] - source_lo[..., None]) / step + _steps(n_target) * (
-        (target_hi - target_lo)[..., None] / (n_target * step)
-    )  # [..., n_target + 1], in source cells
-    covered = edges[..., :, None] - _steps(n_source)[:-1]  # [..., n_target + 1, n_source]
-    np.clip(covered, 0.0, 1.0, out=covered)
-    return covered[..., 1:, :] - covered[..., :-1, :]  # [..., n_target, n_source]
 
 
 def rects_array(rects: Sequence[Rect]) -> np.ndarray:

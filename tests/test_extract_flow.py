@@ -307,6 +307,13 @@ def test_reference_run_is_recorded_on_the_prefect_server(
     assert sum(row["rows"] for row in rows) == 20
     assert str(reference.entry.parent) in json.dumps(run.parameters)  # the run says where
 
+    # The run ends with the map-quality report: an artifact, and report.json/png in the entry.
+    quality = artifacts["map-quality"]
+    assert quality.type == "markdown" and f"Map quality of `{reference.key}`" in quality.data
+    report = json.loads((reference.entry / "report.json").read_text())
+    assert report["cache_key"] == reference.key and report["groups"][0]["rows"] == 20
+    assert (reference.entry / "report.png").read_bytes().startswith(b"\x89PNG")
+
 
 def _stop(pid: int) -> None:
     """SIGSTOP a process group and wait until every thread of its leader has stopped."""
