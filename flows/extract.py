@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -30,7 +32,14 @@ from pydantic import BaseModel, Field
 
 import flows  # noqa: F401  (Prefect settings)
 from flows.cli_args import add_model_arguments, parse_model
-from flows.runtime import default_concurrency, describe, device_pool, get_teacher
+from flows.runtime import (
+    default_concurrency,
+    describe,
+    device_pool,
+    get_teacher,
+    teacher_loads,
+    visible_gpus,
+)
 from pipeline.cache import CacheEntry, CacheSpec, cache_key
 from pipeline.config import ShardsConfig
 from pipeline.paths import data_dir
@@ -175,6 +184,12 @@ def extract_shard(
         "status": "written" if written else "committed elsewhere",
         "rows": len(maps),
         "seconds": seconds,
+        # Which process did it, on which GPUs, and how many teachers that process has loaded so
+        # far: a worker's flow run loads its teacher once for all the shards it computes.
+        "process": f"{socket.gethostname()}-{os.getpid()}",
+        "device": device,
+        "gpus": visible_gpus(),
+        "teacher_loads": teacher_loads(),
     }
 
 
@@ -200,6 +215,8 @@ def publish_summary(
         f"- shards committed: {summary['shards_committed']}/{summary['shards_total']}",
         f"- rows written: {summary['rows_written']} ({summary['rows_invalid']} invalid)",
         f"- foreground accuracy: {'n/a' if fg is None else f'{fg:.1%}'}",
+        f"- process: {socket.gethostname()}-{os.getpid()}, CUDA_VISIBLE_DEVICES={visible_gpus()}, "
+        f"teachers it loaded: {teacher_loads()}",
         "- time per image (this run): "
         + ("n/a (nothing computed)" if not rows_now else f"{seconds / rows_now:.3f} s"),
         "## Invalid rows by reason",
