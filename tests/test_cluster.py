@@ -319,4 +319,5 @@ def test_ctrl_c_stops_workers_flow_runs_and_server(cluster: Cluster) -> None:
     assert not alive, f"left running after Ctrl-C: {alive}"
     port = int(cluster.api.rsplit(":", 1)[1].split("/")[0])
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", port))  # the server's port is free again
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as a new server would
+        sock.bind(("127.0.0.1", port))  # no one listens on the server's port any more
