@@ -27,7 +27,6 @@ def start_prefect_server(
     env.pop("PREFECT_SERVER_API_AUTH_STRING", None)  # auth only where the caller asks for it
     if auth_string is not None:
         env["PREFECT_SERVER_API_AUTH_STRING"] = auth_string
-        env["PREFECT_API_AUTH_STRING"] = auth_string  # the server's own services call its API
     if home is not None:
         env["PREFECT_HOME"] = str(home)
     command = [

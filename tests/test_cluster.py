@@ -321,3 +321,12 @@ def test_ctrl_c_stops_workers_flow_runs_and_server(cluster: Cluster) -> None:
     with socket.socket() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as a new server would
         sock.bind(("127.0.0.1", port))  # no one listens on the server's port any more
+
+
+def test_make_ui_serves_loopback_only(capsys: pytest.CaptureFixture[str]) -> None:
+    from flows.serve import main as serve
+
+    with pytest.raises(SystemExit) as exit_info:
+        serve(["--host", "0.0.0.0"])
+    assert exit_info.value.code == 2
+    assert "make cluster HOST=0.0.0.0" in capsys.readouterr().err
