@@ -177,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--gpus {args.gpus!r}: give one GPU index per worker, e.g. 0,1")
 
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    # Ctrl-C must stop the cluster even when the shell that started us ignores SIGINT (a
+    # background job of a script does, and Python then keeps ignoring it).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     _become_subreaper()
     secret = auth_string(args.auth_file)
     logs = args.home / "cluster-logs"
