@@ -29,6 +29,8 @@ RUN        ?=
 EVAL_SPLIT ?= val
 TRAIN_ARGS ?=
 CACHE_ENTRY ?=
+HUMAN      ?=
+EVAL_ENTRY ?=
 # Scale-out (make cluster, make launch).
 WORKERS    ?= 1
 GPUS       ?=
@@ -54,7 +56,7 @@ help: ## this list
 	@echo "Targets (variables: DATASET=$(DATASET) SPLIT=$(SPLIT) ROOT=$(ROOT) SHARDS=$(SHARDS) SHARD_SIZE=$(SHARD_SIZE)"
 	@echo "         TEACHER=$(TEACHER) QUANT=$(QUANT) CACHE=$(CACHE) AUDIT=$(AUDIT) MODEL=$(MODEL) WEIGHTS=$(WEIGHTS)"
 	@echo "         BATCH_SIZE=$(BATCH_SIZE) EPOCHS=$(EPOCHS) BATCH=$(BATCH) FRACTION=$(FRACTION) RUN=$(RUN)"
-	@echo "         CACHE_ENTRY=$(CACHE_ENTRY) EVAL_SPLIT=$(EVAL_SPLIT) TRAIN_ARGS=$(TRAIN_ARGS)"
+	@echo "         CACHE_ENTRY=$(CACHE_ENTRY) EVAL_SPLIT=$(EVAL_SPLIT) EVAL_ENTRY=$(EVAL_ENTRY) HUMAN=$(HUMAN) TRAIN_ARGS=$(TRAIN_ARGS)"
 	@echo "         WORKERS=$(WORKERS) GPUS=$(GPUS) HOST=$(HOST) PORT=$(PORT) POOL=$(POOL) RUNS=$(RUNS))"
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
 
@@ -80,7 +82,7 @@ shards: $(STAMP) ## write DATASET/SPLIT as WebDataset shards under SHARDS (sampl
 tiny-teacher: $(STAMP) ## build the offline tiny LLaVA-1.5-architecture teacher in data/models/tiny-llava
 	$(PY) -m teacher.tiny --out data/models/tiny-llava
 
-extract: $(STAMP) ## teacher maps for DATASET/SPLIT into the map cache CACHE (TEACHER=<hub id|dir|tiny> QUANT=4bit|8bit|none)
+extract: $(STAMP) ## teacher maps for DATASET/SPLIT into the map cache CACHE (TEACHER=<hub id|dir|tiny|box|uniform> QUANT=4bit|8bit|none)
 	@if [ "$(TEACHER)" = "tiny" ] && [ ! -f data/models/tiny-llava/config.json ]; then $(MAKE) --no-print-directory tiny-teacher; fi
 	$(PY) -m flows.extract --dataset $(DATASET) --split $(SPLIT) $(ROOT_ARG) --shards-root $(SHARDS) \
 	  --shard-size $(SHARD_SIZE) --teacher $(TEACHER) --quant $(QUANT) --cache-root $(CACHE) \
@@ -92,9 +94,10 @@ train: $(STAMP) ## train an I-ViT on DATASET with its cached maps (MODEL WEIGHTS
 	  --batch $(BATCH) --fraction $(FRACTION) $(if $(RUN),--run $(RUN),) \
 	  $(if $(CACHE_ENTRY),--cache-entry $(CACHE_ENTRY),) $(TRAIN_ARGS)
 
-eval: $(STAMP) ## top-1 of run RUN on DATASET/EVAL_SPLIT (per-domain accuracy and variance on domain sets)
+eval: $(STAMP) ## top-1 of run RUN on DATASET/EVAL_SPLIT (per domain on domain sets) + cosine of C_VFM/C_VLM/C_AGT to C_HUM (HUMAN=<file>; else the box mask)
 	@test -n "$(RUN)" || { echo "make eval needs RUN=<name> (a folder of data/runs)"; exit 2; }
-	$(PY) -m flows.evaluate --run $(RUN) --dataset $(DATASET) --split $(EVAL_SPLIT) --shards-root $(SHARDS)
+	$(PY) -m flows.evaluate --run $(RUN) --dataset $(DATASET) --split $(EVAL_SPLIT) --shards-root $(SHARDS) \
+	  $(if $(EVAL_ENTRY),--cache-entry $(EVAL_ENTRY),) $(if $(HUMAN),--human-maps $(HUMAN),)
 
 ui: $(STAMP) ## Prefect UI on http://127.0.0.1:4200 with deployments of the extract, train and evaluate flows
 	$(PY) -m flows.serve --port 4200

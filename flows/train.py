@@ -23,11 +23,12 @@ from pydantic import BaseModel, Field
 
 import flows  # noqa: F401  (Prefect settings)
 from flows.cli_args import add_model_arguments, parse_model
-from pipeline.cache import CacheEntry, list_entries, open_entry
-from pipeline.config import ShardsConfig
+from pipeline.cache import list_entries, open_entry
+from pipeline.cache.spec import teacher_brief
 from pipeline.paths import data_dir
-from pipeline.records import ShardIndex
-from pipeline.shards_command import ensure_shards
+from pipeline.shards.build import ensure_shards
+from pipeline.shards.config import ShardsConfig
+from pipeline.shards.records import ShardIndex
 from student.config import KlDirection, StudentConfig, TrainConfig
 from student.run import DataConfig, RunConfig, run_training
 
@@ -82,11 +83,6 @@ class TrainParams(BaseModel):
         return self.run or f"{self.dataset}-{self.model}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def _teacher_name(entry: CacheEntry) -> str:
-    teacher = entry.spec.teacher
-    return f"{teacher.get('weights', {}).get('source', '?')} {teacher.get('quant', '')} {teacher.get('prompt', {}).get('name', '')}"
-
-
 def _matching_entry(
     params: TrainParams, index: ShardIndex, required: bool, teacher: dict | None = None
 ) -> str | None:
@@ -111,7 +107,7 @@ def _matching_entry(
                 f"SPLIT={index.split}` first, or train without alignment (--no-alignment)"
             )
         return None
-    listing = "\n  ".join(f"{e.path}  ({_teacher_name(e)})" for e in matches)
+    listing = "\n  ".join(f"{e.path}  ({teacher_brief(e.manifest['spec'])})" for e in matches)
     raise ValueError(
         f"several cache entries match {where} (one per teacher); choose one with "
         f"CACHE_ENTRY=<path> (--cache-entry):\n  {listing}"

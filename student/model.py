@@ -24,6 +24,14 @@ class WeightsUnavailableError(RuntimeError):
     """The pretrained backbone could not be had; the message says how to supply it."""
 
 
+def timm_kwargs(cfg: StudentConfig) -> dict:
+    """`timm.create_model` keywords beyond the name: the config's extras, classes, image size."""
+    kwargs = dict(cfg.model_kwargs, num_classes=cfg.num_classes)
+    if cfg.img_size is not None:
+        kwargs["img_size"] = cfg.img_size
+    return kwargs
+
+
 def create_backbone(cfg: StudentConfig) -> VisionTransformer:
     """A timm ViT with `cfg.num_classes` outputs and the weights `cfg.weights` names.
 
@@ -32,9 +40,7 @@ def create_backbone(cfg: StudentConfig) -> VisionTransformer:
     Built under a fixed seed so that the new head is the same in every process (resume relies
     on it), without disturbing the caller's RNG.
     """
-    kwargs = dict(cfg.model_kwargs, num_classes=cfg.num_classes)
-    if cfg.img_size is not None:
-        kwargs["img_size"] = cfg.img_size
+    kwargs = timm_kwargs(cfg)
     if not timm.is_model(cfg.model):  # accepts pretrained tags (name.augreg_in21k_ft_in1k)
         raise ValueError(f"StudentConfig.model: unknown timm model {cfg.model!r}")
     with torch.random.fork_rng(devices=[]):
@@ -206,10 +212,7 @@ def count_forward_flops(model: nn.Module, img_size: int, batch: int = 1) -> int:
 
 def plain_vit(cfg: StudentConfig) -> VisionTransformer:
     """The same timm ViT without interaction parts (random weights: counts only)."""
-    kwargs = dict(cfg.model_kwargs, num_classes=cfg.num_classes)
-    if cfg.img_size is not None:
-        kwargs["img_size"] = cfg.img_size
-    return timm.create_model(cfg.model, pretrained=False, **kwargs)
+    return timm.create_model(cfg.model, pretrained=False, **timm_kwargs(cfg))
 
 
 def summarize(ivit: IViT, plain: nn.Module | None = None) -> str:

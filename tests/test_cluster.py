@@ -52,7 +52,7 @@ from test_extract_flow import (
     writer_pid,
 )
 
-from pipeline.sample_dataset import write_sample_dataset
+from pipeline.datasets.generated import write_sample_dataset
 
 pytestmark = pytest.mark.slow
 tiny_dir = teacher_fixtures.tiny_dir

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
-from pipeline.cache_rows import MAP_ARRAYS, NORMALIZED_ATOL_STORED, row_counts
-from pipeline.cache_spec import CacheMismatchError
-from pipeline.cache_store import COMMITS_DIR, CacheEntry, ShardNotCommittedError
+from pipeline.cache.entry import CacheEntry, ShardNotCommittedError
+from pipeline.cache.rows import MAP_ARRAYS, NORMALIZED_ATOL_STORED, row_counts, row_problems
+from pipeline.cache.spec import CacheMismatchError
 
 
 @dataclass(frozen=True)
@@ -28,13 +26,12 @@ class Problem:
 def verify_entry(entry: CacheEntry) -> list[Problem]:
     """Every disagreement found; an empty list means the entry is sound."""
     try:
-        entry._check_arrays()
+        entry.check_arrays()
     except CacheMismatchError as err:
         return [Problem("arrays", str(err))]
     problems = [
         Problem(f"commits/{name}", "commit record for a shard the manifest does not list")
-        for name in entry._files.list_names(COMMITS_DIR, suffix=".json")
-        if name.removesuffix(".json") not in entry.shard_names
+        for name in entry.foreign_commits()
     ]
     group = entry.group()
     for shard_name in sorted(entry.committed_shards(), key=entry.shard_names.index):
@@ -63,8 +60,7 @@ def _verify_shard(entry: CacheEntry, group, shard_name: str) -> list[Problem]:
         if record.get(field) != want
     ]
     # One read per array of exactly this shard's chunk.
-    c_vlm = group["c_vlm"][start:stop].astype(np.float64)  # [n, G, G]
-    others = {name: group[name][start:stop] for name in MAP_ARRAYS[1:]}  # [n, G, G] each
+    maps = {name: group[name][start:stop] for name in MAP_ARRAYS}  # [n, G, G] each
     valid = group["valid"][start:stop]  # [n]
     reason = [str(r) for r in group["reason"][start:stop]]
     keys = [str(k) for k in group["key"][start:stop]]
@@ -74,22 +70,11 @@ def _verify_shard(entry: CacheEntry, group, shard_name: str) -> list[Problem]:
         where = f"{shard_name} row {row} (global {start + row}, key {keys[row]!r})"
         if not keys[row]:
             problems.append(Problem(where, "empty key: the row was never written"))
-        for name, maps in (("c_vlm", c_vlm), *others.items()):
-            if not np.isfinite(maps[row]).all():
-                problems.append(Problem(where, f"{name} has non-finite values"))
-        if fg[row] not in (-1, 0, 1):
-            problems.append(Problem(where, f"fg_correct is {int(fg[row])}, not 1/0/-1"))
-        if valid[row]:
-            total = c_vlm[row].sum()
-            if (c_vlm[row] < 0).any():
-                problems.append(Problem(where, "valid c_vlm has negative values"))
-            if not abs(total - 1.0) <= NORMALIZED_ATOL_STORED:
-                problems.append(Problem(where, f"valid c_vlm sums to {total:.6f}, not 1"))
-        else:
-            if not reason[row]:
-                problems.append(Problem(where, "invalid row without a reason"))
-            if np.nan_to_num(c_vlm[row], nan=1.0).any():
-                problems.append(Problem(where, "invalid row with a non-zero c_vlm"))
+        row_maps = {name: array[row] for name, array in maps.items()}
+        for message in row_problems(
+            row_maps, valid[row], reason[row], fg[row], NORMALIZED_ATOL_STORED
+        ):
+            problems.append(Problem(where, message))
     if len(set(keys)) != len(keys):
         problems.append(Problem(shard_name, "duplicate keys within the shard"))
 

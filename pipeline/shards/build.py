@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections import Counter
 
-from pipeline.config import ShardsConfig
-from pipeline.records import read_index
-from pipeline.registry import open_adapter
-from pipeline.shard_writer import ShardsOutcome, write_shards
+from pipeline.datasets.registry import open_adapter
+from pipeline.shards.config import ShardsConfig
+from pipeline.shards.records import read_index
+from pipeline.shards.writer import ShardsOutcome, write_shards
 
 
 def build_shards(config: ShardsConfig, progress: bool = True) -> ShardsOutcome:

@@ -1,4 +1,4 @@
-"""`python -m pipeline cache ls|show|verify`: look into map-cache entries from the shell.
+"""`python -m pipeline cache ls|show|verify|report`: look into map-cache entries from the shell.
 
 Roots and entries are local paths or fsspec URLs; for S3-compatible servers set the usual
 environment (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...) or pass --storage-options as JSON.
@@ -9,20 +9,21 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
 
-from pipeline.cache_spec import CacheMismatchError
-from pipeline.cache_store import CacheEntry, ShardNotCommittedError, open_entry, scan_root
-from pipeline.cache_verify import Problem, verify_entry
-from pipeline.records import read_index
+from pipeline.cache.entry import CacheEntry, ShardNotCommittedError, open_entry, scan_root
+from pipeline.cache.spec import CacheMismatchError, teacher_brief
+from pipeline.cache.verify import Problem, verify_entry
+from pipeline.shards.records import read_index
 
 EXIT_PROBLEMS = 1
 EXIT_USAGE = 2
 
 
 def add_cache_commands(subparsers: argparse._SubParsersAction) -> None:
-    """Register `cache ls|show|verify` on the project's top-level parser."""
-    cache = subparsers.add_parser("cache", help="list, show and verify map-cache entries")
+    """Register `cache ls|show|verify|report` on the project's top-level parser."""
+    cache = subparsers.add_parser(
+        "cache", help="list, show, verify and report on map-cache entries"
+    )
     commands = cache.add_subparsers(dest="cache_command", required=True)
 
     ls = commands.add_parser("ls", help="list the entries under a cache root with their specs")
@@ -40,7 +41,16 @@ def add_cache_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     verify.set_defaults(func=_verify)
 
-    for parser in (ls, show, verify):
+    report = commands.add_parser(
+        "report", help="map quality against the boxes; writes report.json and report.png"
+    )
+    report.add_argument("entry", help="entry path or URL: <root>/<cache_key>")
+    report.add_argument(
+        "--shards", default=None, help="the split's shard directory (default: data/shards/...)"
+    )
+    report.set_defaults(func=_report)
+
+    for parser in (ls, show, verify, report):
         parser.add_argument(
             "--storage-options",
             type=json.loads,
@@ -56,20 +66,6 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
     ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(line.rstrip() for line in lines)
-
-
-def _teacher_brief(spec: dict[str, Any]) -> str:
-    """Checkpoint, quantization, prompt and answer mode: what tells two teachers apart at a
-    glance (the full spec is in `cache show`)."""
-    teacher = spec.get("teacher", {})
-    weights, prompt = teacher.get("weights"), teacher.get("prompt")
-    parts = [
-        weights.get("source") if isinstance(weights, dict) else teacher.get("model"),
-        teacher.get("quant"),
-        prompt.get("name") if isinstance(prompt, dict) else prompt,
-        teacher.get("answer_mode"),
-    ]
-    return " ".join(str(p) for p in parts if p) or "-"
 
 
 def _reasons(by_reason: dict[str, int]) -> str:
@@ -96,7 +92,7 @@ def _ls(args: argparse.Namespace) -> int:
             [
                 entry.key,
                 f"{spec['dataset']}/{spec['split']}",
-                _teacher_brief(spec),
+                teacher_brief(spec),
                 f"{s['shards_committed']}/{s['shards_total']}",
                 f"{s['rows_written']}/{s['rows_total']}",
                 str(s["rows_invalid"]),
@@ -168,6 +164,22 @@ def _verify(args: argparse.Namespace) -> int:
         return EXIT_PROBLEMS
     pending = len(entry.pending_shards())
     print(f"{entry.path}: OK ({committed} committed shard(s) verified, {pending} pending)")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from pipeline.cache.report import report_markdown, write_report
+
+    entry = _open(args)
+    if entry is None:
+        return EXIT_USAGE
+    try:
+        report, written = write_report(entry, args.shards)
+    except (FileNotFoundError, CacheMismatchError) as err:
+        return _fail(str(err))
+    print(report_markdown(report))
+    for url in written:
+        print(f"wrote {url}")
     return 0
 
 

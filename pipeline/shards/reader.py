@@ -13,9 +13,8 @@ from pathlib import Path
 
 import webdataset as wds
 
-from pipeline.records import SampleRecord
-
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "bmp", "webp", "gif", "tif", "tiff")
+from pipeline.io import IMAGE_EXTENSIONS
+from pipeline.shards.records import SampleRecord
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from pipeline.cache_files import canonical_json
+from pipeline.io import canonical_json
 
 # Bump when the on-disk layout or the meaning of a stored value changes; old entries then get a
 # new key instead of being misread.
@@ -60,3 +60,17 @@ def full_cache_hash(spec: CacheSpec) -> str:
 def cache_key(spec: CacheSpec) -> str:
     """The entry's directory name: a prefix of sha256 over the spec's canonical JSON."""
     return full_cache_hash(spec)[:KEY_PREFIX_LENGTH]
+
+
+def teacher_brief(spec: dict[str, Any]) -> str:
+    """Checkpoint, quantization, prompt and answer mode: what tells two teachers apart at a
+    glance (the full spec is in `cache show`)."""
+    teacher = spec.get("teacher", {})
+    weights, prompt = teacher.get("weights"), teacher.get("prompt")
+    parts = [
+        weights.get("source") if isinstance(weights, dict) else teacher.get("model"),
+        teacher.get("quant"),
+        prompt.get("name") if isinstance(prompt, dict) else prompt,
+        teacher.get("answer_mode"),
+    ]
+    return " ".join(str(p) for p in parts if p) or "-"

@@ -1,13 +1,13 @@
 """Dataset adapters (DESIGN 3.1): each turns a raw dataset layout into `RawSample`s.
 
 An adapter only reads annotations and lists files; checking and repairing image bytes is the
-job of `pipeline.sample_check`, so every adapter gets the same bad-input policy.
+job of `pipeline.shards.checks`, so every adapter gets the same bad-input policy.
 """
 
-from pipeline.adapters.base import AdapterResult, DatasetAdapter, RawSample
-from pipeline.adapters.coco import CocoAdapter
-from pipeline.adapters.imagefolder import ImageFolderAdapter
-from pipeline.adapters.tinyimagenet import TinyImageNetAdapter
+from pipeline.datasets.adapters.base import AdapterResult, DatasetAdapter, RawSample
+from pipeline.datasets.adapters.coco import CocoAdapter
+from pipeline.datasets.adapters.imagefolder import ImageFolderAdapter
+from pipeline.datasets.adapters.tinyimagenet import TinyImageNetAdapter
 
 ADAPTERS: dict[str, type[DatasetAdapter]] = {
     "tinyimagenet": TinyImageNetAdapter,

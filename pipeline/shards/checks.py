@@ -12,17 +12,8 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from pipeline.records import Box
-
-# Pillow format name -> shard member extension (webdataset decodes by extension).
-FORMAT_EXTENSIONS = {
-    "JPEG": "jpg",
-    "PNG": "png",
-    "BMP": "bmp",
-    "WEBP": "webp",
-    "GIF": "gif",
-    "TIFF": "tif",
-}
+from pipeline.io import PILLOW_FORMAT_EXTENSIONS
+from pipeline.shards.records import Box
 
 
 class BadSample(Exception):
@@ -54,10 +45,10 @@ def check_image(path: Path) -> CheckedImage:
         raise BadSample("not an image (Pillow cannot identify the bytes)") from error
     except Exception as error:  # Pillow raises OSError, SyntaxError, ValueError... on bad data
         raise BadSample(f"corrupt or truncated image: {error}") from error
-    if fmt not in FORMAT_EXTENSIONS:
+    if fmt not in PILLOW_FORMAT_EXTENSIONS:
         raise BadSample(f"unsupported image format {fmt}")
     if converted is None:
-        return CheckedImage(data, FORMAT_EXTENSIONS[fmt], *size)
+        return CheckedImage(data, PILLOW_FORMAT_EXTENSIONS[fmt], *size)
     buffer = io.BytesIO()
     converted.save(buffer, format="PNG")  # lossless, so the conversion is the only change
     return CheckedImage(

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.adapters.base import AdapterResult, DatasetAdapter, RawSample, make_key
-from pipeline.records import Box, SkippedSample
+from pipeline.datasets.adapters.base import AdapterResult, DatasetAdapter, RawSample, make_key
+from pipeline.shards.records import Box, SkippedSample
 
 
 def read_words(path: Path) -> dict[str, str]:

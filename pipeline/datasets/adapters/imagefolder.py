@@ -10,7 +10,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.adapters.base import AdapterResult, DatasetAdapter, RawSample, is_image_file, make_key
+from pipeline.datasets.adapters.base import (
+    AdapterResult,
+    DatasetAdapter,
+    RawSample,
+    make_key,
+)
+from pipeline.io import is_image_file
 
 ALL_DOMAINS = "all"
 

@@ -16,7 +16,7 @@ import numpy as np
 import zarr
 
 from pipeline.cache import CacheSpec, ShardMaps
-from pipeline.records import ShardIndex, ShardInfo
+from pipeline.shards.records import ShardIndex, ShardInfo
 
 GRID = 4
 CORRUPT_REASON = "image unreadable: cannot identify image file"

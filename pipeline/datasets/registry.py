@@ -8,9 +8,9 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from pipeline.adapters import ADAPTERS, DatasetAdapter
+from pipeline.datasets.adapters import ADAPTERS, DatasetAdapter
+from pipeline.datasets.generated import write_sample_dataset
 from pipeline.paths import PROJECT_ROOT, data_dir, resolve
-from pipeline.sample_dataset import write_sample_dataset
 
 REGISTRY_FILE = PROJECT_ROOT / "data" / "registry.json"
 

@@ -93,28 +93,37 @@ class ShardMaps:
                 f"{where}: keys do not match the shard's index (first difference at row {first}); "
                 "rows must be in the shard's sample order"
             )
-        if not set(np.unique(self.fg_correct).tolist()) <= {-1, 0, 1}:
-            raise ValueError(f"{where}: fg_correct must be 1, 0 or -1")
         for row in range(n):
-            for name in MAP_ARRAYS:
-                if not np.isfinite(getattr(self, name)[row]).all():
-                    raise ValueError(f"{where}: row {row} ({self.keys[row]}): {name} is not finite")
-            c_vlm = np.asarray(self.c_vlm[row], dtype=np.float64)
-            if self.valid[row]:
-                if (c_vlm < 0).any() or abs(c_vlm.sum() - 1.0) > NORMALIZED_ATOL_INPUT:
-                    raise ValueError(
-                        f"{where}: row {row} ({self.keys[row]}) is marked valid but c_vlm is not "
-                        f"a normalized non-negative map (sum {c_vlm.sum():.6f}, min {c_vlm.min():.3g})"
-                    )
-            else:
-                if not self.reason[row]:
-                    raise ValueError(
-                        f"{where}: row {row} ({self.keys[row]}) is invalid without a reason"
-                    )
-                if (c_vlm != 0).any():
-                    raise ValueError(
-                        f"{where}: row {row} ({self.keys[row]}) is invalid but c_vlm is not zeros"
-                    )
+            maps = {name: getattr(self, name)[row] for name in MAP_ARRAYS}
+            found = row_problems(
+                maps, self.valid[row], self.reason[row], self.fg_correct[row], NORMALIZED_ATOL_INPUT
+            )
+            if found:
+                raise ValueError(f"{where}: row {row} ({self.keys[row]}): {found[0]}")
+
+
+def row_problems(
+    maps: dict[str, np.ndarray], valid: bool, reason: str, fg_correct: int, atol: float
+) -> list[str]:
+    """What breaks the row contract in one row (empty: sound). `write_shard` refuses such rows
+    and `cache verify` reports them, so both hold rows to this one definition."""
+    problems = [f"{name} is not finite" for name in MAP_ARRAYS if not np.isfinite(maps[name]).all()]
+    if fg_correct not in (-1, 0, 1):
+        problems.append(f"fg_correct must be 1, 0 or -1, not {int(fg_correct)}")
+    c_vlm = np.asarray(maps["c_vlm"], dtype=np.float64)  # [G, G]
+    if valid:
+        total = c_vlm.sum()
+        if (c_vlm < 0).any() or not abs(total - 1.0) <= atol:
+            problems.append(
+                "is marked valid but c_vlm is not a normalized non-negative map "
+                f"(sums to {total:.6f}, min {c_vlm.min():.3g})"
+            )
+    else:
+        if not reason:
+            problems.append("is invalid without a reason")
+        if np.nan_to_num(c_vlm, nan=1.0).any():
+            problems.append("is invalid but c_vlm is not zeros")
+    return problems
 
 
 def row_counts(valid: np.ndarray, reason: Sequence[str], fg_correct: np.ndarray) -> dict[str, Any]:

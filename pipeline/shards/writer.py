@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -19,8 +18,10 @@ import webdataset as wds
 from filelock import FileLock
 from tqdm import tqdm
 
-from pipeline.adapters import AdapterResult, RawSample
-from pipeline.records import (
+from pipeline.datasets.adapters import AdapterResult, RawSample
+from pipeline.io import TMP_SUFFIX, atomic_path, atomic_write_text
+from pipeline.shards.checks import BadSample, CheckedImage, check_boxes, check_image
+from pipeline.shards.records import (
     INDEX_FILE,
     SampleRecord,
     ShardIndex,
@@ -28,11 +29,9 @@ from pipeline.records import (
     SkippedSample,
     read_index,
 )
-from pipeline.sample_check import BadSample, CheckedImage, check_boxes, check_image
 
 WRITER_VERSION = 1
 SHARD_PATTERN = "shard-{:06d}.tar"
-TMP_SUFFIX = ".partial"
 LOCK_FILE = ".write.lock"
 
 
@@ -73,12 +72,6 @@ def _is_current(out_dir: Path, fingerprint: str) -> ShardIndex | None:
     return index
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + TMP_SUFFIX)
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
@@ -105,12 +98,10 @@ class _ShardSink:
             return
         name = SHARD_PATTERN.format(len(self.shards))
         final = self.out_dir / name
-        tmp = final.with_name(name + TMP_SUFFIX)
         # mtime fixed so the same samples always give the same bytes (and the same fingerprint).
-        with wds.TarWriter(str(tmp), mtime=0.0, encoder=False) as writer:
+        with atomic_path(final) as tmp, wds.TarWriter(str(tmp), mtime=0.0, encoder=False) as tar:
             for sample in self.pending:
-                writer.write(sample)
-        os.replace(tmp, final)
+                tar.write(sample)
         keys = [s["__key__"] for s in self.pending]
         self.shards.append(ShardInfo(name=name, count=len(keys), sha256=_sha256(final), keys=keys))
         self.pending = []
@@ -228,5 +219,5 @@ def _write_all(
         source_fingerprint=fingerprint,
     )
     index.fingerprint = index.compute_fingerprint()
-    _atomic_write_text(out_dir / INDEX_FILE, json.dumps(index.model_dump(), indent=1))
+    atomic_write_text(out_dir / INDEX_FILE, json.dumps(index.model_dump(), indent=1))
     return index

@@ -16,21 +16,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import uuid
 from pathlib import Path
 from typing import Any
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-
-def canonical_json(value: Any) -> str:
-    """The one serialization hashed and compared everywhere: sorted keys, no whitespace."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def pretty_json(value: Any) -> bytes:
-    return (json.dumps(value, sort_keys=True, indent=2, ensure_ascii=False) + "\n").encode()
+from pipeline.io import TMP_SUFFIX, atomic_write_bytes, temp_path
 
 
 class EntryFiles:
@@ -73,16 +65,12 @@ class EntryFiles:
         except FileNotFoundError:
             return []
         names = [p.rstrip("/").rsplit("/", 1)[-1] for p in listed]
-        return sorted(n for n in names if n.endswith(suffix) and ".partial" not in n)
+        return sorted(n for n in names if n.endswith(suffix) and TMP_SUFFIX not in n)
 
     def put(self, relative: str, data: bytes) -> None:
         """Replace `relative` whole; readers see the old or the new file, never a torn one."""
         if self.is_local:
-            target = Path(self.path(relative))
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f"{target.name}.{uuid.uuid4().hex}.partial")
-            tmp.write_bytes(data)
-            os.replace(tmp, target)
+            atomic_write_bytes(self.path(relative), data)
         else:
             self.fs.pipe_file(self.path(relative), data)
         self.fs.invalidate_cache(self.path(relative))
@@ -96,7 +84,7 @@ class EntryFiles:
         if self.is_local:
             target = Path(self.path(relative))
             target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f"{target.name}.{uuid.uuid4().hex}.partial")
+            tmp = temp_path(target)
             tmp.write_bytes(data)
             try:
                 os.link(tmp, target)

@@ -15,8 +15,8 @@ import io
 
 from pycocotools.coco import COCO
 
-from pipeline.adapters.base import AdapterResult, DatasetAdapter, RawSample, make_key
-from pipeline.records import SkippedSample
+from pipeline.datasets.adapters.base import AdapterResult, DatasetAdapter, RawSample, make_key
+from pipeline.shards.records import SkippedSample
 
 
 class CocoAdapter(DatasetAdapter):

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from test_cache_kit import (
+from cache_fixtures import (
     CORRUPT_REASON,
     GRID,
     assert_rows_equal,
@@ -33,12 +33,11 @@ from pipeline.cache import (
     ShardMaps,
     ShardNotCommittedError,
     cache_key,
-    find_entry,
     list_entries,
     open_entry,
 )
-from pipeline.cache_cli import add_cache_commands
-from pipeline.cache_verify import verify_entry
+from pipeline.cache.cli import add_cache_commands
+from pipeline.cache.verify import verify_entry
 
 GEOMETRY = {"mode": "resize", "size": 336}
 
@@ -264,8 +263,9 @@ def test_reader_of_the_wrong_entry_gets_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(CacheMismatchError, match=r"another spec .*teacher\.prompt"):
         open_entry(entry.path, expect=make_spec(index, prompt="prompt3"))
     with pytest.raises(FileNotFoundError, match="no map-cache entry"):
-        find_entry(str(tmp_path), make_spec(index, prompt="prompt3"))
-    assert find_entry(str(tmp_path), make_spec(index)).key == entry.key
+        prompt3 = make_spec(index, prompt="prompt3")
+        open_entry(f"{tmp_path}/{cache_key(prompt3)}", expect=prompt3)
+    assert open_entry(entry.path, expect=make_spec(index)).key == entry.key
 
 
 def test_edited_manifest_is_never_reused(tmp_path: Path) -> None:

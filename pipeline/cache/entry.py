@@ -1,6 +1,6 @@
 """The map-cache entry (DESIGN 3.3): Zarr v3 arrays row-aligned with the shards, one commit per shard.
 
-See `pipeline/cache.py` for the on-disk format. This module is the only code that writes it.
+See `pipeline/cache/__init__.py` for the on-disk format. This module is the only code that writes it.
 
 Why it is safe under concurrency:
 - the arrays' metadata is deterministic, so racing creators write identical `zarr.json` bytes;
@@ -23,109 +23,43 @@ Why it is safe under concurrency:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import json
-import os
-import socket
-import time
-import uuid
 from collections import Counter
-from collections.abc import Iterator
-from datetime import UTC, datetime
-from importlib import metadata
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, overload
 
 import numpy as np
 import zarr
 import zarr.errors
 from zarr.storage import FsspecStore, LocalStore
 
-from pipeline.cache_files import EntryFiles, canonical_json, pretty_json
-from pipeline.cache_rows import MAP_ARRAYS, ROW_ARRAYS, ROW_DTYPES, ShardMaps, row_counts
-from pipeline.cache_spec import (
-    CACHE_FORMAT_VERSION,
+from pipeline.cache.claims import DEFAULT_LEASE_S, ShardClaims, default_writer_id
+from pipeline.cache.files import EntryFiles
+from pipeline.cache.manifest import (
+    COMMITS_DIR,
+    MANIFEST_FILE,
+    MAPS_GROUP,
+    RESERVED_NAMES,
+    check_self_consistent,
+    create_arrays,
+    jsonable,
+    new_manifest,
+    require_same_identity,
+    spec_differences,
+    utc_now,
+)
+from pipeline.cache.rows import MAP_ARRAYS, ROW_ARRAYS, ShardMaps, row_counts
+from pipeline.cache.spec import (
     CacheMismatchError,
     CacheSpec,
     cache_key,
     full_cache_hash,
 )
-from pipeline.records import ShardIndex
-
-MANIFEST_FILE = "manifest.json"
-MAPS_GROUP = "maps.zarr"
-COMMITS_DIR = "commits"
-CLAIMS_DIR = "claims"
-
-# Long enough for a 1000-image shard on a slow GPU; an expired claim only costs duplicate work.
-DEFAULT_LEASE_S = 2 * 3600.0
+from pipeline.io import pretty_json
+from pipeline.shards.records import ShardIndex
 
 
 class ShardNotCommittedError(LookupError):
     """A reader asked for rows whose shard has no commit record (missing or half written)."""
-
-
-def _claim_is_live(held: dict[str, Any]) -> bool:
-    if float(held.get("expires_at", 0.0)) <= time.time():
-        return False
-    if held.get("host") == socket.gethostname() and isinstance(held.get("pid"), int):
-        try:
-            os.kill(held["pid"], 0)  # signal 0: only asks whether the process exists
-        except ProcessLookupError:
-            return False
-        except PermissionError:  # exists, owned by another user
-            return True
-    return True
-
-
-def default_writer_id() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-
-
-def library_versions() -> dict[str, str]:
-    """Versions that can change stored bytes or maps; read from metadata, importing nothing."""
-    versions = {}
-    for dist in (
-        "zarr",
-        "numcodecs",
-        "numpy",
-        "fsspec",
-        "s3fs",
-        "torch",
-        "transformers",
-        "bitsandbytes",
-    ):
-        try:
-            versions[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
-    return versions
-
-
-def _utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def _jsonable(value: Any) -> Any:
-    """Caller-given geometry may be a dict, a dataclass or a pydantic model; store plain JSON."""
-    if hasattr(value, "model_dump"):
-        value = value.model_dump(mode="json")
-    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
-        value = dataclasses.asdict(value)
-    return json.loads(canonical_json(value))
-
-
-def spec_differences(left: Any, right: Any, prefix: str = "") -> list[str]:
-    """Dotted paths where two JSON values differ, for error messages a person can act on."""
-    if isinstance(left, dict) and isinstance(right, dict):
-        out = []
-        for name in sorted(set(left) | set(right)):
-            path = f"{prefix}.{name}" if prefix else name
-            if name not in left or name not in right:
-                out.append(path)
-            else:
-                out += spec_differences(left[name], right[name], path)
-        return out
-    return [] if left == right else [prefix or "<value>"]
 
 
 def _zarr_store(
@@ -154,9 +88,11 @@ class CacheEntry:
         self.storage_options = storage_options
         self.writer_id = writer_id or default_writer_id()
         self._files = EntryFiles(self.path, storage_options)
+        self._claims = ShardClaims(self._files, self.writer_id)
         self._index = index  # known to writers; lets write_shard check row alignment by key
         self._shards = {s["name"]: s for s in manifest["shards"]}
         self._groups: dict[bool, zarr.Group] = {}
+        self._arrays: dict[str, zarr.Array] = {}
 
     # ---- identity -------------------------------------------------------------------------
     @property
@@ -209,16 +145,16 @@ class CacheEntry:
             )
         writer_id = writer_id or default_writer_id()
         url = f"{str(root).rstrip('/')}/{cache_key(spec)}"
-        wanted = _new_manifest(spec, index, grid, _jsonable(geometry), writer_id)
+        wanted = new_manifest(spec, index, grid, jsonable(geometry), writer_id)
         files = EntryFiles(url, storage_options)
         if not files.exists(MANIFEST_FILE):
             # Arrays first, manifest last: a manifest therefore always means the arrays exist.
-            _create_arrays(_zarr_store(f"{url}/{MAPS_GROUP}", storage_options, False), wanted)
+            create_arrays(_zarr_store(f"{url}/{MAPS_GROUP}", storage_options, False), wanted)
             files.put_if_absent(MANIFEST_FILE, pretty_json(wanted))
         found = files.get_json(MANIFEST_FILE)
-        _require_same_identity(url, found, wanted)
+        require_same_identity(url, found, wanted)
         entry = cls(url, found, storage_options, index=index, writer_id=writer_id)
-        entry._check_arrays()
+        entry.check_arrays()
         return entry
 
     def _maps_url(self) -> str:
@@ -232,7 +168,8 @@ class CacheEntry:
             self._groups[writable] = zarr.open_group(store, mode="r+" if writable else "r")
         return self._groups[writable]
 
-    def _check_arrays(self) -> None:
+    def check_arrays(self) -> None:
+        """CacheMismatchError unless every array is stored as the manifest says."""
         try:
             group = self.group()
         except (FileNotFoundError, zarr.errors.BaseZarrError) as err:
@@ -294,36 +231,10 @@ class CacheEntry:
     # ---- claims ---------------------------------------------------------------------------
     def claim_shard(self, shard_name: str, lease_s: float = DEFAULT_LEASE_S) -> bool:
         """True if this writer may compute `shard_name` now: it is pending and nobody else
-        holds a live claim. A claim is dead once its lease expires (`expires_at`, writer's
-        clock) or, on the same host, once its process is gone; dead claims are taken over so a
-        crashed run's shards are redone. Calling it again for a held claim renews the lease."""
+        holds a live claim (see `ShardClaims.take`). Calling it again renews the lease."""
         self._shard_info(shard_name)
-        relative = f"{CLAIMS_DIR}/{shard_name}.json"
-        now = time.time()
-        body = pretty_json(
-            {
-                "writer": self.writer_id,
-                "host": socket.gethostname(),
-                "pid": os.getpid(),
-                "claimed_at": now,
-                "expires_at": now + lease_s,
-            }
-        )
-        if not self._files.put_if_absent(relative, body):
-            try:
-                held = self._files.get_json(relative)
-            except FileNotFoundError:  # released between our attempt and our read
-                held = {}
-            if held.get("writer") == self.writer_id:
-                self._files.put(relative, body)  # renew our own lease
-            elif _claim_is_live(held):
-                return False
-            else:
-                # Dead claim: take it over. Two takers can both get here; they then compute
-                # the same deterministic chunks, which costs time but cannot corrupt anything.
-                self._files.remove(relative)
-                if not self._files.put_if_absent(relative, body):
-                    return False
+        if not self._claims.take(shard_name, lease_s):
+            return False
         # A writer may have committed and released between our pending check and our claim.
         if self._files.exists(f"{COMMITS_DIR}/{shard_name}.json"):
             self.release_shard(shard_name)
@@ -343,13 +254,7 @@ class CacheEntry:
 
     def release_shard(self, shard_name: str) -> None:
         """Drop this writer's claim (never someone else's)."""
-        relative = f"{CLAIMS_DIR}/{shard_name}.json"
-        try:
-            held = self._files.get_json(relative)
-        except FileNotFoundError:
-            return
-        if held.get("writer") == self.writer_id:
-            self._files.remove(relative)
+        self._claims.release(shard_name)
 
     # ---- writing and reading --------------------------------------------------------------
     def write_shard(self, shard_name: str, maps: ShardMaps) -> bool:
@@ -379,23 +284,58 @@ class CacheEntry:
         self.release_shard(shard_name)
         return created
 
-    def read_shard(self, shard_name: str) -> ShardMaps:
-        """The committed rows of one shard; ShardNotCommittedError for anything else."""
+    @overload
+    def read_shard(self, shard_name: str) -> ShardMaps: ...
+
+    @overload
+    def read_shard(self, shard_name: str, fields: Sequence[str]) -> dict[str, np.ndarray]: ...
+
+    def read_shard(
+        self, shard_name: str, fields: Sequence[str] | None = None
+    ) -> ShardMaps | dict[str, np.ndarray]:
+        """The committed rows of one shard: all of them as ShardMaps or, with `fields`, only the
+        arrays named there (e.g. `("key", "c_vlm", "valid")` for the student: the rest stays
+        on disk), one chunk read each. ShardNotCommittedError for a shard without a commit."""
         self._shard_info(shard_name)
         if not self._files.exists(f"{COMMITS_DIR}/{shard_name}.json"):
             raise ShardNotCommittedError(self._not_committed_message(shard_name))
         start, stop = self.shard_rows(shard_name)
-        group = self.group()
+        names = ROW_ARRAYS if fields is None else fields
+        unknown = [name for name in names if name not in ROW_ARRAYS]
+        if unknown:
+            raise KeyError(f"{self.path}: no arrays named {unknown} (have {list(ROW_ARRAYS)})")
+        arrays = {name: self._array(name)[start:stop] for name in names}  # one chunk each
+        if fields is not None:
+            return arrays
         return ShardMaps(
-            keys=[str(k) for k in group["key"][start:stop]],
-            c_vlm=group["c_vlm"][start:stop],
-            c_fore=group["c_fore"][start:stop],
-            c_back=group["c_back"][start:stop],
-            valid=group["valid"][start:stop],
-            reason=[str(r) for r in group["reason"][start:stop]],
-            answer=[str(a) for a in group["answer"][start:stop]],
-            fg_correct=group["fg_correct"][start:stop],
+            keys=[str(k) for k in arrays["key"]],
+            c_vlm=arrays["c_vlm"],
+            c_fore=arrays["c_fore"],
+            c_back=arrays["c_back"],
+            valid=arrays["valid"],
+            reason=[str(r) for r in arrays["reason"]],
+            answer=[str(a) for a in arrays["answer"]],
+            fg_correct=arrays["fg_correct"],
         )
+
+    def _array(self, name: str) -> zarr.Array:
+        # Opened once per entry: on object stores each open costs a metadata request.
+        if name not in self._arrays:
+            self._arrays[name] = self.group()[name]
+        return self._arrays[name]
+
+    def foreign_commits(self) -> list[str]:
+        """Commit records of shards this entry's manifest does not list (damage, for verify)."""
+        names = self._files.list_names(COMMITS_DIR, suffix=".json")
+        return [n for n in names if n.removesuffix(".json") not in self._shards]
+
+    def put_file(self, relative: str, data: bytes) -> str:
+        """Store a side file of the entry (previews, audit records) through the entry's own file
+        layer: atomic locally, one PUT on object stores. Returns its URL."""
+        if relative.split("/", 1)[0] in RESERVED_NAMES:
+            raise ValueError(f"{self.path}: {relative!r} is part of the entry's format")
+        self._files.put(relative, data)
+        return self._files.url_of(relative)
 
     def summary(self) -> dict[str, Any]:
         """Counts for the flow's summary artifact, from the commit records alone (cheap)."""
@@ -426,105 +366,6 @@ class CacheEntry:
         }
 
 
-def _new_manifest(
-    spec: CacheSpec, index: ShardIndex, grid: int, geometry: Any, writer_id: str
-) -> dict[str, Any]:
-    if grid <= 0:
-        raise ValueError(f"grid must be positive, got {grid}")
-    num_rows = index.num_samples
-    # Chunk = shard: one chunk per shard is what makes a shard one writer's atomic unit.
-    chunk_rows = max(1, index.shard_size)
-    for position, shard in enumerate(index.shards[:-1]):
-        if shard.count != index.shard_size:
-            raise ValueError(
-                f"index {index.dataset}/{index.split}: shard {shard.name} (#{position}) has "
-                f"{shard.count} samples; all but the last must have shard_size={index.shard_size} "
-                "for shards to be chunks"
-            )
-    arrays = {}
-    for name, (data_type, _) in ROW_ARRAYS.items():
-        per_row = [grid, grid] if name in MAP_ARRAYS else []
-        arrays[name] = {
-            "data_type": data_type,
-            "shape": [num_rows, *per_row],
-            "chunks": [chunk_rows, *per_row],
-        }
-    offsets = index.shard_offsets()
-    return {
-        "format_version": CACHE_FORMAT_VERSION,
-        "cache_key": cache_key(spec),
-        "cache_hash": full_cache_hash(spec),
-        "spec": spec.model_dump(mode="json"),
-        "grid": grid,
-        "geometry": geometry,
-        "shard_size": index.shard_size,
-        "num_rows": num_rows,
-        "shards": [
-            {"name": s.name, "count": s.count, "sha256": s.sha256, "row_offset": offset}
-            for s, offset in zip(index.shards, offsets, strict=True)
-        ],
-        "arrays": arrays,
-        "shard_state": (
-            f"derived, never stored here: a shard is committed iff {COMMITS_DIR}/<shard>.json "
-            "exists; otherwise pending and its rows must not be read"
-        ),
-        "library_versions": library_versions(),
-        "created": _utc_now(),
-        "created_by": writer_id,
-    }
-
-
-# What must agree between a found manifest and a request; the rest (time, versions) is history.
-_IDENTITY_FIELDS = (
-    "format_version",
-    "cache_key",
-    "cache_hash",
-    "spec",
-    "grid",
-    "geometry",
-    "shard_size",
-    "num_rows",
-    "shards",
-    "arrays",
-)
-
-
-def _require_same_identity(url: str, found: dict[str, Any], wanted: dict[str, Any]) -> None:
-    differing = [f for f in _IDENTITY_FIELDS if found.get(f) != wanted.get(f)]
-    if differing:
-        details = spec_differences(
-            {f: found.get(f) for f in differing}, {f: wanted.get(f) for f in differing}
-        )
-        raise CacheMismatchError(
-            f"{url}/{MANIFEST_FILE} does not match the requested entry (differs in: "
-            f"{', '.join(details[:8])}); refusing to reuse it. Use another cache root or "
-            "remove this entry"
-        )
-
-
-def _create_arrays(store: Any, manifest: dict[str, Any]) -> None:
-    """Create the group and arrays; a racing creator writes identical metadata, so ignore it."""
-    try:
-        group = zarr.open_group(store, mode="a", zarr_format=3)
-    except zarr.errors.ContainsGroupError:  # another creator won the race between check and set
-        group = zarr.open_group(store, mode="r+", zarr_format=3)
-    for name, (data_type, fill) in ROW_ARRAYS.items():
-        if name in group:
-            continue  # validated against the manifest after opening
-        layout = manifest["arrays"][name]
-        try:
-            group.create_array(
-                name,
-                shape=tuple(layout["shape"]),
-                chunks=tuple(layout["chunks"]),
-                dtype=ROW_DTYPES[data_type],
-                fill_value=fill,
-                overwrite=False,
-            )
-        except zarr.errors.ContainsArrayError:
-            continue
-
-
 def _commit_record(
     entry: CacheEntry, shard_name: str, info: dict[str, Any], maps: ShardMaps
 ) -> dict[str, Any]:
@@ -537,7 +378,7 @@ def _commit_record(
         "count": info["count"],
         **row_counts(maps.valid, maps.reason, maps.fg_correct),
         "writer": entry.writer_id,
-        "committed_at": _utc_now(),
+        "committed_at": utc_now(),
     }
 
 
@@ -559,7 +400,7 @@ def open_entry(
             f"no map-cache entry at {url} ({MANIFEST_FILE} missing); "
             "`python -m pipeline cache ls <root>` lists the entries of a root"
         ) from err
-    _check_self_consistent(url, manifest)
+    check_self_consistent(url, manifest)
     if expect is not None and manifest["cache_hash"] != full_cache_hash(expect):
         wanted = expect.model_dump(mode="json")
         details = spec_differences(manifest["spec"], wanted)
@@ -570,42 +411,8 @@ def open_entry(
     entry = CacheEntry(url, manifest, storage_options, index=index)
     if index is not None:
         entry.check_matches(index)
-    entry._check_arrays()
+    entry.check_arrays()
     return entry
-
-
-def _check_self_consistent(url: str, manifest: dict[str, Any]) -> None:
-    """A manifest whose stored spec does not hash to its own key was edited or is foreign."""
-    required = ("format_version", "cache_key", "cache_hash", "spec", "grid", "shards", "arrays")
-    missing = [f for f in required if f not in manifest]
-    if missing:
-        raise CacheMismatchError(f"{url}/{MANIFEST_FILE}: missing fields {missing}")
-    if manifest["format_version"] != CACHE_FORMAT_VERSION:
-        raise CacheMismatchError(
-            f"{url}/{MANIFEST_FILE}: format version {manifest['format_version']}, this code reads "
-            f"{CACHE_FORMAT_VERSION}"
-        )
-    try:
-        spec = CacheSpec.model_validate(manifest["spec"])
-    except ValueError as err:
-        raise CacheMismatchError(f"{url}/{MANIFEST_FILE}: unreadable spec ({err})") from err
-    if full_cache_hash(spec) != manifest["cache_hash"] or cache_key(spec) != manifest["cache_key"]:
-        raise CacheMismatchError(
-            f"{url}/{MANIFEST_FILE}: the spec no longer hashes to the entry's key "
-            f"{manifest['cache_key']} (edited by hand?); refusing to use it"
-        )
-    directory = url.rsplit("/", 1)[-1]
-    if directory != manifest["cache_key"]:
-        raise CacheMismatchError(
-            f"{url}: directory name {directory!r} is not the entry's key {manifest['cache_key']!r}"
-        )
-
-
-def find_entry(
-    root: str, spec: CacheSpec, storage_options: dict[str, Any] | None = None
-) -> CacheEntry:
-    """The existing entry for `spec` under `root` (readers: the student, the CLI)."""
-    return open_entry(f"{str(root).rstrip('/')}/{cache_key(spec)}", storage_options, expect=spec)
 
 
 def scan_root(

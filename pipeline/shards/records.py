@@ -7,10 +7,11 @@ stages, so they live here, below every other package.
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 from pydantic import BaseModel, Field
+
+from pipeline.io import canonical_json
 
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in original-image pixels
 
@@ -70,8 +71,7 @@ class ShardIndex(BaseModel):
         every cache built on shards whose bytes did not change.
         """
         body = self.model_dump(exclude={"fingerprint", "source_fingerprint"})
-        canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()
+        return hashlib.sha256(canonical_json(body).encode()).hexdigest()
 
     @property
     def num_samples(self) -> int:

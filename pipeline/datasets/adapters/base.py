@@ -7,9 +7,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.records import Box, SkippedSample
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
+from pipeline.shards.records import Box, SkippedSample
 
 
 @dataclass
@@ -63,7 +61,3 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 def make_key(*parts: str) -> str:
     """A webdataset key: stable, no dots (webdataset splits keys at the first dot)."""
     return "_".join(_UNSAFE.sub("-", p).strip("-") for p in parts if p)
-
-
-def is_image_file(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_SUFFIXES

@@ -18,7 +18,7 @@ import webdataset as wds
 from PIL import Image
 
 from pipeline.cache import CacheEntry, CacheSpec, ShardMaps
-from pipeline.records import ShardIndex, ShardInfo
+from pipeline.shards.records import ShardIndex, ShardInfo
 
 IMAGE_SIZE = 32
 TEACHER_GRID = 8  # 4 px cells over a 32 px image
@@ -109,6 +109,7 @@ def write_toy_cache(
     toy: ToySplit,
     commit: int | None = None,
     geometry: dict | None = None,
+    storage_options: dict | None = None,
 ) -> CacheEntry:
     """A cache entry for `toy`, with only its first `commit` shards committed (None: all).
 
@@ -125,6 +126,7 @@ def write_toy_cache(
         toy.index,
         grid=TEACHER_GRID,
         geometry=geometry or {"mode": "resize", "size": IMAGE_SIZE},
+        storage_options=storage_options,
     )
     shards = toy.index.shards if commit is None else toy.index.shards[:commit]
     for shard in shards:

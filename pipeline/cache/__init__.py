@@ -55,22 +55,21 @@ S3 and other object stores: pass `storage_options` (for example
 (`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, ...). Exclusive creation uses `If-None-Match: *`.
 """
 
-from pipeline.cache_rows import ShardMaps
-from pipeline.cache_spec import (
+from pipeline.cache.entry import (
+    DEFAULT_LEASE_S,
+    CacheEntry,
+    ShardNotCommittedError,
+    list_entries,
+    open_entry,
+    scan_root,
+)
+from pipeline.cache.rows import ShardMaps
+from pipeline.cache.spec import (
     CACHE_FORMAT_VERSION,
     CacheMismatchError,
     CacheSpec,
     cache_key,
     full_cache_hash,
-)
-from pipeline.cache_store import (
-    DEFAULT_LEASE_S,
-    CacheEntry,
-    ShardNotCommittedError,
-    find_entry,
-    list_entries,
-    open_entry,
-    scan_root,
 )
 
 __all__ = [
@@ -82,7 +81,6 @@ __all__ = [
     "ShardMaps",
     "ShardNotCommittedError",
     "cache_key",
-    "find_entry",
     "full_cache_hash",
     "list_entries",
     "open_entry",
