@@ -62,7 +62,11 @@ def evaluate_task(params: EvalParams) -> dict:
 @flow(name="evaluate-ivit")
 def evaluate_flow(params: EvalParams) -> dict:
     result = evaluate_task(params)
-    lines = [f"# {params.run} on {params.dataset}/{params.split}", f"- top-1: {result['top1']:.4f}"]
+    lines = [f"# {params.run} on {params.dataset}/{params.split}"]
+    if "top1" in result:
+        lines.append(f"- top-1: {result['top1']:.4f}")
+    # dense runs: COCOeval's numbers (bbox_mAP, bbox_AP50, ..., segm_mAP, ...)
+    lines += [f"- {k}: {v:.4f}" for k, v in result.items() if k.startswith(("bbox_", "segm_"))]
     for domain, accuracy in sorted(result.get("domains", {}).items()):
         lines.append(f"- {domain}: {accuracy:.4f}")
     if result.get("domain_variance") is not None:

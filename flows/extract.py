@@ -32,6 +32,7 @@ from pydantic import BaseModel, Field
 
 import flows  # noqa: F401  (Prefect settings)
 from flows.cli_args import add_model_arguments, parse_model
+from flows.retries import retry_unless_user_error
 from flows.runtime import (
     default_concurrency,
     describe,
@@ -64,11 +65,17 @@ class ExtractParams(BaseModel):
     )
     quant: Literal["4bit", "8bit", "none"] = "4bit"
     dtype: Literal["float16", "bfloat16", "float32"] = "float16"
-    prompt: Literal["prompt1", "prompt2", "prompt3", "dense"] = "prompt1"
+    prompt: Literal["prompt1", "prompt2", "prompt3", "dense"] | None = Field(
+        None, description="None: 'dense' (Eq. 12) for detection datasets, else 'prompt1'"
+    )
     answer_mode: Literal["forced-foreground", "generate"] = "forced-foreground"
     revision: str | None = Field(None, description="hub revision of the teacher (None: default)")
     view: Literal["pad", "crop", "resize"] = Field("pad", description="teacher view of the image")
-    box_width: int = Field(3, ge=0, description="visual-prompt box width at 336 px (0: no boxes)")
+    box_width: int = Field(
+        3,
+        ge=0,
+        description="visual-prompt box width at 336 px (0: no boxes, Table 9's language only)",
+    )
     box_color: tuple[int, int, int] = Field((255, 0, 0), description="visual-prompt box RGB")
     layers: list[int] | None = Field(None, description="decoder layers to average (None: all)")
     heads: list[int] | None = Field(None, description="attention heads to average (None: all)")
@@ -82,11 +89,22 @@ class ExtractParams(BaseModel):
     def teacher_config_json(self) -> str:
         from teacher import TeacherConfig
 
-        fields = ("quant", "dtype", "prompt", "answer_mode", "revision", "view", "box_width",
+        fields = ("quant", "dtype", "answer_mode", "revision", "view", "box_width",
                   "box_color", "layers", "heads", "max_new_tokens", "batch_size", "audit")  # fmt: skip
         return TeacherConfig(
-            model=self.teacher, **{name: getattr(self, name) for name in fields}
+            model=self.teacher,
+            prompt=self.resolved_prompt(),
+            **{name: getattr(self, name) for name in fields},
         ).model_dump_json()
+
+    def resolved_prompt(self) -> str:
+        """The prompt asked for, else the dataset's own: dense for detection datasets."""
+        if self.prompt is not None:
+            return self.prompt
+        from pipeline.datasets.registry import get_entry, load_registry
+
+        known = self.dataset in load_registry()
+        return "dense" if known and get_entry(self.dataset).task == "detection" else "prompt1"
 
     def shard_dir(self) -> Path:
         return Path(self.shards_root) / self.dataset / self.split
@@ -139,14 +157,19 @@ def prepare_shards(params: ExtractParams) -> str:
     return str(outcome.out_dir)
 
 
-@task(retries=2, retry_delay_seconds=10)
+@task(retries=2, retry_delay_seconds=10, retry_condition_fn=retry_unless_user_error)
 def open_cache_entry(params: ExtractParams) -> tuple[str, list[str]]:
     """Create or open the entry; returns its location and the shards still to compute."""
     entry = _open_entry(params)
     return entry.path, entry.pending_shards()
 
 
-@task(retries=2, retry_delay_seconds=10, task_run_name="extract {shard_name}")
+@task(
+    retries=2,
+    retry_delay_seconds=10,
+    retry_condition_fn=retry_unless_user_error,
+    task_run_name="extract {shard_name}",
+)
 def extract_shard(
     params: ExtractParams, entry_path: str, shard_name: str, wait: bool = True, poll_s: float = 2.0
 ) -> dict:
@@ -291,6 +314,15 @@ def extract_flow(params: ExtractParams) -> dict:
     return publish_summary(params, entry_path, results, time.perf_counter() - started)
 
 
+def check_teacher(params: ExtractParams) -> None:
+    """Before the flow: the teacher's checkpoint can be had (the hub's reachability is decided
+    here, once; offline, the local Hugging Face cache must hold it), else TeacherWeightsError
+    says how to supply it, in seconds, instead of a task failing under retries."""
+    from teacher import TeacherConfig, load_config_and_processor
+
+    load_config_and_processor(TeacherConfig.model_validate_json(params.teacher_config_json()))
+
+
 def run_extract(params: ExtractParams, runner: str = "threads", workers: int = 2) -> dict:
     """Run the flow with the chosen task runner (threads in-process, or a local Dask cluster)."""
     concurrency = params.concurrency or default_concurrency()
@@ -306,6 +338,8 @@ def run_extract(params: ExtractParams, runner: str = "threads", workers: int = 2
 
 
 def main(argv: list[str] | None = None) -> int:
+    from teacher import TeacherWeightsError
+
     parser = argparse.ArgumentParser(prog="python -m flows.extract", description=__doc__)
     add_model_arguments(parser, ExtractParams)
     parser.add_argument("--runner", choices=["threads", "dask"], default="threads")
@@ -315,10 +349,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     params = parse_model(ExtractParams, args)
-    if args.which_entry:
-        print(entry_location(params))
-        return 0
-    summary = run_extract(params, args.runner, args.workers)
+    try:
+        if args.which_entry:
+            print(entry_location(params))
+            return 0
+        check_teacher(params)
+        summary = run_extract(params, args.runner, args.workers)
+    except TeacherWeightsError as err:  # the user's to fix: the message says how, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(
         json.dumps(
             {

@@ -7,7 +7,7 @@ import contextlib
 import json
 import math
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -224,10 +224,16 @@ def fit(
     cfg: TrainConfig,
     device: torch.device | str = "cpu",
     resolved_config: dict | None = None,
+    *,
+    epoch_fn: Callable[..., dict] = train_one_epoch,
+    evaluate_fn: Callable[..., dict] = evaluate,
+    overlay_fn: Callable[..., Path | None] = save_interaction_overlays,
+    curves_fn: Callable[[Path, Path], Path] = plot_curves,
 ) -> list[dict]:
     """Epochs from the last checkpoint (if `cfg.resume`) to `cfg.epochs`; each epoch appends a
     line to metrics.jsonl, rewrites checkpoint-last and the figures. Returns this call's rows.
-    `model` may be DDP-wrapped; then only rank 0 writes files."""
+    `model` may be DDP-wrapped; then only rank 0 writes files. The loops and pictures are the
+    classifier's by default; dense students pass their own (student.dense.engine)."""
     device = torch.device(device)
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -249,30 +255,32 @@ def fit(
         for loader in (train_loader, val_loader):
             if hasattr(loader, "set_epoch"):  # shuffles depend on the epoch, so resume replays them
                 loader.set_epoch(epoch)
-        train = train_one_epoch(
+        train = epoch_fn(
             model, criterion, train_loader, optimizer, scheduler, device, epoch, use_amp,
             step=state.step, scaler=scaler, amp_dtype=amp_dtype, grad_clip=cfg.grad_clip,
         )  # fmt: skip
         state = TrainingState(epoch=epoch + 1, step=train["step"])
         row = {"epoch": epoch + 1, "step": state.step, "lr": train["lr"]}
-        row.update({f"train_{k}": train[k] for k in ("loss", "ce", "align", "top1")})
+        row.update(
+            {f"train_{k}": v for k, v in train.items() if k not in ("step", "lr", "samples")}
+        )
         if val_loader is not None and (
             (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
         ):
-            val = evaluate(
+            val = evaluate_fn(
                 model, val_loader, device, criterion=criterion, amp=use_amp, amp_dtype=amp_dtype
             )
             row.update({f"val_{k}": v for k, v in val.items() if k != "samples"})
             first = next(iter(val_loader), None) if main and cfg.overlays else None
             if first is not None:
                 overlay = run_dir / "overlays" / f"epoch-{epoch + 1:03d}.png"
-                save_interaction_overlays(bare, first, overlay, cfg.overlays)
+                overlay_fn(bare, first, overlay, cfg.overlays)
         rows.append(row)
         if main:
             save_checkpoint(run_dir / LAST_CHECKPOINT, bare, optimizer, state, scheduler, scaler)
             with metrics_path.open("a") as f:
                 f.write(json.dumps(row) + "\n")
-            plot_curves(metrics_path, run_dir / "curves.png")
+            curves_fn(metrics_path, run_dir / "curves.png")
     return rows
 
 

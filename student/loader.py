@@ -430,15 +430,23 @@ class ShardMapLoader:
             pipeline = pipeline.shuffle(
                 cfg.shuffle_buffer, seed=derive_seed("samples", cfg.seed, epoch, repeat)
             )
+        pipeline = pipeline.map(self.decode_stage(geometry))
+        return pipeline.batched(
+            cfg.batch_size, collation_fn=self.collate_stage(), partial=not cfg.train
+        )
+
+    def decode_stage(self, geometry: dict[str, Any] | None) -> DecodeAndView:
+        """Decode + view of one sample (dense students override it to carry their targets)."""
+        cfg = self.config
         transform = PairedTransform(
             cfg.img_size, cfg.patch_size, cfg.mean, cfg.std, cfg.train,
             scale=cfg.crop_scale, ratio=cfg.crop_ratio, hflip_p=cfg.hflip_p,
             eval_crop_fraction=cfg.eval_crop_fraction,
         )  # fmt: skip
-        pipeline = pipeline.map(DecodeAndView(transform, geometry))
-        return pipeline.batched(
-            cfg.batch_size, collation_fn=Collate(cfg.grid), partial=not cfg.train
-        )
+        return DecodeAndView(transform, geometry)
+
+    def collate_stage(self) -> Collate:
+        return Collate(self.config.grid)
 
     def _batches(self, epoch: int, repeat: int = 0) -> Iterator[Batch]:
         cfg = self.config

@@ -13,12 +13,14 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from student.build import build, build_optimizer, build_scheduler
 from student.checkpoint import LAST_CHECKPOINT, load_checkpoint
 from student.config import StudentConfig, TrainConfig
+from student.dense.config import DetrConfig
 from student.distributed import cleanup, init_distributed, wrap_ddp
 from student.engine import evaluate, fit
 from student.human_alignment import HumanAlignment, load_human_maps, split_records
@@ -49,6 +51,10 @@ class RunConfig(BaseModel):
     train: TrainConfig
     data: DataConfig
     device: str = Field("auto", description="auto | cpu | cuda")
+    task: Literal["classify", "detect", "segment"] = Field(
+        "classify", description="detect/segment: the I-ViT inside Conditional DETR (DESIGN 9)"
+    )
+    detr: DetrConfig | None = Field(None, description="the detector's size (dense tasks)")
 
 
 def _loader(cfg: RunConfig, model: IViT, split: str, cache: str | None, train: bool):
@@ -62,6 +68,10 @@ def _loader(cfg: RunConfig, model: IViT, split: str, cache: str | None, train: b
 
 def run_training(cfg: RunConfig) -> list[dict]:
     """Train (or resume) the run described by `cfg`; returns this call's metric rows."""
+    if cfg.task != "classify":
+        from student.dense.run import run_dense_training
+
+        return run_dense_training(cfg)
     context = init_distributed(device=cfg.device)
     try:
         model, criterion = build(cfg.student)
@@ -99,6 +109,10 @@ def evaluate_run(
     stands in) with its bar chart. C_VLM comes from `cache_entry`, by default the run's own
     entry for that split."""
     cfg = RunConfig.model_validate_json((run_dir / "config.json").read_text())
+    if cfg.task != "classify":
+        from student.dense.run import evaluate_dense_run
+
+        return evaluate_dense_run(cfg, run_dir, split, shard_dir, device, cache_entry)
     context = init_distributed(device=device)
     model, _ = build(cfg.student)
     load_checkpoint(run_dir / LAST_CHECKPOINT, model, restore_rng=False)

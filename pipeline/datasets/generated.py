@@ -84,8 +84,7 @@ def draw_shape(draw: ImageDraw.ImageDraw, label: int, cx: float, cy: float, r: f
         draw.rectangle((cx - r, cy - r / 3, cx + r, cy + r / 3), fill=fill)
 
 
-def _background(rng: np.random.Generator) -> Image.Image:
-    size = IMAGE_SIZE
+def _background(rng: np.random.Generator, size: int = IMAGE_SIZE) -> Image.Image:
     kind = rng.integers(4)
     c0, c1 = rng.integers(60, 200, size=(2, 3))
     ys, xs = np.mgrid[0:size, 0:size] / (size - 1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from functools import cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel
 
@@ -24,6 +25,10 @@ class DatasetEntry(BaseModel):
     obtain: str
     classes: str
     generated: bool = False
+    generator: Literal["sample", "sample-coco"] = "sample"  # which generator writes it
+    # detection: boxes with categories (and masks) for dense students; extraction defaults to
+    # the dense prompt (Eq. 12)
+    task: Literal["classification", "detection"] = "classification"
 
     def default_root(self) -> Path:
         # A relocated data dir (LFI_DATA_DIR) moves raw data with it.
@@ -57,7 +62,11 @@ def open_adapter(name: str, split: str, root: Path | None = None) -> tuple[Datas
     entry = get_entry(name)
     root = Path(root) if root else entry.default_root()
     if not root.exists():
-        if entry.generated:
+        if entry.generated and entry.generator == "sample-coco":
+            from pipeline.datasets.sample_coco import write_sample_coco
+
+            write_sample_coco(root)
+        elif entry.generated:
             write_sample_dataset(root)
         else:
             raise DatasetMissingError(

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, Field
 
 from pipeline.io import canonical_json
 
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in original-image pixels
+# {"size": [height, width], "counts": "<COCO compressed RLE>"}: pycocotools.mask.decode reads it
+MaskRLE = dict[str, Any]
 
 INDEX_FILE = "index.json"
 INDEX_FORMAT = 1
@@ -27,6 +30,10 @@ class SampleRecord(BaseModel):
     boxes: list[Box] = Field(default_factory=list, description="[x0, y0, x1, y1] in pixels")
     box_labels: list[int] = Field(
         default_factory=list, description="class index of each box (empty: all are `label`)"
+    )
+    masks: list[MaskRLE] = Field(
+        default_factory=list,
+        description="instance masks, one per box in box order, COCO compressed RLE (pipeline.shards.masks)",
     )
     width: int = Field(gt=0)
     height: int = Field(gt=0)

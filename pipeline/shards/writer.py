@@ -20,7 +20,8 @@ from tqdm import tqdm
 
 from pipeline.datasets.adapters import AdapterResult, RawSample
 from pipeline.io import TMP_SUFFIX, atomic_path, atomic_write_text
-from pipeline.shards.checks import BadSample, CheckedImage, check_boxes, check_image
+from pipeline.shards.checks import BadSample, CheckedImage, check_image
+from pipeline.shards.masks import check_dense_targets
 from pipeline.shards.records import (
     INDEX_FILE,
     SampleRecord,
@@ -30,7 +31,7 @@ from pipeline.shards.records import (
     read_index,
 )
 
-WRITER_VERSION = 1
+WRITER_VERSION = 2  # 2: instance masks in the records
 SHARD_PATTERN = "shard-{:06d}.tar"
 LOCK_FILE = ".write.lock"
 
@@ -184,8 +185,8 @@ def _write_all(
         if key in seen_keys:  # two raw names that sanitize alike: keep both, disambiguated
             key = f"{key}-{hashlib.sha1(source.encode()).hexdigest()[:8]}"
         seen_keys.add(key)
-        boxes, box_labels, box_repairs = check_boxes(
-            sample.boxes, sample.box_labels, checked.width, checked.height
+        boxes, box_labels, masks, box_repairs = check_dense_targets(
+            sample.boxes, sample.box_labels, sample.masks, checked.width, checked.height
         )
         repairs = [*sample.notes, *checked.repairs, *box_repairs]
         if repairs:
@@ -195,6 +196,7 @@ def _write_all(
             class_name=result.classes[sample.label],
             boxes=boxes,
             box_labels=box_labels,
+            masks=masks,
             width=checked.width,
             height=checked.height,
             source=source,

@@ -8,11 +8,13 @@ from pipeline.datasets.adapters.base import AdapterResult, DatasetAdapter, RawSa
 from pipeline.datasets.adapters.coco import CocoAdapter
 from pipeline.datasets.adapters.imagefolder import ImageFolderAdapter
 from pipeline.datasets.adapters.tinyimagenet import TinyImageNetAdapter
+from pipeline.datasets.adapters.voc import VocAdapter
 
 ADAPTERS: dict[str, type[DatasetAdapter]] = {
     "tinyimagenet": TinyImageNetAdapter,
     "imagefolder": ImageFolderAdapter,
     "coco": CocoAdapter,
+    "voc": VocAdapter,
 }
 
 __all__ = [
@@ -23,4 +25,5 @@ __all__ = [
     "ImageFolderAdapter",
     "RawSample",
     "TinyImageNetAdapter",
+    "VocAdapter",
 ]

@@ -7,7 +7,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.shards.records import Box, SkippedSample
+from pipeline.shards.records import Box, MaskRLE, SkippedSample
 
 
 @dataclass
@@ -19,6 +19,7 @@ class RawSample:
     label: int
     boxes: list[Box] = field(default_factory=list)
     box_labels: list[int] = field(default_factory=list)
+    masks: list[MaskRLE] = field(default_factory=list)  # COCO RLE per box (pipeline.shards.masks)
     domain: str | None = None
     notes: list[str] = field(default_factory=list)  # annotation-level repairs (e.g. no box file)
 

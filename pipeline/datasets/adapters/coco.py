@@ -5,7 +5,9 @@
 
 Boxes are COCO's [x, y, w, h] turned into [x0, y0, x1, y1]; crowd regions are left out. The
 sample's single `label` (what classification and Prompt 1 need) is the category of the largest
-box; `box_labels` keeps every box's category for the dense prompt (Eq. 12).
+box; `box_labels` keeps every box's category for the dense prompt (Eq. 12); `masks` keeps each
+box's instance mask (polygons or RLE, turned into compressed RLE by pycocotools) when every
+annotation of the image has a segmentation.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import io
 from pycocotools.coco import COCO
 
 from pipeline.datasets.adapters.base import AdapterResult, DatasetAdapter, RawSample, make_key
+from pipeline.shards.masks import from_coco_segmentation
 from pipeline.shards.records import SkippedSample
 
 
@@ -47,6 +50,7 @@ class CocoAdapter(DatasetAdapter):
             if not annotations:
                 result.skipped.append(SkippedSample(source=str(path), reason="no object boxes"))
                 continue
+            has_masks = all(a.get("segmentation") for a in annotations)
             largest = max(annotations, key=lambda a: a["bbox"][2] * a["bbox"][3])
             result.samples.append(
                 RawSample(
@@ -55,6 +59,12 @@ class CocoAdapter(DatasetAdapter):
                     label=label_of[largest["category_id"]],
                     boxes=[(x, y, x + w, y + h) for x, y, w, h in (a["bbox"] for a in annotations)],
                     box_labels=[label_of[a["category_id"]] for a in annotations],
+                    masks=[
+                        from_coco_segmentation(a["segmentation"], info["height"], info["width"])
+                        for a in annotations
+                    ]
+                    if has_masks
+                    else [],
                 )
             )
         return result
