@@ -34,6 +34,14 @@ BOXES      ?= 1
 CACHE_ENTRY ?=
 HUMAN      ?=
 EVAL_ENTRY ?=
+# Scale-out (make cluster, make launch).
+WORKERS    ?= 1
+GPUS       ?=
+HOST       ?= 127.0.0.1
+PORT       ?= 4200
+POOL       ?= gpus
+RUNS       ?= 1
+CLUSTER_API ?= http://127.0.0.1:$(PORT)/api
 DEMO_QUANT ?= 4bit
 # Experiments.
 EXP        ?= smoke
@@ -54,14 +62,15 @@ AUDIT_ARG := $(if $(filter 1 true yes,$(AUDIT)),--audit,)
 # Table 9's language-only maps: no box overlay, which is its own cache entry.
 PROMPT_ARG := $(if $(PROMPT),--prompt $(PROMPT),) $(if $(filter 0 no false,$(BOXES)),--box-width 0,)
 
-.PHONY: help setup test lint demo demo-detect bench-dense shards tiny-teacher extract train eval ui bench bench-extract bench-student bench-loader clean backbone bench-science experiment bench-gpu
+.PHONY: help setup test lint demo demo-detect bench-dense shards tiny-teacher extract train eval ui bench bench-extract bench-student bench-loader clean backbone bench-science experiment bench-gpu cluster launch
 
 help: ## this list
 	@echo "Targets (variables: DATASET=$(DATASET) SPLIT=$(SPLIT) ROOT=$(ROOT) SHARDS=$(SHARDS) SHARD_SIZE=$(SHARD_SIZE)"
 	@echo "         TEACHER=$(TEACHER) QUANT=$(QUANT) CACHE=$(CACHE) AUDIT=$(AUDIT) MODEL=$(MODEL) WEIGHTS=$(WEIGHTS)"
 	@echo "         BATCH_SIZE=$(BATCH_SIZE) EPOCHS=$(EPOCHS) BATCH=$(BATCH) FRACTION=$(FRACTION) RUN=$(RUN)"
 	@echo "         CACHE_ENTRY=$(CACHE_ENTRY) EVAL_SPLIT=$(EVAL_SPLIT) EVAL_ENTRY=$(EVAL_ENTRY) HUMAN=$(HUMAN) TRAIN_ARGS=$(TRAIN_ARGS)"
-	@echo "         TASK=$(TASK) PROMPT=$(PROMPT) BOXES=$(BOXES))"
+	@echo "         TASK=$(TASK) PROMPT=$(PROMPT) BOXES=$(BOXES)"
+	@echo "         WORKERS=$(WORKERS) GPUS=$(GPUS) HOST=$(HOST) PORT=$(PORT) POOL=$(POOL) RUNS=$(RUNS))"
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
@@ -115,6 +124,18 @@ backbone: $(STAMP) ## pretrain the stand-in foundation ViT of bench-science (sha
 
 ui: $(STAMP) ## Prefect UI on http://127.0.0.1:4200 with deployments of the extract, train and evaluate flows
 	$(PY) -m flows.serve --port 4200
+
+cluster: $(STAMP) ## server with an auth string, process pool POOL, WORKERS workers (one per GPU; or GPUS=0,1), deployments; Ctrl-C stops all
+	$(PY) -m flows.cluster --workers $(WORKERS) $(if $(GPUS),--gpus $(GPUS),) --host $(HOST) --port $(PORT) --pool $(POOL)
+
+# Paths go to workers as absolute paths (their flow runs have their own working directory).
+ABS_CACHE := $(if $(findstring ://,$(CACHE)),$(CACHE),$(abspath $(CACHE)))
+launch: $(STAMP) ## RUNS extract runs of DATASET/SPLIT on the cluster's workers, waits for them (extract's variables)
+	@if [ "$(TEACHER)" = "tiny" ] && [ ! -f data/models/tiny-llava/config.json ]; then $(MAKE) --no-print-directory tiny-teacher; fi
+	PREFECT_API_URL=$(CLUSTER_API) PREFECT_API_AUTH_STRING="$${PREFECT_API_AUTH_STRING:-$$(cat data/prefect/api-auth)}" \
+	$(PY) -m flows.launch --runs $(RUNS) --wait --dataset $(DATASET) --split $(SPLIT) $(ROOT_ARG) \
+	  --shards-root $(abspath $(SHARDS)) --shard-size $(SHARD_SIZE) --teacher $(TEACHER) --quant $(QUANT) \
+	  --cache-root $(ABS_CACHE) --batch-size $(BATCH_SIZE) $(AUDIT_ARG)
 
 bench: bench-extract bench-student bench-loader bench-dense ## every benchmark (each ends with a RESULT line)
 

@@ -1,13 +1,14 @@
 """Register the flows with a Prefect server's work pool, for workers on other machines/GPUs.
 
-    export PREFECT_API_URL=http://<server>:4200/api
+    export PREFECT_API_URL=http://<server>:4200/api PREFECT_API_AUTH_STRING=<the server's>
     prefect work-pool create gpus --type process
     python -m flows.deploy --pool gpus
-    CUDA_VISIBLE_DEVICES=0 prefect worker start --pool gpus      # one worker per GPU
+    CUDA_VISIBLE_DEVICES=0 prefect worker start --pool gpus --limit 1   # one worker per GPU
 
 The deployments run this checkout's code (a process work pool on machines that share it, or
 the same path on each); launch several `extract` runs with the same parameters and they split
-the shards between them through the cache's per-shard claims.
+the shards between them through the cache's per-shard claims (`python -m flows.launch --runs N`).
+`python -m flows.cluster` (`make cluster`) does all of this on one machine.
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ def main(argv: list[str] | None = None) -> int:
 
     for name, entrypoint in ENTRYPOINTS.items():
         flow = Flow.from_source(source=str(PROJECT_ROOT), entrypoint=entrypoint)
-        flow.deploy(name=name, work_pool_name=args.pool, print_next_steps=False)
+        flow.deploy(
+            name=name, work_pool_name=args.pool, print_next_steps=False, ignore_warnings=True
+        )
         print(f"deployed {flow.name}/{name} on work pool {args.pool}")
     return 0
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -31,7 +33,14 @@ from pydantic import BaseModel, Field
 import flows  # noqa: F401  (Prefect settings)
 from flows.cli_args import add_model_arguments, parse_model
 from flows.retries import retry_unless_user_error
-from flows.runtime import default_concurrency, describe, device_pool, get_teacher
+from flows.runtime import (
+    default_concurrency,
+    describe,
+    device_pool,
+    get_teacher,
+    teacher_loads,
+    visible_gpus,
+)
 from pipeline.cache import CacheEntry, CacheSpec, cache_key, open_entry
 from pipeline.paths import data_dir
 from pipeline.shards.build import ensure_shards
@@ -223,6 +232,12 @@ def _compute_shard(
         "seconds": time.perf_counter() - started,
         "invalid": int((~maps.valid).sum()),
         "non_finite": count_non_finite(list(maps.reason)),
+        # Which process did it, on which GPUs, and how many teachers that process has loaded so
+        # far: a worker's flow run loads its teacher once for all the shards it computes.
+        "process": f"{socket.gethostname()}-{os.getpid()}",
+        "device": device,
+        "gpus": visible_gpus(),
+        "teacher_loads": teacher_loads(),
     }
 
 
@@ -260,6 +275,8 @@ def publish_summary(
         f"- non-finite rows (this run): {non_finite} of {rows_now}"
         f" (the run fails above {params.max_non_finite:.1%})",
         f"- foreground accuracy: {'n/a' if fg is None else f'{fg:.1%}'}",
+        f"- process: {socket.gethostname()}-{os.getpid()}, CUDA_VISIBLE_DEVICES={visible_gpus()}, "
+        f"teachers it loaded: {teacher_loads()}",
         "- time per image (this run): "
         + ("n/a (nothing computed)" if not rows_now else f"{seconds / rows_now:.3f} s"),
         "## Invalid rows by reason",

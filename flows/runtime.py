@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import os
 import queue
 import threading
 from collections.abc import Iterator
@@ -27,7 +29,24 @@ def _teacher(config_json: str, vocabulary: tuple[str, ...], device: str):
     # real teacher on a GPU-less machine stops with an error instead of crawling on the CPU.
     if config.device == "auto" and device.startswith("cuda"):
         config = config.model_copy(update={"device": device})
+    logging.getLogger(__name__).info(
+        "process %d loads teacher %s on %s (CUDA_VISIBLE_DEVICES=%s)",
+        os.getpid(),
+        config.model,
+        device,
+        visible_gpus(),
+    )
     return load_teacher(config, vocabulary=list(vocabulary))
+
+
+def teacher_loads() -> int:
+    """How many teachers this process has loaded so far (each one once, then reused)."""
+    return _teacher.cache_info().misses
+
+
+def visible_gpus() -> str:
+    """The GPUs this process was given (a worker's CUDA_VISIBLE_DEVICES), or "all"."""
+    return os.environ.get("CUDA_VISIBLE_DEVICES", "all")
 
 
 @lru_cache(maxsize=4)

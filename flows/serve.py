@@ -2,7 +2,8 @@
 
 The server uses the project's Prefect home (data/prefect), so runs started from the command line
 (`make extract`, `make train`) show up next to the runs started from the UI's parameter forms.
-Ctrl-C stops both.
+Ctrl-C stops both. It listens on 127.0.0.1 only and has no API auth; `make cluster` (flows.cluster)
+is the server other machines may reach, and it refuses clients without its auth string.
 """
 
 from __future__ import annotations
@@ -14,12 +15,20 @@ import sys
 import flows  # noqa: F401  (Prefect settings)
 from flows.server import start_prefect_server, stop, wait_until_healthy
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows.serve", description=__doc__)
     parser.add_argument("--port", type=int, default=4200)
     parser.add_argument("--host", default="127.0.0.1")
     args = parser.parse_args(argv)
+    if args.host not in LOOPBACK:
+        # This server has no API auth: anyone who reaches it could run flows on this machine.
+        parser.error(
+            f"--host {args.host}: `make ui` serves 127.0.0.1 only, without auth; for a server "
+            "other machines reach, with an auth string, use `make cluster HOST=0.0.0.0`"
+        )
     server, api = start_prefect_server(args.host, args.port)
     try:
         wait_until_healthy(api, server)

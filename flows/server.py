@@ -12,11 +12,21 @@ from typing import IO
 
 
 def start_prefect_server(
-    host: str, port: int, home: Path | None = None, log: IO | None = None
+    host: str,
+    port: int,
+    home: Path | None = None,
+    log: IO | None = None,
+    auth_string: str | None = None,
 ) -> tuple[subprocess.Popen, str]:
-    """`prefect server start` in its own process session; returns it and its API URL."""
+    """`prefect server start` in its own process session; returns it and its API URL.
+
+    With `auth_string`, the server refuses every API request without HTTP basic auth carrying
+    it (Prefect's PREFECT_SERVER_API_AUTH_STRING); only /api/health stays open."""
     env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     env.pop("PREFECT_API_URL", None)  # the server must not try to talk to another server
+    env.pop("PREFECT_SERVER_API_AUTH_STRING", None)  # auth only where the caller asks for it
+    if auth_string is not None:
+        env["PREFECT_SERVER_API_AUTH_STRING"] = auth_string
     if home is not None:
         env["PREFECT_HOME"] = str(home)
     command = [

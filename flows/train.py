@@ -221,10 +221,19 @@ def train_flow(params: TrainParams) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows.train", description=__doc__)
     add_model_arguments(parser, TrainParams)
-    params = parse_model(TrainParams, parser.parse_args(argv))
+    parser.add_argument(
+        "--config-only",
+        action="store_true",
+        help="write the run's config.json, print its path and exit (for torchrun on many nodes)",
+    )
+    args = parser.parse_args(argv)
+    params = parse_model(TrainParams, args)
     try:
         # Before the flow: the backbone's weights can be had (offline: from the local HF cache).
         check_weights_source(params.model, params.backbone_weights(), params.model_kwargs)
+        if args.config_only:
+            print(Path(resolve_run(params)) / "config.json")
+            return 0
         result = train_flow(params)
     except WeightsUnavailableError as err:  # the user's to fix: the message says how
         print(f"error: {err}", file=sys.stderr)
