@@ -34,7 +34,6 @@ DEMO_EPOCHS ?= 6
 
 export PREFECT_HOME := $(CURDIR)/data/prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
-export PREFECT_LOGGING_LEVEL ?= WARNING
 export HF_HUB_DISABLE_TELEMETRY := 1
 
 ROOT_ARG := $(if $(ROOT),--root $(ROOT),)

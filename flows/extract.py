@@ -10,7 +10,6 @@ place them; each worker process loads its teacher once.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -30,6 +29,11 @@ from pydantic import BaseModel, Field
 
 import flows  # noqa: F401  (Prefect settings)
 from flows.cli_args import add_model_arguments, parse_model
+from flows.command import prefect_session, retry_unless_user_error, run_command
+from flows.extract_outcome import committed_summary, print_outcome
+from flows.inputs import check_shards_obtainable
+from flows.orphans import record_process
+from flows.preview_artifact import previews_markdown
 from flows.runtime import default_concurrency, describe, device_pool, get_teacher
 from pipeline.cache import CacheEntry, CacheSpec, cache_key
 from pipeline.config import ShardsConfig
@@ -106,7 +110,7 @@ def _open_entry(params: ExtractParams) -> CacheEntry:
     )
 
 
-@task(retries=1, retry_delay_seconds=5)
+@task(retries=1, retry_delay_seconds=5, retry_condition_fn=retry_unless_user_error)
 def prepare_shards(params: ExtractParams) -> str:
     """Write the shards if they are missing or stale; returns their directory."""
     config = ShardsConfig(
@@ -127,14 +131,19 @@ def prepare_shards(params: ExtractParams) -> str:
     return str(outcome.out_dir)
 
 
-@task(retries=2, retry_delay_seconds=10)
+@task(retries=2, retry_delay_seconds=10, retry_condition_fn=retry_unless_user_error)
 def open_cache_entry(params: ExtractParams) -> tuple[str, list[str]]:
     """Create or open the entry; returns its location and the shards still to compute."""
     entry = _open_entry(params)
     return entry.path, entry.pending_shards()
 
 
-@task(retries=2, retry_delay_seconds=10, task_run_name="extract {shard_name}")
+@task(
+    retries=2,
+    retry_delay_seconds=10,
+    retry_condition_fn=retry_unless_user_error,
+    task_run_name="extract {shard_name}",
+)
 def extract_shard(
     params: ExtractParams, shard_name: str, wait: bool = True, poll_s: float = 2.0
 ) -> dict:
@@ -205,7 +214,7 @@ def publish_summary(
         "## Invalid rows by reason",
         *(f"- {reason}: {n}" for reason, n in summary["invalid_by_reason"].items()),
         "## Previews",
-        *(f"- `{p}`" for p in summary["previews"]),
+        *previews_markdown(summary["previews"], entry.storage_options),
     ]
     create_markdown_artifact(
         "\n".join(lines), key="extract-summary", description="map cache summary"
@@ -236,7 +245,12 @@ def _extract_pass(
     return held
 
 
-@flow(name="extract-maps", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=1))
+@flow(
+    name="extract-maps",
+    log_prints=True,
+    task_runner=ThreadPoolTaskRunner(max_workers=1),
+    on_running=[record_process],
+)
 def extract_flow(params: ExtractParams) -> dict:
     """Teacher maps for every uncommitted shard of a dataset split, into the map cache."""
     started = time.perf_counter()
@@ -277,25 +291,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     params = parse_model(ExtractParams, args)
+    check_shards_obtainable(params.dataset, params.split, Path(params.shards_root), params.root)
     if args.which_entry:
         print(entry_location(params))
         return 0
-    summary = run_extract(params, args.runner, args.workers)
-    print(
-        json.dumps(
-            {
-                k: summary[k]
-                for k in ("cache_key", "path", "rows_written", "rows_invalid", "fg_accuracy")
-            },
-            indent=1,
-        )
-    )
-    print(f"map cache entry: {summary['path']}")
-    if summary["previews"]:
-        # A URL, not a Path: Path("s3://b/k") would print "s3:/b/k".
-        print(f"preview overlays: {summary['previews'][0].rsplit('/', 1)[0]}")
+    summary = committed_summary(params)
+    if summary is not None:  # nothing to compute: no Prefect server, no run
+        print_outcome(summary, "nothing to do: every shard of this entry is committed")
+        return 0
+    with prefect_session():
+        summary = run_extract(params, args.runner, args.workers)
+    print_outcome(summary)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main))

@@ -23,8 +23,12 @@ from pydantic import BaseModel, Field
 
 import flows  # noqa: F401  (Prefect settings)
 from flows.cli_args import add_model_arguments, parse_model
+from flows.command import prefect_session, retry_unless_user_error, run_command
+from flows.inputs import check_shards_obtainable
+from flows.orphans import record_process
 from pipeline.cache import CacheEntry, list_entries, open_entry
 from pipeline.config import ShardsConfig
+from pipeline.errors import AmbiguousInputError, MissingInputError
 from pipeline.paths import data_dir
 from pipeline.records import ShardIndex
 from pipeline.shards_command import ensure_shards
@@ -106,19 +110,19 @@ def _matching_entry(
     where = f"{params.dataset}/{index.split} (fingerprint {index.fingerprint[:16]}) under {params.cache_root}"
     if not matches:
         if required:
-            raise FileNotFoundError(
+            raise MissingInputError(
                 f"no map-cache entry for {where}; run `make extract DATASET={params.dataset} "
                 f"SPLIT={index.split}` first, or train without alignment (--no-alignment)"
             )
         return None
     listing = "\n  ".join(f"{e.path}  ({_teacher_name(e)})" for e in matches)
-    raise ValueError(
+    raise AmbiguousInputError(
         f"several cache entries match {where} (one per teacher); choose one with "
         f"CACHE_ENTRY=<path> (--cache-entry):\n  {listing}"
     )
 
 
-@task(retries=1, retry_delay_seconds=5)
+@task(retries=1, retry_delay_seconds=5, retry_condition_fn=retry_unless_user_error)
 def resolve_run(params: TrainParams) -> str:
     """Shards (written if missing), cache entries and class count -> the run's config.json."""
     logger = get_run_logger()
@@ -191,7 +195,7 @@ def publish_run(run_dir: str, rows: list[dict]) -> dict:
             "overlays": str(overlays[-1]) if overlays else None}  # fmt: skip
 
 
-@flow(name="train-ivit", log_prints=True)
+@flow(name="train-ivit", log_prints=True, on_running=[record_process])
 def train_flow(params: TrainParams) -> dict:
     """Train an I-ViT on shards joined with their cached teacher maps."""
     run_dir = resolve_run(params)
@@ -203,7 +207,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows.train", description=__doc__)
     add_model_arguments(parser, TrainParams)
     params = parse_model(TrainParams, parser.parse_args(argv))
-    result = train_flow(params)
+    for split in filter(None, [params.train_split, params.val_split]):
+        check_shards_obtainable(params.dataset, split, Path(params.shards_root))
+    with prefect_session():
+        result = train_flow(params)
     print(json.dumps(result["last"]))
     print(f"run folder: {result['run_dir']}")
     print(f"curves:     {result['curves']}")
@@ -212,4 +219,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main))

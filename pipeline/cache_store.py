@@ -49,6 +49,7 @@ from pipeline.cache_spec import (
     cache_key,
     full_cache_hash,
 )
+from pipeline.errors import MissingInputError
 from pipeline.records import ShardIndex
 
 MANIFEST_FILE = "manifest.json"
@@ -555,7 +556,7 @@ def open_entry(
     try:
         manifest = files.get_json(MANIFEST_FILE)
     except FileNotFoundError as err:
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"no map-cache entry at {url} ({MANIFEST_FILE} missing); "
             "`python -m pipeline cache ls <root>` lists the entries of a root"
         ) from err

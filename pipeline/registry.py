@@ -9,6 +9,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from pipeline.adapters import ADAPTERS, DatasetAdapter
+from pipeline.errors import UserError
 from pipeline.paths import PROJECT_ROOT, data_dir, resolve
 from pipeline.sample_dataset import write_sample_dataset
 
@@ -33,8 +34,16 @@ class DatasetEntry(BaseModel):
         return resolve(relative)
 
 
-class DatasetMissingError(FileNotFoundError):
-    pass
+class DatasetMissingError(UserError, FileNotFoundError):
+    """A registered dataset's raw folder is not there; the message says how to obtain it."""
+
+
+class UnknownDatasetError(UserError, KeyError):
+    """A name that data/registry.json does not hold."""
+
+
+class UnknownSplitError(UserError, ValueError):
+    """A split the dataset does not have."""
 
 
 @cache
@@ -46,7 +55,7 @@ def load_registry() -> dict[str, DatasetEntry]:
 def get_entry(name: str) -> DatasetEntry:
     registry = load_registry()
     if name not in registry:
-        raise KeyError(
+        raise UnknownDatasetError(
             f"unknown dataset {name!r}; registered: {', '.join(sorted(registry))} ({REGISTRY_FILE})"
         )
     return registry[name]
@@ -67,5 +76,5 @@ def open_adapter(name: str, split: str, root: Path | None = None) -> tuple[Datas
                 f"  Or point at an existing copy: make shards DATASET={name} ROOT=/path/to/it"
             )
     if split not in entry.splits and entry.adapter != "imagefolder":
-        raise ValueError(f"dataset {name!r} has splits {entry.splits}, not {split!r}")
+        raise UnknownSplitError(f"dataset {name!r} has splits {entry.splits}, not {split!r}")
     return ADAPTERS[entry.adapter](root, split), root

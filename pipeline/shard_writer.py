@@ -20,6 +20,7 @@ from filelock import FileLock
 from tqdm import tqdm
 
 from pipeline.adapters import AdapterResult, RawSample
+from pipeline.errors import BadParametersError
 from pipeline.records import (
     INDEX_FILE,
     SampleRecord,
@@ -142,7 +143,7 @@ def write_shards(
 ) -> ShardsOutcome:
     """Write `result` as shards under `out_dir`; a no-op when they are already current."""
     if shard_size < 1:
-        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+        raise BadParametersError(f"shard_size must be >= 1, got {shard_size}")
     out_dir.mkdir(parents=True, exist_ok=True)
     fingerprint = source_fingerprint(result, shard_size)
     # Two runs that find the shards missing at once (say, two extractions) take turns: the

@@ -16,11 +16,12 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
+from pipeline.errors import UserError
 from student.config import StudentConfig
 from student.layers import InteractionAttention, InteractionRecord
 
 
-class WeightsUnavailableError(RuntimeError):
+class WeightsUnavailableError(UserError, RuntimeError):
     """The pretrained backbone could not be had; the message says how to supply it."""
 
 

@@ -19,6 +19,7 @@ from transformers import (
     LlavaProcessor,
 )
 
+from pipeline.errors import UserError
 from pipeline.paths import data_dir
 from teacher.capture import ROWS_ATTENTION, register_rows_attention
 from teacher.config import TeacherConfig
@@ -36,7 +37,7 @@ def default_tiny_dir() -> Path:
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
-class TeacherWeightsError(RuntimeError):
+class TeacherWeightsError(UserError, RuntimeError):
     """The checkpoint could not be found locally nor downloaded."""
 
 
