@@ -2,6 +2,8 @@
 
 The server uses the project's Prefect home (data/prefect), so runs started from the command line
 (`make extract`, `make train`) show up next to the runs started from the UI's parameter forms.
+It also installs Prefect's automation for zombie runs (`flows.orphans`): a run whose heartbeats
+stop (its process was killed) becomes Crashed.
 Ctrl-C stops both.
 """
 
@@ -27,9 +29,11 @@ def main(argv: list[str] | None = None) -> int:
         from prefect import serve
 
         from flows.evaluate import evaluate_flow
+        from flows.orphans import ensure_zombie_automation
         from flows.extract import ExtractParams, extract_flow
         from flows.train import TrainParams, train_flow
 
+        ensure_zombie_automation()  # runs whose heartbeats stop become Crashed
         print(
             f"Prefect UI: http://{args.host}:{args.port}  (deployments: extract, train, evaluate)"
         )

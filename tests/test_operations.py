@@ -81,8 +81,9 @@ def api(prefect_server: str) -> Iterator[str]:
 
 PROBE = """
 import sys
+import flows  # the project's Prefect settings, as `python -m flows.<name>` has them
 from prefect import flow, task
-from flows.command import run_command
+from flows.command import prefect_session, retry_unless_user_error, run_command
 from pipeline.errors import MissingInputError
 
 @task(retries=2, retry_delay_seconds=0, retry_condition_fn=retry_unless_user_error)
