@@ -29,8 +29,8 @@ def main(argv: list[str] | None = None) -> int:
         from prefect import serve
 
         from flows.evaluate import evaluate_flow
-        from flows.orphans import ensure_zombie_automation
         from flows.extract import ExtractParams, extract_flow
+        from flows.orphans import ensure_zombie_automation
         from flows.train import TrainParams, train_flow
 
         ensure_zombie_automation()  # runs whose heartbeats stop become Crashed
