@@ -57,6 +57,16 @@ def start_temporary_server() -> tuple[subprocess.Popen, str]:
     return process, f"http://127.0.0.1:{port}/api"
 
 
+def _send_pending_logs_and_events(timeout_s: float = 30) -> None:
+    """Prefect sends logs and events from background workers that it drains at interpreter exit;
+    the temporary server stops before that, so drain them while it still answers."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        worker.drain_all(timeout=timeout_s)
+
+
 @contextlib.contextmanager
 def prefect_api() -> Iterator[str]:
     """The API URL runs in this block report to: the configured one, else a temporary server
@@ -76,6 +86,7 @@ def prefect_api() -> Iterator[str]:
         with temporary_settings({PREFECT_API_URL: api}):
             yield api
     finally:
+        _send_pending_logs_and_events()
         if previous is None:
             os.environ.pop("PREFECT_API_URL", None)
         else:
