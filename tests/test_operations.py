@@ -34,8 +34,6 @@ def _run(*args: str, tmp_path: Path) -> subprocess.CompletedProcess:
     ("command", "message"),
     [
         (["flows.extract", "--dataset", "nope"], "error: unknown dataset 'nope'; registered: "),
-        (["flows.train", "--dataset", "pacs"], "error: dataset 'pacs' was expected at "),
-        (["flows.evaluate", "--run", "no-such-run"], "is not a run folder (no config.json)"),
         (["pipeline", "shards", "--split", "test"], "error: dataset 'sample' has splits "),
     ],
 )
@@ -47,6 +45,20 @@ def test_user_errors_are_one_message_and_exit_2(
     assert "Traceback" not in result.stderr
     assert result.stderr.startswith("error: ") and message in result.stderr, result.stderr
     assert "Prefect" not in result.stderr, "found before any Prefect server starts"
+
+
+def test_train_and_evaluate_user_errors_too(capsys, tmp_path: Path, monkeypatch) -> None:
+    from flows.evaluate import main as evaluate_main
+    from flows.train import main as train_main
+
+    monkeypatch.setenv("LFI_DATA_DIR", str(tmp_path / "data"))
+    missing_raw = ["--dataset", "pacs", "--shards-root", str(tmp_path / "shards")]
+    assert run_command(train_main, missing_raw) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: dataset 'pacs' was expected at ") and "Traceback" not in err
+    assert run_command(evaluate_main, ["--run", str(tmp_path / "no-such-run")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "is not a run folder (no config.json)" in err
 
 
 def test_bad_parameters_name_the_flag(capsys) -> None:
