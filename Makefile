@@ -28,7 +28,12 @@ FRACTION   ?= 1.0
 RUN        ?=
 EVAL_SPLIT ?= val
 TRAIN_ARGS ?=
+TASK       ?= classify
+PROMPT     ?=
+BOXES      ?= 1
 CACHE_ENTRY ?=
+HUMAN      ?=
+EVAL_ENTRY ?=
 DEMO_QUANT ?= 4bit
 DEMO_EPOCHS ?= 6
 
@@ -38,14 +43,17 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 
 ROOT_ARG := $(if $(ROOT),--root $(ROOT),)
 AUDIT_ARG := $(if $(filter 1 true yes,$(AUDIT)),--audit,)
+# Table 9's language-only maps: no box overlay, which is its own cache entry.
+PROMPT_ARG := $(if $(PROMPT),--prompt $(PROMPT),) $(if $(filter 0 no false,$(BOXES)),--box-width 0,)
 
-.PHONY: help setup test lint demo shards tiny-teacher extract train eval ui bench bench-extract bench-student bench-loader clean
+.PHONY: help setup test lint demo demo-detect bench-dense shards tiny-teacher extract train eval ui bench bench-extract bench-student bench-loader clean
 
 help: ## this list
 	@echo "Targets (variables: DATASET=$(DATASET) SPLIT=$(SPLIT) ROOT=$(ROOT) SHARDS=$(SHARDS) SHARD_SIZE=$(SHARD_SIZE)"
 	@echo "         TEACHER=$(TEACHER) QUANT=$(QUANT) CACHE=$(CACHE) AUDIT=$(AUDIT) MODEL=$(MODEL) WEIGHTS=$(WEIGHTS)"
 	@echo "         BATCH_SIZE=$(BATCH_SIZE) EPOCHS=$(EPOCHS) BATCH=$(BATCH) FRACTION=$(FRACTION) RUN=$(RUN)"
-	@echo "         CACHE_ENTRY=$(CACHE_ENTRY) EVAL_SPLIT=$(EVAL_SPLIT) TRAIN_ARGS=$(TRAIN_ARGS))"
+	@echo "         CACHE_ENTRY=$(CACHE_ENTRY) EVAL_SPLIT=$(EVAL_SPLIT) EVAL_ENTRY=$(EVAL_ENTRY) HUMAN=$(HUMAN) TRAIN_ARGS=$(TRAIN_ARGS)"
+	@echo "         TASK=$(TASK) PROMPT=$(PROMPT) BOXES=$(BOXES))"
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
@@ -70,26 +78,27 @@ shards: $(STAMP) ## write DATASET/SPLIT as WebDataset shards under SHARDS (sampl
 tiny-teacher: $(STAMP) ## build the offline tiny LLaVA-1.5-architecture teacher in data/models/tiny-llava
 	$(PY) -m teacher.tiny --out data/models/tiny-llava
 
-extract: $(STAMP) ## teacher maps for DATASET/SPLIT into the map cache CACHE (TEACHER=<hub id|dir|tiny> QUANT=4bit|8bit|none)
+extract: $(STAMP) ## teacher maps for DATASET/SPLIT into CACHE (TEACHER=<hub id|dir|tiny|box|uniform> QUANT PROMPT; detection sets: dense prompt, BOXES=0 no overlay)
 	@if [ "$(TEACHER)" = "tiny" ] && [ ! -f data/models/tiny-llava/config.json ]; then $(MAKE) --no-print-directory tiny-teacher; fi
 	$(PY) -m flows.extract --dataset $(DATASET) --split $(SPLIT) $(ROOT_ARG) --shards-root $(SHARDS) \
 	  --shard-size $(SHARD_SIZE) --teacher $(TEACHER) --quant $(QUANT) --cache-root $(CACHE) \
-	  --batch-size $(BATCH_SIZE) $(AUDIT_ARG)
+	  --batch-size $(BATCH_SIZE) $(AUDIT_ARG) $(PROMPT_ARG)
 
-train: $(STAMP) ## train an I-ViT on DATASET with its cached maps (MODEL WEIGHTS EPOCHS BATCH FRACTION RUN)
-	$(PY) -m flows.train --dataset $(DATASET) --shards-root $(SHARDS) --shard-size $(SHARD_SIZE) \
+train: $(STAMP) ## train an I-ViT on DATASET with its cached maps (TASK=classify|detect|segment MODEL WEIGHTS EPOCHS BATCH FRACTION RUN)
+	$(PY) -m flows.train --dataset $(DATASET) --task $(TASK) --shards-root $(SHARDS) --shard-size $(SHARD_SIZE) \
 	  --cache-root $(CACHE) --model $(MODEL) $(if $(WEIGHTS),--weights $(WEIGHTS),) --epochs $(EPOCHS) \
 	  --batch $(BATCH) --fraction $(FRACTION) $(if $(RUN),--run $(RUN),) \
 	  $(if $(CACHE_ENTRY),--cache-entry $(CACHE_ENTRY),) $(TRAIN_ARGS)
 
-eval: $(STAMP) ## top-1 of run RUN on DATASET/EVAL_SPLIT (per-domain accuracy and variance on domain sets)
+eval: $(STAMP) ## top-1 of run RUN on DATASET/EVAL_SPLIT (per domain on domain sets) + cosine of C_VFM/C_VLM/C_AGT to C_HUM (HUMAN=<file>; else the box mask); dense runs: COCO bbox/segm AP
 	@test -n "$(RUN)" || { echo "make eval needs RUN=<name> (a folder of data/runs)"; exit 2; }
-	$(PY) -m flows.evaluate --run $(RUN) --dataset $(DATASET) --split $(EVAL_SPLIT) --shards-root $(SHARDS)
+	$(PY) -m flows.evaluate --run $(RUN) --dataset $(DATASET) --split $(EVAL_SPLIT) --shards-root $(SHARDS) \
+	  $(if $(EVAL_ENTRY),--cache-entry $(EVAL_ENTRY),) $(if $(HUMAN),--human-maps $(HUMAN),)
 
 ui: $(STAMP) ## Prefect UI on http://127.0.0.1:4200 with deployments of the extract, train and evaluate flows
 	$(PY) -m flows.serve --port 4200
 
-bench: bench-extract bench-student bench-loader ## every benchmark (each ends with a RESULT line)
+bench: bench-extract bench-student bench-loader bench-dense ## every benchmark (each ends with a RESULT line)
 
 bench-extract: $(STAMP) ## fast vs naive attention extraction with the tiny teacher
 	@if [ ! -f data/models/tiny-llava/config.json ]; then $(MAKE) --no-print-directory tiny-teacher; fi
@@ -100,6 +109,10 @@ bench-student: $(STAMP) ## I-ViT vs ViT training step time and FLOPs
 
 bench-loader: $(STAMP) ## image-only vs map-joined streaming throughput
 	$(PY) -m bench.loader
+
+bench-dense: $(STAMP) ## detection on sample-coco with vs without C_VLM alignment, equal budget; overheads
+	@if [ ! -f data/models/tiny-llava/config.json ]; then $(MAKE) --no-print-directory tiny-teacher; fi
+	$(PY) -m bench.dense --shards-root $(SHARDS) --cache-root $(CACHE) --epochs $(DEMO_DETECT_EPOCHS)
 
 DEMO_STUDENT := --model vit_tiny_patch16_224 --weights none --img-size 64 \
   --model-kwargs '{"patch_size": 8, "depth": 4}' --batch 32 --lr 3e-3 --num-workers 1
@@ -114,6 +127,23 @@ demo: $(STAMP) ## the whole pipeline offline: sample shards -> tiny teacher maps
 	$(PY) -m flows.train --dataset sample --shards-root $(SHARDS) --shard-size 100 --cache-root $(CACHE) \
 	  --cache-entry $$entry $(DEMO_STUDENT) --epochs $(DEMO_EPOCHS) --run demo
 	@echo "demo done: maps and their previews under $(CACHE)/<key>/previews, the run under data/runs/demo"
+
+DEMO_DETECT_EPOCHS ?= 12
+DEMO_DETR := '{"num_queries": 12, "d_model": 64, "encoder_layers": 1, "decoder_layers": 2, "attention_heads": 4, "ffn_dim": 128, "dropout": 0.0}'
+DEMO_DETECT_STUDENT := --model vit_tiny_patch16_224 --weights none --img-size 64 \
+  --model-kwargs '{"patch_size": 8, "depth": 4}' --batch 16 --lr 1e-3 --warmup-epochs 0.5 --num-workers 1
+DEMO_DETECT_EXTRACT := --dataset sample-coco --shards-root $(SHARDS) --shard-size 100 --teacher tiny \
+  --quant $(DEMO_QUANT) --dtype float32 --cache-root $(CACHE)
+demo-detect: $(STAMP) ## dense path offline: sample-coco -> tiny teacher's dense maps -> Conditional DETR on a tiny I-ViT -> COCO mAP
+	@if [ ! -f data/models/tiny-llava/config.json ]; then $(MAKE) --no-print-directory tiny-teacher; fi
+	$(PY) -m flows.extract $(DEMO_DETECT_EXTRACT) --split train
+	$(PY) -m flows.extract $(DEMO_DETECT_EXTRACT) --split val
+	entry=$$($(PY) -m flows.extract $(DEMO_DETECT_EXTRACT) --split train --which-entry) && \
+	$(PY) -m flows.train --dataset sample-coco --task detect --shards-root $(SHARDS) --shard-size 100 \
+	  --cache-root $(CACHE) --cache-entry $$entry $(DEMO_DETECT_STUDENT) --detr $(DEMO_DETR) \
+	  --epochs $(DEMO_DETECT_EPOCHS) --run demo-detect
+	$(PY) -m flows.evaluate --run demo-detect --dataset sample-coco --split val --shards-root $(SHARDS)
+	@echo "demo-detect done: data/runs/demo-detect (eval-val.json, eval-val-overlays.png, model.txt, curves.png)"
 
 clean: ## remove generated data (shards, caches, runs, Prefect home); keeps raw datasets and models
 	rm -rf data/shards data/cache data/runs data/prefect

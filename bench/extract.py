@@ -38,7 +38,7 @@ from transformers import (
     LlavaProcessor,
 )
 
-from pipeline.sample_dataset import SHAPES
+from pipeline.datasets.generated import SHAPES
 from teacher import Teacher, TeacherConfig, TeacherInput, load_teacher
 from teacher.capture import register_rows_attention
 from teacher.loading import default_tiny_dir

@@ -25,11 +25,11 @@ import numpy as np
 import torch
 
 from pipeline.cache import CacheEntry, CacheSpec, ShardMaps
-from pipeline.config import ShardsConfig
-from pipeline.records import ShardIndex
-from pipeline.sample_dataset import write_sample_dataset
-from pipeline.shard_reader import iter_shard
-from pipeline.shards_command import build_shards
+from pipeline.datasets.generated import write_sample_dataset
+from pipeline.shards.build import build_shards
+from pipeline.shards.config import ShardsConfig
+from pipeline.shards.reader import iter_shard
+from pipeline.shards.records import ShardIndex
 from student.loader import build_loader
 from student.maps import teacher_view_rect, uniform_overlap
 

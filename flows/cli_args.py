@@ -33,10 +33,14 @@ def add_model_arguments(parser: argparse.ArgumentParser, model: type[BaseModel])
 
 
 def _is_json_field(annotation: object) -> bool:
-    """Lists, tuples and dicts (optional or not) come from the command line as JSON."""
+    """Lists, tuples, dicts and nested models (optional or not) come from the command line as
+    JSON."""
     candidates = [annotation, *typing.get_args(annotation)]
     return any(
-        typing.get_origin(a) in (list, tuple, dict) or a in (list, tuple, dict) for a in candidates
+        typing.get_origin(a) in (list, tuple, dict)
+        or a in (list, tuple, dict)
+        or (isinstance(a, type) and issubclass(a, BaseModel))
+        for a in candidates
     )
 
 

@@ -112,14 +112,3 @@ def prefect_session() -> Iterator[str]:
                 names = ", ".join(marked)
                 print(f"marked as Crashed (their process is gone): {names}", file=sys.stderr)
         yield api
-
-
-def retry_unless_user_error(task: Any, task_run: Any, state: Any) -> bool:
-    """A task's retry_condition_fn: retrying cannot fix what the user has to."""
-    try:
-        state.result()
-    except UserError:
-        return False
-    except BaseException:
-        return True
-    return True

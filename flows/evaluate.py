@@ -1,4 +1,5 @@
-"""Evaluate a finished run: top-1 on a split, and per-domain accuracy with its variance.
+"""Evaluate a finished run: top-1 on a split, per-domain accuracy with its variance, and the
+cosine of C_VFM, C_VLM and C_AGT to human annotation maps (or the box mask standing in).
 
     python -m flows.evaluate --run demo --dataset sample --split val     (what `make eval` runs)
 
@@ -22,10 +23,10 @@ from flows.cli_args import add_model_arguments, parse_model
 from flows.command import prefect_session, run_command
 from flows.inputs import check_shards_obtainable
 from flows.orphans import record_process
-from pipeline.config import ShardsConfig
 from pipeline.errors import MissingInputError
 from pipeline.paths import data_dir
-from pipeline.shards_command import ensure_shards
+from pipeline.shards.build import ensure_shards
+from pipeline.shards.config import ShardsConfig
 from student.run import evaluate_run
 
 
@@ -36,6 +37,12 @@ class EvalParams(BaseModel):
     shards_root: str = Field(str(data_dir() / "shards"))
     runs_root: str = Field(str(data_dir() / "runs"))
     device: str = "auto"
+    cache_entry: str | None = Field(
+        None, description="map-cache entry of this split for C_VLM (default: the run's own)"
+    )
+    human_maps: str | None = Field(
+        None, description="C_HUM annotation file (data/README.md); None: the box mask stands in"
+    )
 
     def run_dir(self) -> Path:
         path = Path(self.run)
@@ -57,18 +64,34 @@ def evaluate_task(params: EvalParams) -> dict:
         ShardsConfig(dataset=params.dataset, split=params.split, shards=Path(params.shards_root))
     )
     return evaluate_run(
-        params.run_dir(), params.split, Path(params.shards_root) / params.dataset, params.device
-    )
+        params.run_dir(), params.split, Path(params.shards_root) / params.dataset, params.device,
+        cache_entry=params.cache_entry,
+        human_maps=Path(params.human_maps) if params.human_maps else None,
+    )  # fmt: skip
 
 
 @flow(name="evaluate-ivit", on_running=[record_process])
 def evaluate_flow(params: EvalParams) -> dict:
     result = evaluate_task(params)
-    lines = [f"# {params.run} on {params.dataset}/{params.split}", f"- top-1: {result['top1']:.4f}"]
+    lines = [f"# {params.run} on {params.dataset}/{params.split}"]
+    if "top1" in result:
+        lines.append(f"- top-1: {result['top1']:.4f}")
+    # dense runs: COCOeval's numbers (bbox_mAP, bbox_AP50, ..., segm_mAP, ...)
+    lines += [f"- {k}: {v:.4f}" for k, v in result.items() if k.startswith(("bbox_", "segm_"))]
     for domain, accuracy in sorted(result.get("domains", {}).items()):
         lines.append(f"- {domain}: {accuracy:.4f}")
     if result.get("domain_variance") is not None:
         lines.append(f"- variance across domains: {result['domain_variance']:.6f}")
+    human = result["human_alignment"]
+    lines += [
+        f"## Cosine to {human['reference']} (mean +- std over images)",
+        "| interaction | cosine | images |",
+        "| --- | --- | --- |",
+    ]
+    for name, value in human["cosine"].items():
+        cell = "n/a" if value is None else f"{value['mean']:.3f} +- {value['std']:.3f}"
+        lines.append(f"| {name} | {cell} | {0 if value is None else value['n']} |")
+    lines.append(f"\nfigure: `{human['figure']}`")
     create_markdown_artifact("\n".join(lines), key="eval-summary")
     return result
 

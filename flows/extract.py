@@ -29,17 +29,18 @@ from pydantic import BaseModel, Field
 
 import flows  # noqa: F401  (Prefect settings)
 from flows.cli_args import add_model_arguments, parse_model
-from flows.command import prefect_session, retry_unless_user_error, run_command
+from flows.command import prefect_session, run_command
 from flows.extract_outcome import committed_summary, print_outcome
 from flows.inputs import check_shards_obtainable
 from flows.orphans import record_process
 from flows.preview_artifact import previews_markdown
+from flows.retries import retry_unless_user_error
 from flows.runtime import default_concurrency, describe, device_pool, get_teacher
-from pipeline.cache import CacheEntry, CacheSpec, cache_key
-from pipeline.config import ShardsConfig
+from pipeline.cache import CacheEntry, CacheSpec, cache_key, open_entry
 from pipeline.paths import data_dir
-from pipeline.records import ShardIndex, read_index
-from pipeline.shards_command import ensure_shards
+from pipeline.shards.build import ensure_shards
+from pipeline.shards.config import ShardsConfig
+from pipeline.shards.records import ShardIndex, read_index
 
 if TYPE_CHECKING:
     from teacher import Teacher
@@ -53,14 +54,23 @@ class ExtractParams(BaseModel):
     root: str | None = Field(None, description="raw dataset folder (default: the registry's)")
     shards_root: str = Field(str(data_dir() / "shards"), description="where shards live")
     shard_size: int = Field(1000, ge=1, description="samples per shard when shards are written")
-    teacher: str = Field("llava-hf/llava-1.5-7b-hf", description="hub id, local dir, or 'tiny'")
+    teacher: str = Field(
+        "llava-hf/llava-1.5-7b-hf",
+        description="hub id, local dir, 'tiny', or a baseline: 'box', 'uniform'",
+    )
     quant: Literal["4bit", "8bit", "none"] = "4bit"
     dtype: Literal["float16", "bfloat16", "float32"] = "float16"
-    prompt: Literal["prompt1", "prompt2", "prompt3", "dense"] = "prompt1"
+    prompt: Literal["prompt1", "prompt2", "prompt3", "dense"] | None = Field(
+        None, description="None: 'dense' (Eq. 12) for detection datasets, else 'prompt1'"
+    )
     answer_mode: Literal["forced-foreground", "generate"] = "forced-foreground"
     revision: str | None = Field(None, description="hub revision of the teacher (None: default)")
     view: Literal["pad", "crop", "resize"] = Field("pad", description="teacher view of the image")
-    box_width: int = Field(3, ge=0, description="visual-prompt box width at 336 px (0: no boxes)")
+    box_width: int = Field(
+        3,
+        ge=0,
+        description="visual-prompt box width at 336 px (0: no boxes, Table 9's language only)",
+    )
     box_color: tuple[int, int, int] = Field((255, 0, 0), description="visual-prompt box RGB")
     layers: list[int] | None = Field(None, description="decoder layers to average (None: all)")
     heads: list[int] | None = Field(None, description="attention heads to average (None: all)")
@@ -74,11 +84,22 @@ class ExtractParams(BaseModel):
     def teacher_config_json(self) -> str:
         from teacher import TeacherConfig
 
-        fields = ("quant", "dtype", "prompt", "answer_mode", "revision", "view", "box_width",
+        fields = ("quant", "dtype", "answer_mode", "revision", "view", "box_width",
                   "box_color", "layers", "heads", "max_new_tokens", "batch_size", "audit")  # fmt: skip
         return TeacherConfig(
-            model=self.teacher, **{name: getattr(self, name) for name in fields}
+            model=self.teacher,
+            prompt=self.resolved_prompt(),
+            **{name: getattr(self, name) for name in fields},
         ).model_dump_json()
+
+    def resolved_prompt(self) -> str:
+        """The prompt asked for, else the dataset's own: dense for detection datasets."""
+        if self.prompt is not None:
+            return self.prompt
+        from pipeline.datasets.registry import get_entry, load_registry
+
+        known = self.dataset in load_registry()
+        return "dense" if known and get_entry(self.dataset).task == "detection" else "prompt1"
 
     def shard_dir(self) -> Path:
         return Path(self.shards_root) / self.dataset / self.split
@@ -145,45 +166,52 @@ def open_cache_entry(params: ExtractParams) -> tuple[str, list[str]]:
     task_run_name="extract {shard_name}",
 )
 def extract_shard(
-    params: ExtractParams, shard_name: str, wait: bool = True, poll_s: float = 2.0
+    params: ExtractParams, entry_path: str, shard_name: str, wait: bool = True, poll_s: float = 2.0
 ) -> dict:
-    """Compute and commit one shard, unless another writer finished it. If another live writer
-    holds it: wait for its commit (or for its claim to die), or with `wait=False` return at
-    once with status "held elsewhere"."""
-    from teacher.shard_job import extract_shard_maps
-
+    """Compute and commit one shard of the entry at `entry_path`, unless another writer finished
+    it. If another live writer holds it: wait for its commit (or for its claim to die), or with
+    `wait=False` return at once with status "held elsewhere"."""
     logger = get_run_logger()
     with device_pool().acquire() as device:
-        entry = _open_entry(params)
-        while not entry.claim_shard(shard_name):
+        index = read_index(params.shard_dir())
+        entry = open_entry(entry_path, index=index)  # the index lets write_shard check row keys
+        while True:
+            with entry.claim(shard_name) as mine:  # released on the way out, also on failure
+                if mine:
+                    result = _compute_shard(params, entry, shard_name, index.classes, device)
+                    break
             if shard_name in entry.committed_shards():
                 logger.info("%s: committed by another writer", shard_name)
                 return {"shard": shard_name, "status": "committed elsewhere"}
             if not wait:
                 return {"shard": shard_name, "status": "held elsewhere"}
             time.sleep(poll_s)  # another live writer holds it: wait for its commit or lease
-        started = time.perf_counter()
-        try:
-            vocabulary = read_index(params.shard_dir()).classes
-            teacher = get_teacher(params.teacher_config_json(), vocabulary, device)
-            audit_dir = f"{entry.path}/audit" if params.audit else None
-            maps = extract_shard_maps(teacher, params.shard_dir() / shard_name, audit_dir)
-            written = entry.write_shard(shard_name, maps)
-        finally:
-            entry.release_shard(shard_name)
-    seconds = time.perf_counter() - started
     logger.info(
         "%s: %d rows in %.1f s (%d invalid)",
         shard_name,
-        len(maps),
-        seconds,
-        int((~maps.valid).sum()),
+        result["rows"],
+        result["seconds"],
+        result["invalid"],
     )
+    return result
+
+
+def _compute_shard(
+    params: ExtractParams, entry: CacheEntry, shard_name: str, vocabulary: list[str], device: str
+) -> dict:
+    """The teacher's maps of one claimed shard, written into the entry."""
+    from teacher.shard_job import extract_shard_maps
+
+    started = time.perf_counter()
+    teacher = get_teacher(params.teacher_config_json(), vocabulary, device)
+    maps = extract_shard_maps(teacher, params.shard_dir() / shard_name, entry)
+    written = entry.write_shard(shard_name, maps)
     return {
         "shard": shard_name,
         "status": "written" if written else "committed elsewhere",
         "rows": len(maps),
-        "seconds": seconds,
+        "seconds": time.perf_counter() - started,
+        "invalid": int((~maps.valid).sum()),
     }
 
 
@@ -191,10 +219,12 @@ def extract_shard(
 def publish_summary(
     params: ExtractParams, entry_path: str, results: list[dict], wall_s: float
 ) -> dict:
-    """Summary artifact: where the entry is, what it holds, and preview overlays."""
+    """Summary artifact: where the entry is, what it holds, preview overlays, and the
+    map-quality report (also written into the entry as report.json / report.png)."""
+    from pipeline.cache.report import report_markdown, write_report
     from teacher.previews import save_previews
 
-    entry = _open_entry(params)
+    entry = open_entry(entry_path)
     summary = entry.summary()
     written = [r for r in results if r.get("status") == "written"]
     rows_now = sum(r["rows"] for r in written)
@@ -202,6 +232,12 @@ def publish_summary(
     summary["seconds_per_image"] = seconds / rows_now if rows_now else None
     summary["wall_seconds"] = wall_s
     summary["previews"] = save_previews(entry, params.shard_dir(), count=params.previews)
+    report, summary["report"] = write_report(entry, params.shard_dir())
+    create_markdown_artifact(
+        report_markdown(report) + "\n\n" + "\n".join(f"- `{url}`" for url in summary["report"]),
+        key="map-quality",
+        description="map quality against the ground-truth boxes",
+    )
     fg = summary["fg_accuracy"]
     lines = [
         f"# Map cache entry `{summary['cache_key']}`",
@@ -226,6 +262,7 @@ def publish_summary(
 
 def _extract_pass(
     params: ExtractParams,
+    entry_path: str,
     shards: list[str],
     wait: bool,
     results: list[dict],
@@ -235,7 +272,9 @@ def _extract_pass(
     """One task per shard; finished shards go to `results`. Returns the shards another live
     writer held (only when `wait` is False: waiting tasks hold on until they can finish)."""
     held = []
-    for future in as_completed(extract_shard.map(unmapped(params), shards, unmapped(wait))):
+    for future in as_completed(
+        extract_shard.map(unmapped(params), unmapped(entry_path), shards, unmapped(wait))
+    ):
         result = future.result()
         if result["status"] == "held elsewhere":
             held.append(result["shard"])
@@ -261,10 +300,19 @@ def extract_flow(params: ExtractParams) -> dict:
     )
     results: list[dict] = []
     # Shards another live writer is computing come last, so two extractors split the work.
-    held = _extract_pass(params, pending, False, results, progress, len(pending))
-    _extract_pass(params, held, True, results, progress, len(pending))
+    held = _extract_pass(params, entry_path, pending, False, results, progress, len(pending))
+    _extract_pass(params, entry_path, held, True, results, progress, len(pending))
     update_progress_artifact(progress, 100.0)
     return publish_summary(params, entry_path, results, time.perf_counter() - started)
+
+
+def check_teacher(params: ExtractParams) -> None:
+    """Before the flow: the teacher's checkpoint can be had (the hub's reachability is decided
+    here, once; offline, the local Hugging Face cache must hold it), else TeacherWeightsError
+    says how to supply it, in seconds, instead of a task failing under retries."""
+    from teacher import TeacherConfig, load_config_and_processor
+
+    load_config_and_processor(TeacherConfig.model_validate_json(params.teacher_config_json()))
 
 
 def run_extract(params: ExtractParams, runner: str = "threads", workers: int = 2) -> dict:
@@ -282,6 +330,7 @@ def run_extract(params: ExtractParams, runner: str = "threads", workers: int = 2
 
 
 def main(argv: list[str] | None = None) -> int:
+
     parser = argparse.ArgumentParser(prog="python -m flows.extract", description=__doc__)
     add_model_arguments(parser, ExtractParams)
     parser.add_argument("--runner", choices=["threads", "dask"], default="threads")
@@ -299,6 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     if summary is not None:  # nothing to compute: no Prefect server, no run
         print_outcome(summary, "nothing to do: every shard of this entry is committed")
         return 0
+    check_teacher(params)  # TeacherWeightsError is a user error: one line from run_command
     with prefect_session():
         summary = run_extract(params, args.runner, args.workers)
     print_outcome(summary)

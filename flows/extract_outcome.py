@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING, Any
 import fsspec
 
 from pipeline.cache import cache_key, open_entry
+from pipeline.cache.report import REPORT_JSON, REPORT_PNG
 from pipeline.errors import MissingInputError
-from pipeline.records import INDEX_FILE
+from pipeline.shards.records import INDEX_FILE
 
 if TYPE_CHECKING:
     from flows.extract import ExtractParams
@@ -28,6 +29,11 @@ def existing_previews(entry_path: str, count: int) -> list[str]:
         return []
     names = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(path, detail=False) if p.endswith(".png"))
     return [f"{entry_path}/previews/{name}" for name in names[:count]]
+
+
+def existing_files(entry_path: str, names: list[str]) -> list[str]:
+    fs, path = fsspec.core.url_to_fs(entry_path)
+    return [f"{entry_path}/{name}" for name in names if fs.exists(f"{path}/{name}")]
 
 
 def committed_summary(params: ExtractParams) -> dict[str, Any] | None:
@@ -47,6 +53,7 @@ def committed_summary(params: ExtractParams) -> dict[str, Any] | None:
         return None
     summary = entry.summary()
     summary["previews"] = existing_previews(entry.path, params.previews)
+    summary["report"] = existing_files(entry.path, [REPORT_JSON, REPORT_PNG])
     return summary
 
 
@@ -59,3 +66,5 @@ def print_outcome(summary: dict[str, Any], note: str | None = None) -> None:
     if summary["previews"]:
         # A URL, not a Path: Path("s3://b/k") would print "s3:/b/k".
         print(f"preview overlays: {summary['previews'][0].rsplit('/', 1)[0]}")
+    if summary.get("report"):
+        print(f"map-quality report: {' '.join(summary['report'])}")

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.records import INDEX_FILE
-from pipeline.registry import open_adapter
+from pipeline.datasets.registry import open_adapter
+from pipeline.shards.records import INDEX_FILE
 
 
 def check_shards_obtainable(

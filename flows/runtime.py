@@ -15,6 +15,8 @@ from functools import cache, lru_cache
 
 import torch
 
+from pipeline.io import canonical_json
+
 
 @cache  # one teacher per (config, vocabulary, device): one per GPU, never evicted and reloaded
 def _teacher(config_json: str, vocabulary: tuple[str, ...], device: str):
@@ -35,7 +37,7 @@ def _description(config_json: str, vocabulary: tuple[str, ...]):
 
 def describe(config_json: str, vocabulary: list[str]):
     """The teacher's spec, grid and geometry without loading its weights (cheap, cached)."""
-    return _description(json.dumps(json.loads(config_json), sort_keys=True), tuple(vocabulary))
+    return _description(canonical_json(json.loads(config_json)), tuple(vocabulary))
 
 
 _load_lock = threading.Lock()
@@ -43,7 +45,7 @@ _load_lock = threading.Lock()
 
 def get_teacher(config_json: str, vocabulary: list[str], device: str = "auto"):
     """This process's teacher for `config_json` (loaded on first use, then reused)."""
-    canonical = json.dumps(json.loads(config_json), sort_keys=True)
+    canonical = canonical_json(json.loads(config_json))
     with _load_lock:  # two threads must not load the same 7B model twice
         return _teacher(canonical, tuple(vocabulary), device)
 

@@ -23,16 +23,21 @@ from pydantic import BaseModel, Field
 
 import flows  # noqa: F401  (Prefect settings)
 from flows.cli_args import add_model_arguments, parse_model
-from flows.command import prefect_session, retry_unless_user_error, run_command
+from flows.command import prefect_session, run_command
+from flows.dense_entries import check_entry_for_task, fits_task
 from flows.inputs import check_shards_obtainable
 from flows.orphans import record_process
-from pipeline.cache import CacheEntry, list_entries, open_entry
-from pipeline.config import ShardsConfig
+from flows.retries import retry_unless_user_error
+from pipeline.cache import list_entries, open_entry
+from pipeline.cache.spec import teacher_brief
 from pipeline.errors import AmbiguousInputError, MissingInputError
 from pipeline.paths import data_dir
-from pipeline.records import ShardIndex
-from pipeline.shards_command import ensure_shards
+from pipeline.shards.build import ensure_shards
+from pipeline.shards.config import ShardsConfig
+from pipeline.shards.records import ShardIndex
+from student.backbone_weights import check_weights_source
 from student.config import KlDirection, StudentConfig, TrainConfig
+from student.dense.config import DetrConfig
 from student.run import DataConfig, RunConfig, run_training
 
 
@@ -40,6 +45,9 @@ class TrainParams(BaseModel):
     """A training run; Prefect renders it as the deployment's form."""
 
     dataset: str = Field("sample", description="a name from data/registry.json")
+    task: Literal["classify", "detect", "segment"] = Field(
+        "classify", description="detect/segment: the I-ViT as Conditional DETR's backbone"
+    )
     train_split: str = "train"
     val_split: str | None = Field("val", description="None: no validation")
     shards_root: str = Field(str(data_dir() / "shards"))
@@ -71,24 +79,32 @@ class TrainParams(BaseModel):
     kl_eps: float = Field(1e-6, gt=0, description="smoothing for 'agt||vlm'")
     gate_hidden: int = Field(16, gt=0, description="width of the gate FFN")
     seed: int = 0
+    detr: DetrConfig = Field(
+        default_factory=DetrConfig,
+        description="detect/segment: Conditional DETR's size and loss weights (JSON on the CLI)",
+    )
 
     def student_config(self, num_classes: int) -> StudentConfig:
         """The I-ViT part of the run: model, weights, ablation switches and the loss."""
         fields = ("model", "img_size", "model_kwargs", "interaction_queries", "gate", "alignment",
                   "align_on_original", "align_lambda", "kl_direction", "kl_eps", "gate_hidden",
                   "seed")  # fmt: skip
-        weights = None if self.weights in (None, "") else self.weights  # "": timm's own loading
         return StudentConfig(
-            weights=weights, num_classes=num_classes, **{f: getattr(self, f) for f in fields}
+            weights=self.backbone_weights(),
+            num_classes=num_classes,
+            **{f: getattr(self, f) for f in fields},
         )
+
+    def backbone_weights(self) -> str | None:
+        """A file, 'none', or None for timm's own (hub) loading, which "" also means."""
+        return None if self.weights in (None, "") else self.weights
+
+    def detr_config(self) -> DetrConfig:
+        """The detector for this task (validated again: segmentation has its own constraints)."""
+        return DetrConfig.model_validate({**self.detr.model_dump(), "task": self.task})
 
     def run_name(self) -> str:
         return self.run or f"{self.dataset}-{self.model}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
-def _teacher_name(entry: CacheEntry) -> str:
-    teacher = entry.spec.teacher
-    return f"{teacher.get('weights', {}).get('source', '?')} {teacher.get('quant', '')} {teacher.get('prompt', {}).get('name', '')}"
 
 
 def _matching_entry(
@@ -98,12 +114,14 @@ def _matching_entry(
     with `teacher`, only entries made by that teacher spec (the val split follows the train
     split's teacher, so a run never mixes two teachers' maps)."""
     if params.cache_entry and index.split == params.train_split:
+        check_entry_for_task(open_entry(params.cache_entry), params.task)
         return params.cache_entry
     matches = [
         e
         for e in list_entries(params.cache_root)
         if e.spec.dataset_fingerprint == index.fingerprint
         and (teacher is None or e.spec.teacher == teacher)
+        and fits_task(e, params.task)
     ]
     if len(matches) == 1:
         return matches[0].path
@@ -115,7 +133,7 @@ def _matching_entry(
                 f"SPLIT={index.split}` first, or train without alignment (--no-alignment)"
             )
         return None
-    listing = "\n  ".join(f"{e.path}  ({_teacher_name(e)})" for e in matches)
+    listing = "\n  ".join(f"{e.path}  ({teacher_brief(e.manifest['spec'])})" for e in matches)
     raise AmbiguousInputError(
         f"several cache entries match {where} (one per teacher); choose one with "
         f"CACHE_ENTRY=<path> (--cache-entry):\n  {listing}"
@@ -155,6 +173,8 @@ def resolve_run(params: TrainParams) -> str:
             batch_size=params.batch, num_workers=params.num_workers, fraction=params.fraction,
         ),
         device=params.device,
+        task=params.task,
+        detr=None if params.task == "classify" else params.detr_config(),
     )  # fmt: skip
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(config.model_dump_json(indent=2))
@@ -209,6 +229,9 @@ def main(argv: list[str] | None = None) -> int:
     params = parse_model(TrainParams, parser.parse_args(argv))
     for split in filter(None, [params.train_split, params.val_split]):
         check_shards_obtainable(params.dataset, split, Path(params.shards_root))
+    # Before the flow: the backbone's weights can be had (offline: from the local HF cache).
+    # WeightsUnavailableError is a user error: run_command prints it as one line.
+    check_weights_source(params.model, params.backbone_weights(), params.model_kwargs)
     with prefect_session():
         result = train_flow(params)
     print(json.dumps(result["last"]))

@@ -6,10 +6,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipeline.config import ShardsConfig, default_shards_root
+from pipeline.cache.cli import add_cache_commands
+from pipeline.datasets.generated import write_sample_dataset
+from pipeline.datasets.registry import load_registry
 from pipeline.errors import UserError
-from pipeline.registry import load_registry
-from pipeline.sample_dataset import write_sample_dataset
+from pipeline.shards.config import ShardsConfig, default_shards_root
 
 
 def _datasets(_: argparse.Namespace) -> int:
@@ -21,7 +22,7 @@ def _datasets(_: argparse.Namespace) -> int:
 
 
 def _shards(args: argparse.Namespace) -> int:
-    from pipeline.shards_command import build_shards, summarize
+    from pipeline.shards.build import build_shards, summarize
 
     config = ShardsConfig(
         dataset=args.dataset,
@@ -60,12 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=int, default=0)
     sample.set_defaults(func=_sample_data)
 
-    try:  # the cache commands live beside the cache; optional until it is installed
-        from pipeline.cache_cli import add_cache_commands
-    except ImportError:
-        pass
-    else:
-        add_cache_commands(commands)
+    add_cache_commands(commands)  # the cache commands live beside the cache
     return parser
 
 

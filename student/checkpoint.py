@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +21,13 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from pipeline.io import atomic_path, atomic_write_text
+
 FORMAT = 1
 MODEL, OPTIM, RNG = "model.", "optimizer.", "rng."
+
+# The run directory's rolling checkpoint: rewritten every epoch, resumed from, evaluated.
+LAST_CHECKPOINT = "checkpoint-last"
 
 
 @dataclass
@@ -87,8 +91,9 @@ def save_checkpoint(
         "numpy_rng": [np_state[0], np_state[1].tolist(), *np_state[2:]],
         "extra": extra or {},
     }
-    _atomic(weights_path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "lfi-1"}))
-    _atomic(meta_path, lambda tmp: tmp.write_text(json.dumps(meta, indent=1)))
+    with atomic_path(weights_path) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "lfi-1"})
+    atomic_write_text(meta_path, json.dumps(meta, indent=1))
     return weights_path
 
 
@@ -186,12 +191,6 @@ def _unflatten_optimizer(
 def _optimizer_param_names(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
     by_id = {id(p): n for n, p in model.named_parameters()}
     return [by_id[id(p)] for group in optimizer.param_groups for p in group["params"]]
-
-
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 def _jsonable(value: Any) -> Any:

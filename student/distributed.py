@@ -16,6 +16,7 @@ every helper here degrades to the single-process case.
 from __future__ import annotations
 
 import os
+from collections import defaultdict
 from dataclasses import dataclass
 
 import torch
@@ -109,18 +110,18 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, DistributedDataParallel) else model
 
 
-def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
-    """Sum of `values` over ranks (e.g. correct/total counts at the end of evaluation)."""
+def sum_over_ranks(counts: dict[str, float]) -> dict[str, float]:
+    """Per-name sums over torchrun ranks (each rank saw its own shards; a name a rank never saw
+    counts 0 there); a copy of `counts` in a single process."""
     if not is_distributed():
-        return values
-    reduced = values.clone()
-    dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
-    return reduced
-
-
-def barrier() -> None:
-    if is_distributed():
-        dist.barrier()
+        return dict(counts)
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, dict(counts))
+    total: dict[str, float] = defaultdict(float)
+    for rank_counts in gathered:
+        for name, value in rank_counts.items():
+            total[name] += value
+    return dict(total)
 
 
 def cleanup() -> None:

@@ -7,7 +7,7 @@ import contextlib
 import json
 import math
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -15,14 +15,20 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from student.checkpoint import TrainingState, checkpoint_paths, load_checkpoint, save_checkpoint
+from student.checkpoint import (
+    LAST_CHECKPOINT,
+    TrainingState,
+    checkpoint_paths,
+    load_checkpoint,
+    save_checkpoint,
+)
 from student.config import TrainConfig
-from student.distributed import is_distributed, is_main_process, unwrap
+from student.distributed import is_main_process, sum_over_ranks, unwrap
+from student.human_alignment import HumanAlignment
 from student.loss import InteractionCriterion, renormalize
 from student.model import IViT
 from student.plots import denormalize, plot_curves, plot_overlays
 
-LAST = "checkpoint-last"
 AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -124,9 +130,11 @@ def evaluate(
     criterion: InteractionCriterion | None = None,
     amp: bool = False,
     amp_dtype: torch.dtype = torch.bfloat16,
+    human: HumanAlignment | None = None,
 ) -> dict:
     """Top-1 and loss (cross-entropy, or the criterion's terms when given); batches carrying a
-    "domain" list add per-domain top-1 and their variance across domains."""
+    "domain" list add per-domain top-1 and their variance across domains. With `human` (and
+    no criterion) every batch's interactions also go to its cosine-to-C_HUM figures."""
     model.eval()
     sums: dict[str, float] = defaultdict(float)
     seen = correct = 0
@@ -138,10 +146,16 @@ def evaluate(
                 outputs = forward_outputs(model, batch["image"], criterion.alignment)
                 losses = criterion(outputs, batch)
             else:
-                outputs = {"logits": model(batch["image"])}
+                outputs = (
+                    unwrap(model).forward_with_interactions(batch["image"])
+                    if human is not None
+                    else {"logits": model(batch["image"])}
+                )
                 losses = {
                     "loss": nn.functional.cross_entropy(outputs["logits"].float(), batch["label"])
                 }
+        if human is not None and criterion is None:
+            human.update(outputs, batch)
         hits = outputs["logits"].argmax(-1) == batch["label"]  # [B]
         n = hits.shape[0]
         seen += n
@@ -154,7 +168,10 @@ def evaluate(
             per_domain[domain][0] += int(hit)
             per_domain[domain][1] += 1
     sums.update(seen=seen, correct=correct)
-    sums, per_domain = _reduce_over_ranks(dict(sums), dict(per_domain))
+    sums = sum_over_ranks(sums)
+    correct_in = sum_over_ranks({d: c for d, (c, _) in per_domain.items()})
+    seen_in = sum_over_ranks({d: s for d, (_, s) in per_domain.items()})
+    per_domain = {d: [int(correct_in[d]), int(seen_in[d])] for d in seen_in}
     seen = int(sums.pop("seen"))
     if seen == 0:
         raise ValueError("evaluation loader yielded no batches")
@@ -207,10 +224,16 @@ def fit(
     cfg: TrainConfig,
     device: torch.device | str = "cpu",
     resolved_config: dict | None = None,
+    *,
+    epoch_fn: Callable[..., dict] = train_one_epoch,
+    evaluate_fn: Callable[..., dict] = evaluate,
+    overlay_fn: Callable[..., Path | None] = save_interaction_overlays,
+    curves_fn: Callable[[Path, Path], Path] = plot_curves,
 ) -> list[dict]:
     """Epochs from the last checkpoint (if `cfg.resume`) to `cfg.epochs`; each epoch appends a
     line to metrics.jsonl, rewrites checkpoint-last and the figures. Returns this call's rows.
-    `model` may be DDP-wrapped; then only rank 0 writes files."""
+    `model` may be DDP-wrapped; then only rank 0 writes files. The loops and pictures are the
+    classifier's by default; dense students pass their own (student.dense.engine)."""
     device = torch.device(device)
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -223,8 +246,8 @@ def fit(
     use_amp = cfg.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda") if use_amp and amp_dtype == torch.float16 else None
     state = TrainingState()
-    if cfg.resume and checkpoint_paths(run_dir / LAST)[1].is_file():
-        state = load_checkpoint(run_dir / LAST, bare, optimizer, scheduler, scaler)
+    if cfg.resume and checkpoint_paths(run_dir / LAST_CHECKPOINT)[1].is_file():
+        state = load_checkpoint(run_dir / LAST_CHECKPOINT, bare, optimizer, scheduler, scaler)
         _move_optimizer_state(optimizer, device)
     metrics_path = run_dir / "metrics.jsonl"
     rows = []
@@ -232,30 +255,32 @@ def fit(
         for loader in (train_loader, val_loader):
             if hasattr(loader, "set_epoch"):  # shuffles depend on the epoch, so resume replays them
                 loader.set_epoch(epoch)
-        train = train_one_epoch(
+        train = epoch_fn(
             model, criterion, train_loader, optimizer, scheduler, device, epoch, use_amp,
             step=state.step, scaler=scaler, amp_dtype=amp_dtype, grad_clip=cfg.grad_clip,
         )  # fmt: skip
         state = TrainingState(epoch=epoch + 1, step=train["step"])
         row = {"epoch": epoch + 1, "step": state.step, "lr": train["lr"]}
-        row.update({f"train_{k}": train[k] for k in ("loss", "ce", "align", "top1")})
+        row.update(
+            {f"train_{k}": v for k, v in train.items() if k not in ("step", "lr", "samples")}
+        )
         if val_loader is not None and (
             (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
         ):
-            val = evaluate(
+            val = evaluate_fn(
                 model, val_loader, device, criterion=criterion, amp=use_amp, amp_dtype=amp_dtype
             )
             row.update({f"val_{k}": v for k, v in val.items() if k != "samples"})
             first = next(iter(val_loader), None) if main and cfg.overlays else None
             if first is not None:
                 overlay = run_dir / "overlays" / f"epoch-{epoch + 1:03d}.png"
-                save_interaction_overlays(bare, first, overlay, cfg.overlays)
+                overlay_fn(bare, first, overlay, cfg.overlays)
         rows.append(row)
         if main:
-            save_checkpoint(run_dir / LAST, bare, optimizer, state, scheduler, scaler)
+            save_checkpoint(run_dir / LAST_CHECKPOINT, bare, optimizer, state, scheduler, scaler)
             with metrics_path.open("a") as f:
                 f.write(json.dumps(row) + "\n")
-            plot_curves(metrics_path, run_dir / "curves.png")
+            curves_fn(metrics_path, run_dir / "curves.png")
     return rows
 
 
@@ -265,23 +290,3 @@ def _move_optimizer_state(optimizer: torch.optim.Optimizer, device: torch.device
         for key, value in slots.items():
             if torch.is_tensor(value) and key != "step":
                 slots[key] = value.to(device)
-
-
-def _reduce_over_ranks(
-    sums: dict[str, float], per_domain: dict[str, list[int]]
-) -> tuple[dict[str, float], dict[str, list[int]]]:
-    """Sum evaluation counts over torchrun ranks (each rank saw its own shards); unchanged in a
-    single process."""
-    if not is_distributed():
-        return sums, per_domain
-    gathered: list = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(gathered, (sums, per_domain))
-    total: dict[str, float] = defaultdict(float)
-    domains: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    for rank_sums, rank_domains in gathered:
-        for name, value in rank_sums.items():
-            total[name] += value
-        for domain, (c, n) in rank_domains.items():
-            domains[domain][0] += c
-            domains[domain][1] += n
-    return dict(total), dict(domains)

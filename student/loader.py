@@ -33,8 +33,8 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline.cache import CacheEntry, ShardNotCommittedError, open_entry
-from pipeline.records import INDEX_FILE, SampleRecord, ShardIndex, read_index
-from pipeline.shard_reader import image_member
+from pipeline.shards.reader import image_member
+from pipeline.shards.records import INDEX_FILE, SampleRecord, ShardIndex, read_index
 from student.maps import (
     PairedTransform,
     Rect,
@@ -207,11 +207,10 @@ class ShardMapJoin:
         self.storage_options = storage_options
         # Reused as is in the main process (num_workers=0); workers reopen it once each.
         self._entry = entry
-        self._arrays: tuple[Any, Any, Any] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         # zarr and fsspec handles stay in the process that opened them
-        return {**self.__dict__, "_entry": None, "_arrays": None}
+        return {**self.__dict__, "_entry": None}
 
     def entry(self) -> CacheEntry:
         if self._entry is None:
@@ -220,24 +219,16 @@ class ShardMapJoin:
 
     def read_rows(self, shard_name: str) -> dict[str, tuple[np.ndarray, bool]] | None:
         """key -> (c_vlm [G, G] float16, valid) for a committed shard, None for a pending one."""
-        entry = self.entry()
         try:
-            entry.commit_record(shard_name)  # the commit is written after the data: check it first
+            # Only what the student needs: c_fore, c_back and answer stay on disk.
+            rows = self.entry().read_shard(shard_name, fields=("key", "c_vlm", "valid"))
         except ShardNotCommittedError:
             # The main process warned once, at build time, with the count; a shard committed
             # since then is picked up here, so check at every pass.
             log.debug("%s: shard %s has no committed maps; its samples get map_valid=False",
                       self.entry_path, shard_name)  # fmt: skip
             return None
-        if self._arrays is None:
-            group = entry.group()
-            # Only what the student needs: c_fore, c_back and answer stay on disk.
-            self._arrays = (group["key"], group["c_vlm"], group["valid"])
-        start, stop = entry.shard_rows(shard_name)
-        key_array, c_vlm_array, valid_array = self._arrays
-        keys = key_array[start:stop]  # [n], one chunk
-        c_vlm = c_vlm_array[start:stop]  # [n, G, G] float16, one chunk
-        valid = valid_array[start:stop]  # [n], one chunk
+        keys, c_vlm, valid = rows["key"], rows["c_vlm"], rows["valid"]  # [n], [n, G, G], [n]
         return {str(k): (c_vlm[i], bool(valid[i])) for i, k in enumerate(keys)}
 
     def __call__(self, samples: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
@@ -439,15 +430,23 @@ class ShardMapLoader:
             pipeline = pipeline.shuffle(
                 cfg.shuffle_buffer, seed=derive_seed("samples", cfg.seed, epoch, repeat)
             )
+        pipeline = pipeline.map(self.decode_stage(geometry))
+        return pipeline.batched(
+            cfg.batch_size, collation_fn=self.collate_stage(), partial=not cfg.train
+        )
+
+    def decode_stage(self, geometry: dict[str, Any] | None) -> DecodeAndView:
+        """Decode + view of one sample (dense students override it to carry their targets)."""
+        cfg = self.config
         transform = PairedTransform(
             cfg.img_size, cfg.patch_size, cfg.mean, cfg.std, cfg.train,
             scale=cfg.crop_scale, ratio=cfg.crop_ratio, hflip_p=cfg.hflip_p,
             eval_crop_fraction=cfg.eval_crop_fraction,
         )  # fmt: skip
-        pipeline = pipeline.map(DecodeAndView(transform, geometry))
-        return pipeline.batched(
-            cfg.batch_size, collation_fn=Collate(cfg.grid), partial=not cfg.train
-        )
+        return DecodeAndView(transform, geometry)
+
+    def collate_stage(self) -> Collate:
+        return Collate(self.config.grid)
 
     def _batches(self, epoch: int, repeat: int = 0) -> Iterator[Batch]:
         cfg = self.config

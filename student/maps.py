@@ -18,9 +18,7 @@ flip and normalize kernels, on the same rectangle the map is moved with (`Paired
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -29,73 +27,12 @@ from PIL import Image
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
+# The geometry is part of the cache contract (pipeline/geometry.py), shared with the teacher.
+from pipeline.geometry import Rect, teacher_view_rect, uniform_overlap
+
 # A crop that keeps less than this share of the teacher's mass yields a map made of rounding
 # slivers, not signal: the row is marked invalid instead of renormalizing noise up to 1.
 MIN_KEPT_MASS = 1e-3
-
-VIEW_MODES = ("pad", "resize", "crop")
-
-
-@dataclass(frozen=True)
-class Rect:
-    """An axis-aligned rectangle in original-image pixel coordinates (x1, y1 exclusive)."""
-
-    x0: float
-    y0: float
-    x1: float
-    y1: float
-
-    def __post_init__(self) -> None:
-        if not (self.x1 > self.x0 and self.y1 > self.y0):
-            raise ValueError(f"empty rectangle {self}")
-
-    @property
-    def width(self) -> float:
-        return self.x1 - self.x0
-
-    @property
-    def height(self) -> float:
-        return self.y1 - self.y0
-
-    @classmethod
-    def from_crop(cls, top: int, left: int, height: int, width: int) -> Rect:
-        """The rectangle of torchvision's crop parameters (top, left, height, width)."""
-        return cls(float(left), float(top), float(left + width), float(top + height))
-
-
-def teacher_view_rect(geometry: Mapping[str, Any], width: int, height: int) -> Rect:
-    """Where the teacher's square view (and so its G x G grid) lies over an original image.
-
-    `geometry` is the cache manifest's view geometry: `mode` and the view's `size` in pixels
-    (a full per-image ViewGeometry from teacher/view.py works too: its extra fields are
-    recomputed). The teacher resizes the image to integer sizes and pastes it at integer
-    offsets on a size x size canvas; this repeats that arithmetic, so the grid lands on the
-    same original pixels the teacher saw:
-    - "pad": long edge fitted to `size`, centered; the grid reaches past the image on the short
-      side, and those cells fall outside every crop.
-    - "crop": short edge fitted to `size`, center crop; the grid covers a centered square.
-    - "resize": stretched; the grid covers exactly the image.
-    """
-    mode = geometry.get("mode")
-    if mode not in VIEW_MODES:
-        raise ValueError(f"map geometry mode {mode!r} is not one of {VIEW_MODES}: {dict(geometry)}")
-    if mode == "resize":
-        return Rect(0.0, 0.0, float(width), float(height))
-    size = geometry.get("size")
-    if not isinstance(size, int) or size <= 0:
-        raise ValueError(
-            f"map geometry needs the view's integer 'size' in pixels: {dict(geometry)}"
-        )
-    edge = max(width, height) if mode == "pad" else min(width, height)
-    new_w, new_h = max(1, round(width * size / edge)), max(1, round(height * size / edge))
-    offset_x, offset_y = (size - new_w) // 2, (size - new_h) // 2  # view pixels
-    scale_x, scale_y = new_w / width, new_h / height  # view pixels per original pixel
-    return Rect(
-        -offset_x / scale_x,
-        -offset_y / scale_y,
-        (size - offset_x) / scale_x,
-        (size - offset_y) / scale_y,
-    )
 
 
 def check_view_geometry(geometry: Any, where: str) -> None:
@@ -121,37 +58,6 @@ def center_crop_rect(width: int, height: int, crop_fraction: float = 1.0) -> Rec
     side = max(1, round(min(width, height) * crop_fraction))
     left, top = (width - side) // 2, (height - side) // 2
     return Rect.from_crop(top, left, side, side)
-
-
-@functools.cache
-def _steps(n: int) -> np.ndarray:
-    return np.arange(n + 1, dtype=np.float64)  # [n + 1]; cached: this runs per batch
-
-
-def uniform_overlap(
-    source_lo: np.ndarray,
-    source_hi: np.ndarray,
-    n_source: int,
-    target_lo: np.ndarray,
-    target_hi: np.ndarray,
-    n_target: int,
-) -> np.ndarray:
-    """[..., n_target, n_source]: the share of each source cell's length in each target cell.
-
-    One axis of two uniform grids, for a batch of extents (`...` is the shape of the bounds).
-    With target edges measured in source-cell units from the source's start (u), source cell
-    k holds clip(u - k, 0, 1) of its length below u, so cell-to-cell shares are differences
-    of that along the target edges.
-    """
-    source_lo, source_hi = np.asarray(source_lo, np.float64), np.asarray(source_hi, np.float64)
-    target_lo, target_hi = np.asarray(target_lo, np.float64), np.asarray(target_hi, np.float64)
-    step = ((source_hi - source_lo) / n_source)[..., None]  # [..., 1]
-    edges = (target_lo[..., None] - source_lo[..., None]) / step + _steps(n_target) * (
-        (target_hi - target_lo)[..., None] / (n_target * step)
-    )  # [..., n_target + 1], in source cells
-    covered = edges[..., :, None] - _steps(n_source)[:-1]  # [..., n_target + 1, n_source]
-    np.clip(covered, 0.0, 1.0, out=covered)
-    return covered[..., 1:, :] - covered[..., :-1, :]  # [..., n_target, n_source]
 
 
 def rects_array(rects: Sequence[Rect]) -> np.ndarray:
@@ -195,33 +101,13 @@ def transform_maps(
     return (mass * scale[:, None, None]).astype(np.float32), kept
 
 
-def transform_map(
-    c_vlm: np.ndarray,
-    valid: bool,
-    view_rect: Rect,
-    crop_rect: Rect,
-    out_grid: int,
-    flip: bool = False,
-) -> tuple[np.ndarray, bool]:
-    """One cached C_VLM row on the student's grid after crop (+ flip); (zeros, False) if invalid."""
-    maps, kept = transform_maps(
-        np.asarray(c_vlm)[None],
-        np.array([valid]),
-        rects_array([view_rect]),
-        rects_array([crop_rect]),
-        np.array([flip]),
-        out_grid,
-    )
-    return maps[0], bool(kept[0])
-
-
 class PairedTransform:
     """One geometric view of a sample, applied to the image and its map with the same parameters.
 
     Training: torchvision's RandomResizedCrop parameters (drawn in original-image pixels) and a
     horizontal flip; evaluation: a deterministic center crop. The image then goes through
     torchvision's kernels (resize with antialias, flip, scale, normalize), the map through
-    `transform_map` on the very same rectangle, so the two cannot drift apart.
+    `transform_maps` on the very same rectangle, so the two cannot drift apart.
     """
 
     def __init__(
@@ -275,16 +161,3 @@ class PairedTransform:
         """(image [3, S, S], crop, flip): the view is returned so the map can follow it."""
         crop, flip = self.sample_view(image)
         return self.apply_image(image, crop, flip), crop, flip
-
-    def __call__(
-        self, image: Image.Image, c_vlm: np.ndarray | None, valid: bool, view_rect: Rect | None
-    ) -> tuple[torch.Tensor, np.ndarray, bool]:
-        """(image [3, S, S], map [g, g] summing to 1 or zeros, map valid) for one sample.
-
-        The loader uses `view_image` and moves a whole batch of maps at once instead.
-        """
-        tensor, crop, flip = self.view_image(image)
-        if c_vlm is None or view_rect is None:
-            return tensor, np.zeros((self.grid, self.grid), dtype=np.float32), False
-        student_map, map_valid = transform_map(c_vlm, valid, view_rect, crop, self.grid, flip)
-        return tensor, student_map, map_valid

@@ -16,13 +16,23 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from pipeline.errors import UserError
+from student.backbone_weights import (
+    WeightsUnavailableError,
+    download_hint,
+    ensure_hub_weights,
+    missing_file_error,
+    timm_hub_weights,
+)
 from student.config import StudentConfig
 from student.layers import InteractionAttention, InteractionRecord
 
 
-class WeightsUnavailableError(UserError, RuntimeError):
-    """The pretrained backbone could not be had; the message says how to supply it."""
+def timm_kwargs(cfg: StudentConfig) -> dict:
+    """`timm.create_model` keywords beyond the name: the config's extras, classes, image size."""
+    kwargs = dict(cfg.model_kwargs, num_classes=cfg.num_classes)
+    if cfg.img_size is not None:
+        kwargs["img_size"] = cfg.img_size
+    return kwargs
 
 
 def create_backbone(cfg: StudentConfig) -> VisionTransformer:
@@ -33,9 +43,7 @@ def create_backbone(cfg: StudentConfig) -> VisionTransformer:
     Built under a fixed seed so that the new head is the same in every process (resume relies
     on it), without disturbing the caller's RNG.
     """
-    kwargs = dict(cfg.model_kwargs, num_classes=cfg.num_classes)
-    if cfg.img_size is not None:
-        kwargs["img_size"] = cfg.img_size
+    kwargs = timm_kwargs(cfg)
     if not timm.is_model(cfg.model):  # accepts pretrained tags (name.augreg_in21k_ft_in1k)
         raise ValueError(f"StudentConfig.model: unknown timm model {cfg.model!r}")
     with torch.random.fork_rng(devices=[]):
@@ -60,10 +68,7 @@ def _create_with_weights(cfg: StudentConfig, kwargs: dict) -> nn.Module:
     if cfg.weights is not None:
         path = Path(cfg.weights)
         if not path.is_file():
-            raise WeightsUnavailableError(
-                f"StudentConfig.weights: no such file {path} (expected a .safetensors, .pth or "
-                ".bin state dict of {cfg.model}; WEIGHTS=none for random weights)"
-            )
+            raise missing_file_error(cfg.model, path)
         try:
             return timm.create_model(
                 cfg.model, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs
@@ -72,14 +77,14 @@ def _create_with_weights(cfg: StudentConfig, kwargs: dict) -> nn.Module:
             raise WeightsUnavailableError(
                 f"StudentConfig.weights: {path} does not load into {cfg.model}: {err}"
             ) from err
+    ensure_hub_weights(cfg.model, cfg.model_kwargs)  # offline: the local HF cache, or a clear error
     try:
         return timm.create_model(cfg.model, pretrained=True, **kwargs)
     except Exception as err:  # network, hub and cache errors all mean the same to the user
+        hint = download_hint(cfg.model, timm_hub_weights(cfg.model, cfg.model_kwargs))
         raise WeightsUnavailableError(
             f"could not fetch pretrained weights for {cfg.model} through timm ({type(err).__name__}: "
-            f"{err}). Without network, download them elsewhere (e.g. `hf download timm/"
-            f"{cfg.model}.augreg_in21k_ft_in1k model.safetensors`) and pass the file: "
-            "`make train WEIGHTS=/path/to/model.safetensors` (StudentConfig.weights); "
+            f"{err}). Without network, {hint}; "
             "WEIGHTS=none starts from random weights (tests and demo only)"
         ) from err
 
@@ -207,10 +212,7 @@ def count_forward_flops(model: nn.Module, img_size: int, batch: int = 1) -> int:
 
 def plain_vit(cfg: StudentConfig) -> VisionTransformer:
     """The same timm ViT without interaction parts (random weights: counts only)."""
-    kwargs = dict(cfg.model_kwargs, num_classes=cfg.num_classes)
-    if cfg.img_size is not None:
-        kwargs["img_size"] = cfg.img_size
-    return timm.create_model(cfg.model, pretrained=False, **kwargs)
+    return timm.create_model(cfg.model, pretrained=False, **timm_kwargs(cfg))
 
 
 def summarize(ivit: IViT, plain: nn.Module | None = None) -> str:

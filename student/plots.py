@@ -87,3 +87,23 @@ def plot_overlays(
         for ax in axes[i]:
             ax.axis("off")
     return _save(fig, out_path, dpi=80)
+
+
+def plot_human_alignment(result: dict, out_path: str | Path, title: str) -> Path:
+    """Fig. 6 of the paper: mean cosine to the reference (C_HUM or its stand-in), +- std."""
+    names = [n for n, v in result["cosine"].items() if v is not None]
+    means = [result["cosine"][n]["mean"] for n in names]
+    stds = [result["cosine"][n]["std"] for n in names]
+    colors = ["tab:blue" if "VFM" in n else "tab:red" if "VLM" in n else "tab:green" for n in names]
+    fig, ax = plt.subplots(figsize=(1.4 * len(names) + 2, 3.8))
+    bars = ax.bar(range(len(names)), means, yerr=stds, capsize=4, color=colors)
+    for bar, mean, std, name in zip(bars, means, stds, names, strict=True):
+        n = result["cosine"][name]["n"]
+        ax.annotate(f"{mean:.3f} +- {std:.3f}\n(n={n})",
+                    (bar.get_x() + bar.get_width() / 2, mean + std),
+                    ha="center", va="bottom", fontsize=7, xytext=(0, 3),
+                    textcoords="offset points")  # fmt: skip
+    ax.set_xticks(range(len(names)), [n.replace(" ", "\n", 1) for n in names], fontsize=8)
+    ax.set(ylabel=f"cosine to {result['reference']}", ylim=(0, 1.25), title=title)
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, out_path, dpi=100)

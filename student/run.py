@@ -13,16 +13,20 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from student.build import build, build_optimizer, build_scheduler
-from student.checkpoint import load_checkpoint
+from student.checkpoint import LAST_CHECKPOINT, load_checkpoint
 from student.config import StudentConfig, TrainConfig
+from student.dense.config import DetrConfig
 from student.distributed import cleanup, init_distributed, wrap_ddp
 from student.engine import evaluate, fit
+from student.human_alignment import HumanAlignment, load_human_maps, split_records
 from student.loader import build_loader
 from student.model import IViT, summarize
+from student.plots import plot_human_alignment
 
 
 class DataConfig(BaseModel):
@@ -47,6 +51,10 @@ class RunConfig(BaseModel):
     train: TrainConfig
     data: DataConfig
     device: str = Field("auto", description="auto | cpu | cuda")
+    task: Literal["classify", "detect", "segment"] = Field(
+        "classify", description="detect/segment: the I-ViT inside Conditional DETR (DESIGN 9)"
+    )
+    detr: DetrConfig | None = Field(None, description="the detector's size (dense tasks)")
 
 
 def _loader(cfg: RunConfig, model: IViT, split: str, cache: str | None, train: bool):
@@ -60,6 +68,10 @@ def _loader(cfg: RunConfig, model: IViT, split: str, cache: str | None, train: b
 
 def run_training(cfg: RunConfig) -> list[dict]:
     """Train (or resume) the run described by `cfg`; returns this call's metric rows."""
+    if cfg.task != "classify":
+        from student.dense.run import run_dense_training
+
+        return run_dense_training(cfg)
     context = init_distributed(device=cfg.device)
     try:
         model, criterion = build(cfg.student)
@@ -85,19 +97,45 @@ def run_training(cfg: RunConfig) -> list[dict]:
 
 
 def evaluate_run(
-    run_dir: Path, split: str, shard_dir: Path | None = None, device: str = "auto"
+    run_dir: Path,
+    split: str,
+    shard_dir: Path | None = None,
+    device: str = "auto",
+    cache_entry: str | None = None,
+    human_maps: Path | None = None,
 ) -> dict:
-    """Top-1 (and per-domain accuracy with its variance) of a run's last checkpoint on `split`."""
+    """Top-1 (and per-domain accuracy with its variance) of a run's last checkpoint on `split`,
+    and the cosine of C_VFM, C_VLM and C_AGT to C_HUM (`human_maps`; without it the box mask
+    stands in) with its bar chart. C_VLM comes from `cache_entry`, by default the run's own
+    entry for that split."""
     cfg = RunConfig.model_validate_json((run_dir / "config.json").read_text())
+    if cfg.task != "classify":
+        from student.dense.run import evaluate_dense_run
+
+        return evaluate_dense_run(cfg, run_dir, split, shard_dir, device, cache_entry)
     context = init_distributed(device=device)
     model, _ = build(cfg.student)
-    load_checkpoint(run_dir / "checkpoint-last", model, restore_rng=False)
+    load_checkpoint(run_dir / LAST_CHECKPOINT, model, restore_rng=False)
     if shard_dir is not None:
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"shard_dir": shard_dir})})
-    loader = _loader(cfg, model, split, None, train=False)
+    if cache_entry is None and split == cfg.data.val_split:
+        cache_entry = cfg.data.val_cache
+    loader = _loader(cfg, model, split, cache_entry, train=False)
+    human = HumanAlignment(
+        split_records(loader.split_dir), model.grid, loader.config.eval_crop_fraction,
+        load_human_maps(human_maps) if human_maps else None,
+        str(human_maps) if human_maps else None,
+    )  # fmt: skip
     model.to(context.device)
-    result = evaluate(model, loader, context.device)
+    result = evaluate(model, loader, context.device, human=human)
     result = {"run": str(run_dir), "split": split, **result}
+    result["human_alignment"] = {**human.result(), "c_vlm_entry": cache_entry}
+    figure = plot_human_alignment(
+        result["human_alignment"], run_dir / f"human-alignment-{split}.png",
+        f"{run_dir.name} on {split}: cosine to {human.reference}"
+        + (f" ({Path(human_maps).name})" if human_maps else ""),
+    )  # fmt: skip
+    result["human_alignment"]["figure"] = str(figure)
     (run_dir / f"eval-{split}.json").write_text(json.dumps(result, indent=1))
     return result
 

@@ -6,6 +6,8 @@ results = teacher.extract([TeacherInput(key, image, boxes, class_name, label), .
 
 from __future__ import annotations
 
+from pipeline.geometry import MapGeometry, ViewGeometry
+from teacher.baselines import BASELINES, BaselineTeacher
 from teacher.config import DEFAULT_MODEL, TeacherConfig
 from teacher.extract import MapResult, Teacher, TeacherInput
 from teacher.loading import (
@@ -14,25 +16,32 @@ from teacher.loading import (
     load_model,
     weights_fingerprint,
 )
-from teacher.view import ViewGeometry
 
 
-def load_teacher(cfg: TeacherConfig, vocabulary: list[str]) -> Teacher:
-    """Load the checkpoint named by cfg.model; vocabulary = class names offered by Prompt 1."""
+def load_teacher(cfg: TeacherConfig, vocabulary: list[str]) -> Teacher | BaselineTeacher:
+    """Load the checkpoint named by cfg.model; vocabulary = class names offered by Prompt 1.
+    `model="box"` or `"uniform"` is a baseline teacher (teacher/baselines.py): no weights."""
+    if cfg.model in BASELINES:
+        return BaselineTeacher(cfg, vocabulary)
     config, processor, source = load_config_and_processor(cfg)
     model = load_model(cfg, source)
     return Teacher(cfg, model, processor, vocabulary, weights_fingerprint(source, config), config)
 
 
-def describe_teacher(cfg: TeacherConfig, vocabulary: list[str]) -> Teacher:
+def describe_teacher(cfg: TeacherConfig, vocabulary: list[str]) -> Teacher | BaselineTeacher:
     """The teacher without its weights (spec, grid, geometry): finding a cache entry, or
     learning that every shard is committed, costs a config read, not a 7B load."""
+    if cfg.model in BASELINES:
+        return BaselineTeacher(cfg, vocabulary)
     config, processor, source = load_config_and_processor(cfg)
     return Teacher(cfg, None, processor, vocabulary, weights_fingerprint(source, config), config)
 
 
 __all__ = [
+    "BASELINES",
     "DEFAULT_MODEL",
+    "BaselineTeacher",
+    "MapGeometry",
     "MapResult",
     "Teacher",
     "TeacherConfig",

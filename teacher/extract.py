@@ -24,6 +24,7 @@ from transformers import (
     StoppingCriteria,
 )
 
+from pipeline.geometry import Box, MapGeometry, ViewGeometry
 from teacher.answers import (
     ParsedAnswer,
     Span,
@@ -37,7 +38,7 @@ from teacher.capture import ROWS_ATTENTION, RowCapture, capturing
 from teacher.config import TeacherConfig
 from teacher.filters import eq11, eq12
 from teacher.prompts import CHAT_FORM, PROMPTS, chat_text, forced_answer_text, question_text
-from teacher.view import Box, ViewGeometry, teacher_view
+from teacher.view import teacher_view
 
 SPEC_FORMAT = 1
 RowFn = Callable[[int, int], torch.Tensor]  # (item in batch, padded query position) -> [I]
@@ -64,7 +65,6 @@ class MapResult:
     answer: str
     fg_correct: int  # 1 / 0, or -1 when unknown (forced answers choose no foreground)
     audit: dict | None
-    geometry: ViewGeometry
 
 
 @dataclass
@@ -208,9 +208,9 @@ class Teacher:
             "grid": self.grid,
         }
 
-    def geometry_spec(self) -> dict:
+    def geometry_spec(self) -> MapGeometry:
         """The view geometry shared by every map (per-image scale follows from the image size)."""
-        return {"mode": self.cfg.view, "size": self.image_size, "grid": self.grid}
+        return MapGeometry(mode=self.cfg.view, size=self.image_size, grid=self.grid)
 
     # ---- preparation -------------------------------------------------------------------------
 
@@ -412,7 +412,6 @@ class Teacher:
             answer=text,
             fg_correct=self.fg_correct(parsed, text, prepared),
             audit=audit,
-            geometry=prepared.geometry,
         )
 
     def use_rows_attention(self) -> None:

@@ -19,10 +19,10 @@ from transformers import (
     LlavaProcessor,
 )
 
-from pipeline.errors import UserError
 from pipeline.paths import data_dir
 from teacher.capture import ROWS_ATTENTION, register_rows_attention
 from teacher.config import TeacherConfig
+from teacher.hub_weights import TeacherWeightsError, ensure_teacher_files
 
 TINY_ALIAS = "tiny"
 
@@ -35,10 +35,6 @@ def default_tiny_dir() -> Path:
 # bitsandbytes' CPU backend asks for an optional hub-downloaded kernel on every 4-bit matmul
 # setup and warns when it is absent; its pure-PyTorch fallback is what runs here, correctly.
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
-
-
-class TeacherWeightsError(UserError, RuntimeError):
-    """The checkpoint could not be found locally nor downloaded."""
 
 
 def resolve_model(model: str) -> str:
@@ -81,8 +77,8 @@ def _weights_error(source: str, err: Exception) -> TeacherWeightsError:
     return TeacherWeightsError(
         f"could not load teacher weights {source!r}: {err}\n"
         "Without network access the weights must already be on disk: download "
-        "llava-hf/llava-1.5-7b-hf once (huggingface-cli download llava-hf/llava-1.5-7b-hf) "
-        "and set TEACHER=/path/to/that/directory, or use TEACHER=tiny "
+        "llava-hf/llava-1.5-7b-hf once (hf download llava-hf/llava-1.5-7b-hf --local-dir "
+        "llava-1.5-7b-hf) and set TEACHER=/path/to/llava-1.5-7b-hf, or use TEACHER=tiny "
         "(`make tiny-teacher` builds a random tiny LLaVA for offline runs)."
     )
 
@@ -90,6 +86,7 @@ def _weights_error(source: str, err: Exception) -> TeacherWeightsError:
 def load_config_and_processor(cfg: TeacherConfig) -> tuple[LlavaConfig, LlavaProcessor, str]:
     """(model config, processor, resolved path or hub id): everything but the weights, cheap."""
     source = resolve_model(cfg.model)
+    ensure_teacher_files(source, cfg.revision)  # offline: the local HF cache, or a clear error
     try:
         processor = LlavaProcessor.from_pretrained(source, revision=cfg.revision)
         config = LlavaConfig.from_pretrained(source, revision=cfg.revision)

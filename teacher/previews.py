@@ -10,16 +10,18 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-import fsspec
 import numpy as np
 from matplotlib import colormaps
 from PIL import Image, ImageDraw
 
 from pipeline.cache import CacheEntry
-from pipeline.shard_reader import iter_shard
+from pipeline.geometry import MapGeometry
+from pipeline.shards.reader import iter_shard
+from teacher.config import TeacherConfig
 from teacher.view import teacher_view
 
 OVERLAY_ALPHA = 0.55
+_DEFAULT_VISUAL = TeacherConfig().model_dump(include={"pad_color", "box_color", "box_width"})
 
 
 def overlay(view: Image.Image, grid_map: np.ndarray) -> Image.Image:
@@ -43,16 +45,18 @@ def preview_image(
     image: Image.Image, boxes: list, maps: dict[str, np.ndarray], entry: CacheEntry
 ) -> Image.Image:
     """One row: the teacher's view with its boxes, then each map of `maps` (title -> G x G)."""
-    geometry = entry.manifest.get("geometry") or {}
-    visual = entry.manifest["spec"]["teacher"].get("visual_prompt", {})
+    geometry = MapGeometry.model_validate(entry.manifest["geometry"])
+    # The visual prompt the teacher recorded in its spec; a spec without one (maps from
+    # elsewhere) gets TeacherConfig's defaults, the one place they are declared.
+    visual = {**_DEFAULT_VISUAL, **entry.manifest["spec"]["teacher"].get("visual_prompt", {})}
     view, _ = teacher_view(
         image,
         boxes,
-        int(geometry.get("size", 336)),
-        geometry.get("mode", "pad"),
-        tuple(visual.get("pad_color", (122, 116, 104))),
-        tuple(visual.get("box_color", (255, 0, 0))),
-        int(visual.get("box_width", 3)),
+        geometry.size,
+        geometry.mode,
+        tuple(visual["pad_color"]),
+        tuple(visual["box_color"]),
+        int(visual["box_width"]),
     )
     panels = [_titled(view.copy(), "teacher view + boxes")]
     panels += [_titled(overlay(view, grid_map), title) for title, grid_map in maps.items()]
@@ -83,12 +87,7 @@ def save_previews(entry: CacheEntry, shard_dir: str | Path, count: int = 6) -> l
                 "C_VLM": np.asarray(maps.c_vlm[i], np.float32),
             }
             png = preview_image(image, sample.record.boxes, grids, entry)
-            url = f"{entry.path}/previews/{sample.key}.png"
             buffer = io.BytesIO()
             png.save(buffer, format="PNG")
-            # url_to_fs + pipe_file: the same two calls for a local entry and an s3:// one.
-            fs, path = fsspec.core.url_to_fs(url, **(entry.storage_options or {}))
-            fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-            fs.pipe_file(path, buffer.getvalue())
-            saved.append(url)
+            saved.append(entry.put_file(f"previews/{sample.key}.png", buffer.getvalue()))
     return saved

@@ -9,10 +9,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from pipeline.cache import ShardMaps
-from pipeline.shard_reader import ShardSample, iter_shard
+from pipeline.cache import CacheEntry, ShardMaps
+from pipeline.shards.reader import ShardSample, iter_shard
 from teacher.extract import MapResult, Teacher, TeacherInput
-from teacher.view import view_geometry
 
 
 class UnreadableImage(ValueError):
@@ -42,29 +41,25 @@ def teacher_input(sample: ShardSample, shard_path: Path, vocabulary: list[str]) 
 
 def unreadable_result(teacher: Teacher, sample: ShardSample, reason: str) -> MapResult:
     zeros = np.zeros((teacher.grid, teacher.grid), dtype=np.float32)
-    record = sample.record
     return MapResult(
         key=sample.key, c_vlm=zeros, c_fore=zeros, c_back=zeros, valid=False, reason=reason,
         answer="", fg_correct=-1, audit=None,
-        geometry=view_geometry(record.width, record.height, teacher.image_size, teacher.cfg.view),
     )  # fmt: skip
 
 
-def write_audit(results: list[MapResult], path: Path) -> None:
+def audit_lines(results: list[MapResult]) -> bytes:
     """One JSON line per row: key, answer, and the audit record (token ids and positions)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as fh:
-        for r in results:
-            fh.write(json.dumps({"key": r.key, "answer": r.answer, **(r.audit or {})}) + "\n")
+    lines = [json.dumps({"key": r.key, "answer": r.answer, **(r.audit or {})}) for r in results]
+    return "".join(line + "\n" for line in lines).encode()
 
 
 def extract_shard_maps(
-    teacher: Teacher, shard_path: str | Path, audit_dir: str | Path | None = None
+    teacher: Teacher, shard_path: str | Path, entry: CacheEntry | None = None
 ) -> ShardMaps:
     """Maps of every sample of one shard, in the shard's order.
 
-    With the teacher's audit option on and `audit_dir` given, also writes
-    `<audit_dir>/<shard name>.audit.jsonl` so anyone can recompute each map.
+    With the teacher's audit option on and `entry` given, also writes
+    `audit/<shard name>.audit.jsonl` into the entry so anyone can recompute each map.
     """
     shard_path = Path(shard_path)
     samples = list(iter_shard(shard_path))
@@ -78,6 +73,6 @@ def extract_shard_maps(
             unreadable[sample.key] = unreadable_result(teacher, sample, str(err))
     extracted = {r.key: r for r in teacher.extract(items)} if items else {}
     results = [extracted.get(s.key) or unreadable[s.key] for s in samples]  # the shard's order
-    if teacher.cfg.audit and audit_dir is not None:
-        write_audit(results, Path(audit_dir) / f"{shard_path.name}.audit.jsonl")
+    if teacher.cfg.audit and entry is not None:
+        entry.put_file(f"audit/{shard_path.name}.audit.jsonl", audit_lines(results))
     return ShardMaps.from_results(results)

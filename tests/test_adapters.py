@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipeline.adapters import CocoAdapter, ImageFolderAdapter
+from pipeline.datasets.adapters import CocoAdapter, ImageFolderAdapter
 
 
 def _image(path: Path, size=(20, 10)) -> None:

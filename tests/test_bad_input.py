@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.adapters import TinyImageNetAdapter
 from pipeline.cli import main
-from pipeline.registry import DatasetMissingError, open_adapter
-from pipeline.shard_writer import write_shards
+from pipeline.datasets.adapters import TinyImageNetAdapter
+from pipeline.datasets.registry import DatasetMissingError, open_adapter
+from pipeline.shards.writer import write_shards
 
 
 def _encode(image: Image.Image, fmt: str) -> bytes:

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from test_cache_kit import (
+from cache_fixtures import (
     GRID,
     assert_rows_equal,
     expected_maps,
@@ -19,7 +19,7 @@ from test_cache_kit import (
 )
 
 from pipeline.cache import CacheEntry, open_entry
-from pipeline.cache_verify import verify_entry
+from pipeline.cache.verify import verify_entry
 
 COUNTS = (4, 4, 4, 4, 4, 4, 3)  # seven shards, the last one short
 GEOMETRY = {"mode": "resize", "size": 336}

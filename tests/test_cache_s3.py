@@ -12,7 +12,7 @@ from typing import Any
 import boto3
 import numpy as np
 import pytest
-from test_cache_kit import (
+from cache_fixtures import (
     GRID,
     expected_maps,
     make_index,
@@ -20,11 +20,12 @@ from test_cache_kit import (
     read_arrays_plain,
     read_json_plain,
 )
+from loader_fixtures import write_toy_cache, write_toy_split
 
 from pipeline.cache import CacheEntry, ShardNotCommittedError, cache_key, list_entries, open_entry
-from pipeline.cache_cli import add_cache_commands
-from pipeline.cache_files import EntryFiles
-from pipeline.cache_verify import verify_entry
+from pipeline.cache.cli import add_cache_commands
+from pipeline.cache.files import EntryFiles
+from pipeline.cache.verify import verify_entry
 
 moto_server = pytest.importorskip("moto.server", reason="moto[server] is in the dev extra")
 
@@ -146,3 +147,27 @@ def test_cli_verify_over_s3(s3_root: str, s3_options: dict[str, Any], capsys) ->
     )
     assert args.func(args) == 0
     assert "OK (2 committed shard(s) verified, 1 pending)" in capsys.readouterr().out
+
+
+def test_side_files_go_through_the_cache_layer_on_s3(
+    tmp_path: Path, s3_root: str, s3_options: dict[str, Any], monkeypatch
+) -> None:
+    """Previews and audit records of an s3:// entry land in the bucket, and nothing is written
+    to a local folder named after the URL (Path("s3://b/k") would make "s3:/b/k")."""
+    from teacher.previews import save_previews
+
+    monkeypatch.chdir(tmp_path)
+    toy = write_toy_split(tmp_path / "shards", shards=1, per_shard=4)
+    entry = write_toy_cache(s3_root, toy, storage_options=s3_options)
+    saved = save_previews(entry, toy.split_dir, count=2)
+    audit = entry.put_file("audit/shard-000000.tar.audit.jsonl", b'{"key": "s00_001"}\n')
+    assert len(saved) == 2 and all(url.startswith(f"{entry.path}/previews/") for url in saved)
+    assert audit == f"{entry.path}/audit/shard-000000.tar.audit.jsonl"
+    files = EntryFiles(entry.path, s3_options)
+    for url in saved:
+        png = files.get_bytes(url.removeprefix(f"{entry.path}/"))
+        assert png.startswith(b"\x89PNG")
+    assert files.get_bytes("audit/shard-000000.tar.audit.jsonl") == b'{"key": "s00_001"}\n'
+    assert not (tmp_path / "s3:").exists()
+    with pytest.raises(ValueError, match="part of the entry's format"):
+        entry.put_file("manifest.json", b"{}")

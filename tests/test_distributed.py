@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_loader_toys import write_toy_split
+from loader_fixtures import write_toy_split
 
 from student.distributed import (
-    all_reduce_sum,
     get_world_size,
     init_distributed,
     is_main_process,
+    sum_over_ranks,
     wrap_ddp,
 )
 
@@ -27,7 +27,7 @@ WORKER = textwrap.dedent(
     """
     import json, sys
     import torch
-    from student.distributed import all_reduce_sum, cleanup, init_distributed, is_main_process, wrap_ddp
+    from student.distributed import cleanup, init_distributed, is_main_process, sum_over_ranks, wrap_ddp
     from student.loader import build_loader
 
     shard_dir, small_dir, out_dir = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -44,7 +44,7 @@ WORKER = textwrap.dedent(
     features = train_batches[0]["image"].mean(dim=(2, 3))  # [B, 3], different on each rank
     model(features).pow(2).mean().backward()
 
-    count = all_reduce_sum(torch.tensor([len(eval_keys)]))
+    count = sum_over_ranks({"n": len(eval_keys)})["n"]
 
     # one shard for two ranks: evaluation leaves rank 1 idle, training refuses
     small = build_loader(small_dir, None, "val", 16, 4, 4, False, 1, **common)
@@ -65,7 +65,7 @@ WORKER = textwrap.dedent(
         "train_batches": len(train_batches),
         "train_length": len(training),
         "grad": model.module.weight.grad.flatten().tolist(),
-        "all_reduced_count": int(count.item()),
+        "all_reduced_count": int(count),
         "small_keys": small_keys,
         "small_length": len(small),
         "small_train_error": small_train_error,
@@ -133,8 +133,8 @@ def test_single_process_helpers_degrade_gracefully(monkeypatch):
     assert context.is_main and is_main_process() and get_world_size() == 1
     model = torch.nn.Linear(2, 2)
     assert wrap_ddp(model) is model
-    values = torch.tensor([3.0])
-    assert torch.equal(all_reduce_sum(values), values)
+    values = {"correct": 3.0}
+    assert sum_over_ranks(values) == values
 
 
 def test_bad_environment_is_named(monkeypatch):

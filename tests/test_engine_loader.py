@@ -7,7 +7,7 @@ import json
 import warnings
 
 import torch
-from test_loader_toys import write_toy_cache, write_toy_split
+from loader_fixtures import write_toy_cache, write_toy_split
 
 from student.build import build, build_optimizer, build_scheduler
 from student.config import StudentConfig, TrainConfig

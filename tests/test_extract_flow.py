@@ -44,10 +44,10 @@ import zarr
 from PIL import Image
 
 from pipeline.cache import CacheMismatchError, ShardNotCommittedError, open_entry
-from pipeline.cache_verify import verify_entry
-from pipeline.records import read_index
-from pipeline.sample_dataset import write_sample_dataset
-from pipeline.shard_reader import iter_shard
+from pipeline.cache.verify import verify_entry
+from pipeline.datasets.generated import write_sample_dataset
+from pipeline.shards.reader import iter_shard
+from pipeline.shards.records import read_index
 
 pytestmark = pytest.mark.slow
 tiny_dir = teacher_fixtures.tiny_dir  # session fixture: the tiny LLaVA, built once
@@ -366,6 +366,13 @@ def test_reference_run_is_recorded_on_the_prefect_server(
     assert {row["status"] for row in rows} == {"written"}
     assert sum(row["rows"] for row in rows) == 20
     assert str(reference.entry.parent) in json.dumps(run.parameters)  # the run says where
+
+    # The run ends with the map-quality report: an artifact, and report.json/png in the entry.
+    quality = artifacts["map-quality"]
+    assert quality.type == "markdown" and f"Map quality of `{reference.key}`" in quality.data
+    report = json.loads((reference.entry / "report.json").read_text())
+    assert report["cache_key"] == reference.key and report["groups"][0]["rows"] == 20
+    assert (reference.entry / "report.png").read_bytes().startswith(b"\x89PNG")
 
 
 def _stop(pid: int) -> None:

@@ -58,9 +58,9 @@ def test_bad_flag_values_are_named() -> None:
 
 def test_which_entry_names_the_entry_a_run_writes(tiny_dir, tmp_path, capsys) -> None:
     from flows.extract import _open_entry, main
-    from pipeline.config import ShardsConfig
-    from pipeline.sample_dataset import write_sample_dataset
-    from pipeline.shards_command import build_shards
+    from pipeline.datasets.generated import write_sample_dataset
+    from pipeline.shards.build import build_shards
+    from pipeline.shards.config import ShardsConfig
 
     raw = write_sample_dataset(tmp_path / "raw", train_per_class=1, val_per_class=1)
     argv = ["--root", str(raw), "--shards-root", str(tmp_path / "shards"), "--shard-size", "5",

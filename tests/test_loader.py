@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from test_loader_toys import is_invalid_row, write_toy_cache, write_toy_split
+from loader_fixtures import is_invalid_row, write_toy_cache, write_toy_split
 
 from pipeline.cache import CacheMismatchError
 from student.loader import build_loader
@@ -231,7 +231,7 @@ def test_split_folder_and_errors(tmp_path, toy):
 
 def test_image_size_disagreeing_with_record_is_named(tmp_path):
     import webdataset as wds
-    from test_loader_toys import toy_image
+    from loader_fixtures import toy_image
 
     toy = write_toy_split(tmp_path / "shards", shards=1, per_shard=2)
     shard = toy.split_dir / toy.index.shards[0].name

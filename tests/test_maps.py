@@ -17,11 +17,37 @@ from student.maps import (
     center_crop_rect,
     rects_array,
     teacher_view_rect,
-    transform_map,
     transform_maps,
 )
 
 torch.set_num_threads(1)
+
+
+def transform_map(
+    c_vlm: np.ndarray,
+    valid: bool,
+    view_rect: Rect,
+    crop_rect: Rect,
+    out_grid: int,
+    flip: bool = False,
+) -> tuple[np.ndarray, bool]:
+    """One row through the batched `transform_maps` (the loader moves whole batches)."""
+    maps, kept = transform_maps(
+        np.asarray(c_vlm)[None],
+        np.array([valid]),
+        rects_array([view_rect]),
+        rects_array([crop_rect]),
+        np.array([flip]),
+        out_grid,
+    )
+    return maps[0], bool(kept[0])
+
+
+def paired(transform: PairedTransform, image: Image.Image, c_vlm, valid: bool, view_rect: Rect):
+    """(image [3, S, S], map [g, g], map valid): one sample's image and map on the same view."""
+    tensor, crop, flip = transform.view_image(image)
+    student_map, map_valid = transform_map(c_vlm, valid, view_rect, crop, transform.grid, flip)
+    return tensor, student_map, map_valid
 
 
 def box_density_map(box: tuple[float, float, float, float], region, grid: int) -> np.ndarray:
@@ -238,8 +264,8 @@ def test_paired_transform_eval_is_deterministic_and_shapes():
     image = _bright_box_image(64, (8, 8, 40, 40))
     teacher_map = box_density_map((8, 8, 40, 40), (0, 0, 64, 64), 16).astype(np.float32)
     transform = PairedTransform(32, 8, [0.5] * 3, [0.5] * 3, train=False)
-    first = transform(image, teacher_map, True, Rect(0, 0, 64, 64))
-    second = transform(image, teacher_map, True, Rect(0, 0, 64, 64))
+    first = paired(transform, image, teacher_map, True, Rect(0, 0, 64, 64))
+    second = paired(transform, image, teacher_map, True, Rect(0, 0, 64, 64))
     assert first[0].shape == (3, 32, 32)
     assert first[1].shape == (4, 4)
     assert torch.equal(first[0], second[0])
@@ -259,8 +285,8 @@ def test_image_size_must_divide_into_patches():
 @pytest.mark.parametrize("mode", ["pad", "crop", "resize"])
 def test_view_rect_agrees_with_the_teachers_own_geometry(mode):
     # Contract check: the grid the student places is the grid the teacher computed its maps on
-    # (teacher/view.py's ViewGeometry maps view pixels back to original pixels).
-    from teacher.view import view_geometry
+    # (pipeline/geometry.py's ViewGeometry maps view pixels back to original pixels).
+    from pipeline.geometry import view_geometry
 
     for width, height, size in [(64, 64, 336), (500, 375, 336), (61, 100, 336), (333, 17, 224)]:
         theirs = view_geometry(width, height, size, mode)

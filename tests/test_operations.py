@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from flows.command import run_command
+from pipeline.datasets.registry import UnknownDatasetError
 from pipeline.errors import MissingInputError, UserError
-from pipeline.registry import UnknownDatasetError
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -95,7 +95,8 @@ PROBE = """
 import sys
 import flows  # the project's Prefect settings, as `python -m flows.<name>` has them
 from prefect import flow, task
-from flows.command import prefect_session, retry_unless_user_error, run_command
+from flows.command import prefect_session, run_command
+from flows.retries import retry_unless_user_error
 from pipeline.errors import MissingInputError
 
 @task(retries=2, retry_delay_seconds=0, retry_condition_fn=retry_unless_user_error)
@@ -143,7 +144,7 @@ def test_user_error_in_a_run_is_not_retried_nor_a_traceback(
 
 def test_a_user_error_is_a_user_error() -> None:
     from pipeline.cache import CacheMismatchError
-    from pipeline.registry import DatasetMissingError, UnknownSplitError
+    from pipeline.datasets.registry import DatasetMissingError, UnknownSplitError
     from student.model import WeightsUnavailableError
     from teacher.loading import TeacherWeightsError
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import webdataset as wds
 
-from pipeline.adapters import TinyImageNetAdapter
-from pipeline.records import read_index
-from pipeline.sample_dataset import write_sample_dataset
-from pipeline.shard_writer import write_shards
+from pipeline.datasets.adapters import TinyImageNetAdapter
+from pipeline.datasets.generated import write_sample_dataset
+from pipeline.shards.records import read_index
+from pipeline.shards.writer import write_shards
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +158,7 @@ def test_sample_boxes_enclose_the_object(sample_root: Path) -> None:
     import numpy as np
     from PIL import Image
 
-    from pipeline.sample_dataset import SHAPES
+    from pipeline.datasets.generated import SHAPES
 
     for key, (data, class_name, box) in raw_truth(sample_root, "train").items():
         label = next(i for i, s in enumerate(SHAPES) if s[0] == class_name)

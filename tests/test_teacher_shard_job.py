@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import teacher_fixtures
@@ -11,9 +12,9 @@ from PIL import Image
 from teacher_fixtures import make_teacher
 
 from pipeline.cache import CacheEntry, CacheSpec
-from pipeline.config import ShardsConfig
-from pipeline.sample_dataset import write_sample_dataset
-from pipeline.shards_command import build_shards
+from pipeline.datasets.generated import write_sample_dataset
+from pipeline.shards.build import build_shards
+from pipeline.shards.config import ShardsConfig
 from teacher.previews import save_previews
 from teacher.shard_job import extract_shard_maps
 
@@ -36,7 +37,7 @@ def test_shard_to_cache_and_previews(tiny_dir, tmp_path):
         str(tmp_path / "cache"), spec, index, grid=teacher.grid, geometry=teacher.geometry_spec()
     )
     first = index.shards[0]
-    maps = extract_shard_maps(teacher, config.shard_dir() / first.name, tmp_path / "audit")
+    maps = extract_shard_maps(teacher, config.shard_dir() / first.name, entry)
     assert maps.keys == first.keys and maps.c_vlm.shape == (first.count, 24, 24)
     entry.write_shard(first.name, maps)
 
@@ -48,7 +49,9 @@ def test_shard_to_cache_and_previews(tiny_dir, tmp_path):
     manifest = json.loads((tmp_path / "cache" / entry.key / "manifest.json").read_text())
     assert manifest["geometry"] == {"mode": "pad", "size": 336, "grid": 24}
 
-    audit_lines = (tmp_path / "audit" / f"{first.name}.audit.jsonl").read_text().splitlines()
+    audit_lines = (
+        (Path(entry.path) / "audit" / f"{first.name}.audit.jsonl").read_text().splitlines()
+    )
     assert [json.loads(line)["key"] for line in audit_lines] == first.keys
 
     saved = save_previews(entry, config.shard_dir(), count=2)

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from teacher.view import teacher_view, view_geometry
+from pipeline.geometry import view_geometry
+from teacher.view import teacher_view
 
 RED = (255, 0, 0)
 GRAY = (122, 116, 104)

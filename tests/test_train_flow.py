@@ -10,9 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_loader_toys import write_toy_cache, write_toy_split
+from loader_fixtures import is_invalid_row, write_toy_cache, write_toy_split
 
 from flows.train import TrainParams, _matching_entry
+from pipeline.shards.records import read_index
 
 TINY_VIT = [
     "--model", "vit_tiny_patch16_224", "--weights", "none", "--img-size", "32",
@@ -79,6 +80,17 @@ def test_train_then_resume_then_evaluate(toy_data, prefect_server) -> None:
     assert set(result["domains"]) == {"photo", "sketch"}  # toy samples alternate domains
     assert result["domain_variance"] >= 0.0
     assert '"top1"' in evaluation.stdout
+    # Without an annotation file the box mask stands in for C_HUM, and says so.
+    human = result["human_alignment"]
+    assert human["reference"] == "box mask (C_HUM stand-in)" and human["source"] is None
+    assert human["c_vlm_entry"] == config["data"]["val_cache"]  # the run's own val maps
+    val_keys = [k for s in read_index(toy_data["shards"] / "toy" / "val").shards for k in s.keys]
+    with_map = sum(not is_invalid_row(k) for k in val_keys)  # C_VLM only where the map is valid
+    assert 0 < with_map < 8
+    for name, n in (("C_VFM last block", 8), ("C_VFM mean of blocks", 8), ("C_VLM", with_map),
+                    ("C_AGT last block", 8)):  # fmt: skip
+        assert human["cosine"][name]["n"] == n and 0.0 <= human["cosine"][name]["mean"] <= 1.0
+    assert Path(human["figure"]).stat().st_size > 0
 
 
 def test_train_under_torchrun_with_two_processes(toy_data, prefect_server) -> None:
@@ -92,7 +104,7 @@ def test_train_under_torchrun_with_two_processes(toy_data, prefect_server) -> No
 
 
 def test_missing_cache_entry_says_how_to_make_one(toy_data, tmp_path) -> None:
-    from pipeline.records import read_index
+    from pipeline.shards.records import read_index
 
     params = TrainParams(
         dataset="toy", cache_root=str(tmp_path / "empty"), shards_root=str(toy_data["shards"])
@@ -107,7 +119,7 @@ def test_several_teachers_on_one_root(toy_data, tmp_path) -> None:
     """Two teachers' maps for the same shards: training must be told which, and the val split
     follows the train split's teacher instead of mixing two."""
     from pipeline.cache import CacheEntry, CacheSpec, open_entry
-    from pipeline.records import read_index
+    from pipeline.shards.records import read_index
 
     root = tmp_path / "cache"
     for split in ("train", "val"):

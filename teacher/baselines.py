@@ -1,0 +1,87 @@
+"""Baseline teachers: the maps a user gets without any VLM, under the same cache contract.
+
+- `box`: the ground-truth boxes rasterized on the teacher's grid through the view geometry (a
+  cell weighs its share inside the union of the boxes), normalized to sum 1. It answers "does
+  the VLM add anything beyond the box it was shown?", and it is a teacher whose maps are known
+  to be right, for testing the offline pipeline. An image without boxes is an invalid row.
+- `uniform`: every cell weighs its share inside the image (padding cells get nothing).
+
+They are selected with `TeacherConfig(model="box" | "uniform")` (`make extract TEACHER=box`),
+have their own spec and so their own cache key, use LLaVA-1.5's 336 px view and 24 x 24 grid so
+their entries line up cell for cell with LLaVA's, and need no weights. C_fore is the map itself
+and C_back zeros, so C_VLM = relu(C_fore - C_back) / sum holds as for the VLM.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from pipeline.geometry import MapGeometry, box_coverage, image_rect, teacher_view_rect
+from teacher.config import TeacherConfig
+from teacher.extract import MapResult, TeacherInput
+
+BASELINES = ("box", "uniform")
+BASELINE_FORMAT = 1
+VIEW_SIZE = 336  # LLaVA-1.5's input size and 24 x 24 token grid: entries align with LLaVA's
+GRID = 24
+NO_BOXES = "no ground-truth boxes: the box teacher has nothing to rasterize"
+OUTSIDE_VIEW = "the ground-truth boxes lie outside the teacher's view"
+
+
+class BaselineTeacher:
+    """The duck-typed Teacher of the extraction flow (spec, grid, geometry_spec, extract)."""
+
+    def __init__(self, cfg: TeacherConfig, vocabulary: list[str]) -> None:
+        if cfg.model not in BASELINES:
+            raise ValueError(f"baseline teacher must be one of {BASELINES}, got {cfg.model!r}")
+        self.cfg = cfg
+        self.kind = cfg.model
+        self.vocabulary = list(vocabulary)
+        self.image_size = VIEW_SIZE
+        self.grid = GRID
+
+    def spec(self) -> dict:
+        """What changes a baseline map: which baseline, the view and the grid (no weights,
+        prompt or quantization, so QUANT=... does not split the entry)."""
+        return {
+            "format": BASELINE_FORMAT,
+            "baseline": self.kind,
+            "model": f"baseline:{self.kind}",
+            "rule": (
+                "cell weight = share of the cell inside the union of the ground-truth boxes"
+                if self.kind == "box"
+                else "cell weight = share of the cell inside the image"
+            )
+            + ", normalized to sum 1; c_fore = c_vlm, c_back = 0",
+            "visual_prompt": {"view": self.cfg.view, "size": VIEW_SIZE},
+            "grid": GRID,
+        }
+
+    def geometry_spec(self) -> MapGeometry:
+        return MapGeometry(mode=self.cfg.view, size=VIEW_SIZE, grid=GRID)
+
+    def weights_for(self, item: TeacherInput) -> tuple[np.ndarray, str]:
+        """(unnormalized cell weights [G, G], reason when they cannot make a map)."""
+        width, height = item.image.size
+        view = teacher_view_rect(self.geometry_spec().model_dump(), width, height)
+        image = image_rect(width, height)
+        if self.kind == "uniform":
+            return box_coverage([dataclasses.astuple(image)], view, GRID), ""
+        if not item.boxes:
+            return np.zeros((GRID, GRID)), NO_BOXES
+        weights = box_coverage(item.boxes, view, GRID, clip=image)
+        return weights, "" if weights.sum() > 0 else OUTSIDE_VIEW
+
+    def extract(self, items: list[TeacherInput]) -> list[MapResult]:
+        return [self.extract_one(item) for item in items]
+
+    def extract_one(self, item: TeacherInput) -> MapResult:
+        weights, reason = self.weights_for(item)
+        zeros = np.zeros((GRID, GRID), np.float32)
+        c_vlm = (weights / weights.sum()).astype(np.float32) if not reason else zeros
+        return MapResult(
+            key=item.key, c_vlm=c_vlm, c_fore=c_vlm, c_back=zeros, valid=not reason,
+            reason=reason, answer="", fg_correct=-1, audit=None,
+        )  # fmt: skip
