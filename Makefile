@@ -35,10 +35,18 @@ CACHE_ENTRY ?=
 HUMAN      ?=
 EVAL_ENTRY ?=
 DEMO_QUANT ?= 4bit
+# Experiments.
+EXP        ?= smoke
+EXP_OVERRIDE ?=
+# Tiny teacher's tokenizer: bpe (small, local) or llama (the real LLaVA-1.5 vocabulary, from npm).
+VOCAB      ?= bpe
 DEMO_EPOCHS ?= 6
 
 export PREFECT_HOME := $(CURDIR)/data/prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
+# A loaded 2-core machine can take longer than Prefect's 20 s to start its ephemeral API server
+# (flows without their own temporary server, e.g. flows.experiment).
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 export HF_HUB_DISABLE_TELEMETRY := 1
 
 ROOT_ARG := $(if $(ROOT),--root $(ROOT),)
@@ -46,7 +54,7 @@ AUDIT_ARG := $(if $(filter 1 true yes,$(AUDIT)),--audit,)
 # Table 9's language-only maps: no box overlay, which is its own cache entry.
 PROMPT_ARG := $(if $(PROMPT),--prompt $(PROMPT),) $(if $(filter 0 no false,$(BOXES)),--box-width 0,)
 
-.PHONY: help setup test lint demo demo-detect bench-dense shards tiny-teacher extract train eval ui bench bench-extract bench-student bench-loader clean
+.PHONY: help setup test lint demo demo-detect bench-dense shards tiny-teacher extract train eval ui bench bench-extract bench-student bench-loader clean backbone bench-science experiment bench-gpu
 
 help: ## this list
 	@echo "Targets (variables: DATASET=$(DATASET) SPLIT=$(SPLIT) ROOT=$(ROOT) SHARDS=$(SHARDS) SHARD_SIZE=$(SHARD_SIZE)"
@@ -75,11 +83,13 @@ lint: $(STAMP) ## ruff check and format check
 shards: $(STAMP) ## write DATASET/SPLIT as WebDataset shards under SHARDS (sample: generated if missing)
 	$(PY) -m pipeline shards --dataset $(DATASET) --split $(SPLIT) $(ROOT_ARG) --out $(SHARDS) --shard-size $(SHARD_SIZE)
 
-tiny-teacher: $(STAMP) ## build the offline tiny LLaVA-1.5-architecture teacher in data/models/tiny-llava
-	$(PY) -m teacher.tiny --out data/models/tiny-llava
+TINY_DIR := data/models/tiny-llava$(if $(filter llama,$(VOCAB)),-llama,)
+tiny-teacher: $(STAMP) ## the offline tiny LLaVA-1.5 teacher in data/models/tiny-llava (VOCAB=llama: real vocabulary, -llama)
+	$(PY) -m teacher.tiny --vocab $(VOCAB) --out $(TINY_DIR)
 
-extract: $(STAMP) ## teacher maps for DATASET/SPLIT into CACHE (TEACHER=<hub id|dir|tiny|box|uniform> QUANT PROMPT; detection sets: dense prompt, BOXES=0 no overlay)
+extract: $(STAMP) ## teacher maps for DATASET/SPLIT into CACHE (TEACHER=<hub id|dir|tiny|tiny-llama|box|uniform> QUANT PROMPT; detection sets: dense prompt, BOXES=0 no overlay)
 	@if [ "$(TEACHER)" = "tiny" ] && [ ! -f data/models/tiny-llava/config.json ]; then $(MAKE) --no-print-directory tiny-teacher; fi
+	@if [ "$(TEACHER)" = "tiny-llama" ] && [ ! -f data/models/tiny-llava-llama/config.json ]; then $(MAKE) --no-print-directory tiny-teacher VOCAB=llama; fi
 	$(PY) -m flows.extract --dataset $(DATASET) --split $(SPLIT) $(ROOT_ARG) --shards-root $(SHARDS) \
 	  --shard-size $(SHARD_SIZE) --teacher $(TEACHER) --quant $(QUANT) --cache-root $(CACHE) \
 	  --batch-size $(BATCH_SIZE) $(AUDIT_ARG) $(PROMPT_ARG)
@@ -94,6 +104,14 @@ eval: $(STAMP) ## top-1 of run RUN on DATASET/EVAL_SPLIT (per domain on domain s
 	@test -n "$(RUN)" || { echo "make eval needs RUN=<name> (a folder of data/runs)"; exit 2; }
 	$(PY) -m flows.evaluate --run $(RUN) --dataset $(DATASET) --split $(EVAL_SPLIT) --shards-root $(SHARDS) \
 	  $(if $(EVAL_ENTRY),--cache-entry $(EVAL_ENTRY),) $(if $(HUMAN),--human-maps $(HUMAN),)
+
+experiment: $(STAMP) ## run the grid of experiments/specs/$(EXP).yaml (resumable) -> data/experiments/<name>/ (EXP_OVERRIDE='<json>')
+	$(PY) -m flows.experiment --spec $(EXP) --shards-root $(SHARDS) --cache-root $(CACHE) \
+	  $(if $(EXP_OVERRIDE),--override '$(EXP_OVERRIDE)',)
+
+BACKBONE   ?= data/models/shift-vit.safetensors
+backbone: $(STAMP) ## pretrain the stand-in foundation ViT of bench-science (shapes x backgrounds) -> BACKBONE
+	$(PY) -m experiments.backbone --out $(BACKBONE)
 
 ui: $(STAMP) ## Prefect UI on http://127.0.0.1:4200 with deployments of the extract, train and evaluate flows
 	$(PY) -m flows.serve --port 4200
@@ -110,9 +128,15 @@ bench-student: $(STAMP) ## I-ViT vs ViT training step time and FLOPs
 bench-loader: $(STAMP) ## image-only vs map-joined streaming throughput
 	$(PY) -m bench.loader
 
+bench-science: $(STAMP) ## sample-shift: ViT vs I-ViT (box maps) vs control vs tiny-LLaVA maps, 3 seeds, with ceiling
+	@test -f $(BACKBONE) || $(MAKE) --no-print-directory backbone
+	$(PY) -m bench.science --weights $(BACKBONE)
 bench-dense: $(STAMP) ## detection on sample-coco with vs without C_VLM alignment, equal budget; overheads
 	@if [ ! -f data/models/tiny-llava/config.json ]; then $(MAKE) --no-print-directory tiny-teacher; fi
 	$(PY) -m bench.dense --shards-root $(SHARDS) --cache-root $(CACHE) --epochs $(DEMO_DETECT_EPOCHS)
+bench-gpu: $(STAMP) ## one GPU, < 8 min on an H100: 7B architecture, real ids, fp16 and NF4, vs the prefill limit
+	$(PY) -m teacher.llama_vocab
+	$(PY) -m bench.gpu
 
 DEMO_STUDENT := --model vit_tiny_patch16_224 --weights none --img-size 64 \
   --model-kwargs '{"patch_size": 8, "depth": 4}' --batch 32 --lr 3e-3 --num-workers 1

@@ -2,6 +2,7 @@
 
     python -m bench.extract                        # tiny teacher (what `make bench-extract` runs)
     python -m bench.extract --arch llava-1.5-7b --layers 2 --images 4   # 7B shapes, cut depth
+    python -m bench.extract --arch llava-1.5-7b --quant 4bit            # 7B in NF4 (a GPU)
 
 fast:  teacher.extract (SDPA + only the selected attention rows, batches of --batch-size)
 naive: eager attention, generate(output_attentions=True), one image at a time, rows picked
@@ -12,6 +13,8 @@ with glibc returning large freed blocks; max allocated on a GPU). The maps of th
 are compared. Ends with exactly one line:
 RESULT speedup=<naive s per image / fast s per image> memory_ratio=<naive peak / fast peak>
 max_abs_diff=<d>
+The 7B architecture uses the real LLaVA-1.5 ids (the tiny llama teacher's processor: Llama-2
+vocabulary, <image> 32000, <pad> 32001); bench.gpu runs it at full depth in fp16 and NF4.
 """
 
 from __future__ import annotations
@@ -30,14 +33,15 @@ import numpy as np
 import psutil
 import torch
 from PIL import Image
-from transformers import (
-    CLIPVisionConfig,
-    LlamaConfig,
-    LlavaConfig,
-    LlavaForConditionalGeneration,
-    LlavaProcessor,
-)
+from transformers import LlavaForConditionalGeneration, LlavaProcessor
 
+from bench.llava7b import (
+    FULL_TEXT_LAYERS,
+    FULL_VISION_LAYERS,
+    llava_15_7b_config,
+    prefill_flops,
+    quantize_nf4,
+)
 from pipeline.datasets.generated import SHAPES
 from teacher import Teacher, TeacherConfig, TeacherInput, load_teacher
 from teacher.capture import register_rows_attention
@@ -46,57 +50,39 @@ from teacher.naive import extract_naive
 from teacher.tiny import build_tiny_teacher
 
 VOCABULARY = [name for name, _, _ in SHAPES]
-FULL_TEXT_LAYERS, FULL_VISION_LAYERS = 32, 24  # LLaVA-1.5-7B: Vicuna-7B + CLIP ViT-L/14-336
 
 
 # ---- teachers --------------------------------------------------------------------------------
 
 
-def llava_15_7b_config(image_token_id: int, pad_token_id: int, layers: int | None) -> LlavaConfig:
-    """llava-hf/llava-1.5-7b-hf's architecture; `layers` cuts both towers' depth."""
-    vision_layers = FULL_VISION_LAYERS if layers is None else max(2, min(layers, 24))
-    vision = CLIPVisionConfig(
-        hidden_size=1024, intermediate_size=4096, num_hidden_layers=vision_layers,
-        num_attention_heads=16, image_size=336, patch_size=14, projection_dim=768,
-        hidden_act="quick_gelu", layer_norm_eps=1e-5,
-    )  # fmt: skip
-    text = LlamaConfig(
-        vocab_size=32064, hidden_size=4096, intermediate_size=11008,
-        num_hidden_layers=layers or FULL_TEXT_LAYERS, num_attention_heads=32,
-        num_key_value_heads=32, max_position_embeddings=4096, rms_norm_eps=1e-5,
-        pad_token_id=pad_token_id,
-    )  # fmt: skip
-    return LlavaConfig(
-        vision_config=vision, text_config=text, image_token_id=image_token_id,
-        vision_feature_layer=-2, vision_feature_select_strategy="default",
-        image_seq_length=576, projector_hidden_act="gelu",
-    )  # fmt: skip
-
-
 def build_teacher(args: argparse.Namespace) -> Teacher:
+    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
+    device = "cpu" if device == "auto" else device
     cfg = TeacherConfig(
-        model=args.tiny_dir, quant="none", dtype=args.dtype, device=args.device,
+        model=args.tiny_dir, quant="none", dtype=args.dtype, device=device,
         batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
     )  # fmt: skip
-    if args.arch == "tiny":
-        return load_teacher(cfg, VOCABULARY)
-    # Random weights of the real shapes; the tiny tokenizer's ids all fall inside its vocabulary.
+    if args.arch != "llava-1.5-7b":
+        return load_teacher(cfg.model_copy(update={"quant": args.quant}), VOCABULARY)
+    # Random weights of the real shapes, with the real ids (the tiny llama teacher's processor).
     processor = LlavaProcessor.from_pretrained(args.tiny_dir)
     tokenizer = processor.tokenizer
     config = llava_15_7b_config(
         tokenizer.convert_tokens_to_ids("<image>"), tokenizer.pad_token_id, args.layers
     )
     register_rows_attention()
-    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
-    device = "cpu" if device == "auto" else device
     torch.manual_seed(0)  # both worker processes build the same weights
     previous = torch.get_default_dtype()
     torch.set_default_dtype(getattr(torch, args.dtype))
     with torch.device(device):
         model = LlavaForConditionalGeneration(config).eval()
     torch.set_default_dtype(previous)
+    if args.quant == "4bit":
+        quantize_nf4(model, getattr(torch, args.dtype))
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    teacher = Teacher(cfg, model, processor, VOCABULARY, {"random": "llava-1.5-7b", "seed": 0})
+    cfg = cfg.model_copy(update={"quant": args.quant})
+    weights = {"random": "llava-1.5-7b", "seed": 0}
+    teacher = Teacher(cfg, model, processor, VOCABULARY, weights, config)
     teacher.use_rows_attention()
     return teacher
 
@@ -176,10 +162,18 @@ def time_worker(args: argparse.Namespace, teacher: Teacher, items: list[TeacherI
             Path(args.out).with_name(f"{name}.npz"),
             **{k: np.stack([getattr(r, k) for r in rs]) for k in ("c_fore", "c_back", "c_vlm")},
         )
+    prompts = [teacher.prompt(item)[0] for item in items]
+    text_tokens = [len(teacher.tokenizer(p)["input_ids"]) for p in prompts]
     return {
         "seconds": {name: float(np.median(s)) for name, s in seconds.items()},
         "answers": {name: [r.answer for r in rs] for name, rs in results.items()},
+        # One image's prompt as the model sees it: text tokens + the image's 576 (not 1).
+        "prompt_tokens": float(np.mean(text_tokens)) + teacher.num_image_tokens - 1,
     }
+
+
+def prompt_flops(teacher: Teacher, prompt_tokens: float) -> float:
+    return prefill_flops(teacher.model.config, prompt_tokens)
 
 
 def memory_worker(args: argparse.Namespace, teacher: Teacher, items: list[TeacherInput]) -> dict:
@@ -205,6 +199,8 @@ def run_worker(args: argparse.Namespace) -> None:
     items = bench_items(args.images)
     worker = time_worker if args.worker == "time" else memory_worker
     summary = worker(args, teacher, items)
+    if "prompt_tokens" in summary:
+        summary["prefill_flops"] = prompt_flops(teacher, summary["prompt_tokens"])
     summary["device"] = str(teacher.model.device)
     summary["text_layers"] = teacher.model.config.text_config.num_hidden_layers
     summary["vision_layers"] = teacher.model.config.vision_config.num_hidden_layers
@@ -215,7 +211,8 @@ def spawn(args: argparse.Namespace, worker: str, workdir: Path) -> dict:
     out = workdir / f"{worker}.json"
     command = [
         sys.executable, "-m", "bench.extract", "--worker", worker, "--out", str(out),
-        "--arch", args.arch, "--images", str(args.images), "--batch-size", str(args.batch_size),
+        "--arch", args.arch, "--quant", args.quant, "--images", str(args.images),
+        "--batch-size", str(args.batch_size),
         "--dtype", args.dtype, "--device", args.device, "--tiny-dir", args.tiny_dir,
         "--max-new-tokens", str(args.max_new_tokens), "--threads", str(args.threads),
         "--repeats", str(args.repeats),
@@ -230,9 +227,10 @@ def spawn(args: argparse.Namespace, worker: str, workdir: Path) -> dict:
     return json.loads(out.read_text())
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", choices=["tiny", "llava-1.5-7b"], default="tiny")
+    parser.add_argument("--arch", choices=["tiny", "tiny-llama", "llava-1.5-7b"], default="tiny")
+    parser.add_argument("--quant", choices=["none", "4bit"], default="none", help="4bit: NF4")
     parser.add_argument("--layers", type=int, default=None, help="cut depth (7B arch, for CPUs)")
     parser.add_argument("--images", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=8)
@@ -249,32 +247,51 @@ def main() -> None:
         "--worker", choices=["time", "memory-fast", "memory-naive"], help=argparse.SUPPRESS
     )
     parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser
+
+
+def check_args(args: argparse.Namespace, error) -> None:
     if args.dtype is None:
         on_gpu = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-        args.dtype = "float16" if on_gpu and args.arch != "tiny" else "float32"
+        args.dtype = "float16" if on_gpu and args.arch == "llava-1.5-7b" else "float32"
     on_cpu = args.device == "cpu" or (args.device == "auto" and not torch.cuda.is_available())
     if args.arch == "llava-1.5-7b" and args.layers is None and on_cpu:
-        parser.error("the full 7B architecture needs a GPU; on the CPU cut it with --layers N")
-    if args.worker:
-        run_worker(args)
-        return
+        error("the full 7B architecture needs a GPU; on the CPU cut it with --layers N")
 
+
+def measure(args: argparse.Namespace) -> dict:
+    """Both ways, side by side: seconds per way, peak memory per way, maps compared."""
     with tempfile.TemporaryDirectory(prefix="bench-extract-") as tmp:
         workdir = Path(tmp)
         if args.tiny_dir is None:
-            ready = (default_tiny_dir() / "config.json").exists()
+            vocab = "bpe" if args.arch == "tiny" else "llama"  # the 7B uses the real ids
+            ready = (default_tiny_dir(vocab) / "config.json").exists()
             args.tiny_dir = str(
-                default_tiny_dir() if ready else build_tiny_teacher(workdir / "tiny")
+                default_tiny_dir(vocab) if ready else build_tiny_teacher(workdir / "tiny", vocab)
             )
         timing = spawn(args, "time", workdir)
         maps = {name: dict(np.load(workdir / f"{name}.npz")) for name in ("fast", "naive")}
         memory = {name: spawn(args, f"memory-{name}", workdir) for name in ("fast", "naive")}
+    seconds = timing["seconds"]
+    answers = timing["answers"]
+    return {
+        "timing": timing,
+        "memory": memory,
+        "images_per_s": {name: args.images / seconds[name] for name in seconds},
+        "speedup": seconds["naive"] / seconds["fast"],
+        "memory_ratio": memory["naive"]["peak_bytes"] / max(memory["fast"]["peak_bytes"], 1),
+        "max_abs_diff": max(
+            float(np.abs(maps["fast"][k] - maps["naive"][k]).max()) for k in maps["fast"]
+        ),
+        "same_answers": sum(a == b for a, b in zip(answers["fast"], answers["naive"], strict=True)),
+    }
 
-    n = args.images
+
+def report(args: argparse.Namespace, result: dict) -> None:
+    timing, memory, n = result["timing"], result["memory"], args.images
     print(
-        f"arch={args.arch} device={timing['device']} dtype={args.dtype} images={n} "
-        f"batch_size={args.batch_size} max_new_tokens={args.max_new_tokens} "
+        f"arch={args.arch} quant={args.quant} device={timing['device']} dtype={args.dtype} "
+        f"images={n} batch_size={args.batch_size} max_new_tokens={args.max_new_tokens} "
         f"threads={args.threads} repeats={args.repeats} prompt=prompt1 "
         "answer_mode=forced-foreground"
     )
@@ -292,13 +309,22 @@ def main() -> None:
             f"ms/image (median of {args.repeats})  peak beyond weights "
             f"{memory[name]['peak_bytes'] / 2**20:9.1f} MiB"
         )
-    answers = timing["answers"]
-    same = sum(a == b for a, b in zip(answers["fast"], answers["naive"], strict=True))
-    print(f"answers identical: {same}/{n}")
-    diff = max(float(np.abs(maps["fast"][k] - maps["naive"][k]).max()) for k in maps["fast"])
-    speedup = seconds["naive"] / seconds["fast"]
-    memory_ratio = memory["naive"]["peak_bytes"] / max(memory["fast"]["peak_bytes"], 1)
-    print(f"RESULT speedup={speedup:.2f} memory_ratio={memory_ratio:.2f} max_abs_diff={diff:.3g}")
+    print(f"answers identical: {result['same_answers']}/{n}")
+
+
+def main() -> None:
+    cli = parser()
+    args = cli.parse_args()
+    check_args(args, cli.error)
+    if args.worker:
+        run_worker(args)
+        return
+    result = measure(args)
+    report(args, result)
+    print(
+        f"RESULT speedup={result['speedup']:.2f} memory_ratio={result['memory_ratio']:.2f} "
+        f"max_abs_diff={result['max_abs_diff']:.3g}"
+    )
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ ENTRYPOINTS = {
     "extract": "flows/extract.py:extract_flow",
     "train": "flows/train.py:train_flow",
     "evaluate": "flows/evaluate.py:evaluate_flow",
+    "experiment": "flows/experiment.py:experiment_flow",
 }
 
 

@@ -41,6 +41,7 @@ from pipeline.paths import data_dir
 from pipeline.shards.build import ensure_shards
 from pipeline.shards.config import ShardsConfig
 from pipeline.shards.records import ShardIndex, read_index
+from teacher.numerics import DEFAULT_MAX_NON_FINITE, check_non_finite, count_non_finite
 
 if TYPE_CHECKING:
     from teacher import Teacher
@@ -59,7 +60,18 @@ class ExtractParams(BaseModel):
         description="hub id, local dir, 'tiny', or a baseline: 'box', 'uniform'",
     )
     quant: Literal["4bit", "8bit", "none"] = "4bit"
-    dtype: Literal["float16", "bfloat16", "float32"] = "float16"
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = Field(
+        "auto", description="auto: bfloat16 where the GPU has it, else float16; float32 on a CPU"
+    )
+    device: str = Field(
+        "auto",
+        pattern=r"^(auto|cpu|cuda(:\d+)?)$",
+        description="auto: the GPUs (a real teacher without one stops with an error); cpu: force",
+    )
+    max_non_finite: float = Field(
+        DEFAULT_MAX_NON_FINITE, ge=0, le=1,
+        description="fail the run when more than this fraction of its rows is non-finite",
+    )  # fmt: skip
     prompt: Literal["prompt1", "prompt2", "prompt3", "dense"] | None = Field(
         None, description="None: 'dense' (Eq. 12) for detection datasets, else 'prompt1'"
     )
@@ -74,7 +86,9 @@ class ExtractParams(BaseModel):
     box_color: tuple[int, int, int] = Field((255, 0, 0), description="visual-prompt box RGB")
     layers: list[int] | None = Field(None, description="decoder layers to average (None: all)")
     heads: list[int] | None = Field(None, description="attention heads to average (None: all)")
-    max_new_tokens: int = Field(24, ge=1, description="room for the generated answer")
+    max_new_tokens: int | None = Field(
+        None, ge=1, description="answer budget (None: from the template and longest class name)"
+    )
     cache_root: str = Field(str(data_dir() / "cache"), description="local path or s3:// URL")
     batch_size: int = Field(8, ge=1, description="images per teacher forward")
     concurrency: int = Field(0, ge=0, description="shards at once; 0 = one per GPU (1 on CPU)")
@@ -84,7 +98,7 @@ class ExtractParams(BaseModel):
     def teacher_config_json(self) -> str:
         from teacher import TeacherConfig
 
-        fields = ("quant", "dtype", "answer_mode", "revision", "view", "box_width",
+        fields = ("quant", "dtype", "device", "answer_mode", "revision", "view", "box_width",
                   "box_color", "layers", "heads", "max_new_tokens", "batch_size", "audit")  # fmt: skip
         return TeacherConfig(
             model=self.teacher,
@@ -212,6 +226,7 @@ def _compute_shard(
         "rows": len(maps),
         "seconds": time.perf_counter() - started,
         "invalid": int((~maps.valid).sum()),
+        "non_finite": count_non_finite(list(maps.reason)),
     }
 
 
@@ -229,6 +244,8 @@ def publish_summary(
     written = [r for r in results if r.get("status") == "written"]
     rows_now = sum(r["rows"] for r in written)
     seconds = sum(r["seconds"] for r in written)
+    non_finite = sum(r.get("non_finite", 0) for r in written)
+    summary["rows_non_finite"] = non_finite
     summary["seconds_per_image"] = seconds / rows_now if rows_now else None
     summary["wall_seconds"] = wall_s
     summary["previews"] = save_previews(entry, params.shard_dir(), count=params.previews)
@@ -244,6 +261,8 @@ def publish_summary(
         f"- location: `{summary['path']}`",
         f"- shards committed: {summary['shards_committed']}/{summary['shards_total']}",
         f"- rows written: {summary['rows_written']} ({summary['rows_invalid']} invalid)",
+        f"- non-finite rows (this run): {non_finite} of {rows_now}"
+        f" (the run fails above {params.max_non_finite:.1%})",
         f"- foreground accuracy: {'n/a' if fg is None else f'{fg:.1%}'}",
         "- time per image (this run): "
         + ("n/a (nothing computed)" if not rows_now else f"{seconds / rows_now:.3f} s"),
@@ -257,6 +276,7 @@ def publish_summary(
     )
     if results:
         create_table_artifact(results, key="extract-shards", description="per-shard results")
+    check_non_finite(non_finite, rows_now, params.max_non_finite)  # after the summary exists
     return summary
 
 

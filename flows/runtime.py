@@ -23,7 +23,9 @@ def _teacher(config_json: str, vocabulary: tuple[str, ...], device: str):
     from teacher import TeacherConfig, load_teacher
 
     config = TeacherConfig.model_validate_json(config_json)
-    if device != "auto":
+    # The pool hands out a GPU, or "cpu" when there is none: only a GPU overrides "auto", so a
+    # real teacher on a GPU-less machine stops with an error instead of crawling on the CPU.
+    if config.device == "auto" and device.startswith("cuda"):
         config = config.model_copy(update={"device": device})
     return load_teacher(config, vocabulary=list(vocabulary))
 

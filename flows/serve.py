@@ -29,13 +29,14 @@ def main(argv: list[str] | None = None) -> int:
         from prefect import serve
 
         from flows.evaluate import evaluate_flow
+        from flows.experiment import ExperimentParams, experiment_flow
         from flows.extract import ExtractParams, extract_flow
         from flows.orphans import ensure_zombie_automation
         from flows.train import TrainParams, train_flow
 
         ensure_zombie_automation()  # runs whose heartbeats stop become Crashed
         print(
-            f"Prefect UI: http://{args.host}:{args.port}  (deployments: extract, train, evaluate)"
+            f"Prefect UI: http://{args.host}:{args.port}  (deployments: extract, train, evaluate, experiment)"
         )
         serve(
             extract_flow.to_deployment(
@@ -45,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
                 name="train", parameters={"params": TrainParams().model_dump(mode="json")}
             ),
             evaluate_flow.to_deployment(name="evaluate"),
+            experiment_flow.to_deployment(
+                name="experiment",
+                parameters={"params": ExperimentParams().model_dump(mode="json")},
+            ),
         )
     finally:
         stop(server)

@@ -11,9 +11,11 @@ from teacher.baselines import BASELINES, BaselineTeacher
 from teacher.config import DEFAULT_MODEL, TeacherConfig
 from teacher.extract import MapResult, Teacher, TeacherInput
 from teacher.loading import (
+    TeacherDeviceError,
     TeacherWeightsError,
     load_config_and_processor,
     load_model,
+    resolve_config,
     weights_fingerprint,
 )
 
@@ -24,6 +26,7 @@ def load_teacher(cfg: TeacherConfig, vocabulary: list[str]) -> Teacher | Baselin
     if cfg.model in BASELINES:
         return BaselineTeacher(cfg, vocabulary)
     config, processor, source = load_config_and_processor(cfg)
+    cfg = resolve_config(cfg, source)
     model = load_model(cfg, source)
     return Teacher(cfg, model, processor, vocabulary, weights_fingerprint(source, config), config)
 
@@ -34,6 +37,7 @@ def describe_teacher(cfg: TeacherConfig, vocabulary: list[str]) -> Teacher | Bas
     if cfg.model in BASELINES:
         return BaselineTeacher(cfg, vocabulary)
     config, processor, source = load_config_and_processor(cfg)
+    cfg = resolve_config(cfg, source)
     return Teacher(cfg, None, processor, vocabulary, weights_fingerprint(source, config), config)
 
 
@@ -45,6 +49,7 @@ __all__ = [
     "MapResult",
     "Teacher",
     "TeacherConfig",
+    "TeacherDeviceError",
     "TeacherInput",
     "TeacherWeightsError",
     "ViewGeometry",

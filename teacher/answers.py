@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 
 Span = tuple[int, int]  # [start, end) character offsets in the answer text
 
-WORD = re.compile(r"[A-Za-z0-9]+(?:['\-][A-Za-z0-9]+)*")
+# Letters and digits of any script ("café"), joined by ASCII or typographic apostrophes and
+# hyphens ("dog's", "dog’s", "go-kart"): one word each, never pieces.
+WORD = re.compile(r"[^\W_]+(?:['’\-][^\W_]+)*")
 # key, then : or =, then any opening quotes/brackets/braces
 _FG_KEY = re.compile(r"""fore[\s_-]?ground\W*?[:=]\s*[\[{('"\s]*""", re.IGNORECASE)
 _BG_KEY = re.compile(r"""back[\s_-]?ground\W*?[:=]\s*[\[{('"\s]*""", re.IGNORECASE)
@@ -36,8 +38,8 @@ class ParsedAnswer:
 
 
 def normalize(name: str) -> str:
-    """'Golden-Retriever.' -> 'golden retriever' (how answers and class names are compared)."""
-    return " ".join(re.findall(r"[a-z0-9]+", name.lower()))
+    """'Golden-Retriever.' -> 'golden retriever', 'Café' -> 'café' (how names are compared)."""
+    return " ".join(re.findall(r"[^\W_]+", name.lower()))
 
 
 def word_spans(text: str, start: int = 0, end: int | None = None) -> list[Span]:

@@ -71,8 +71,9 @@ class RowCapture:
         # GQA without repeat_kv: query heads h = g * n_rep + r share key head g.
         n_rep = heads // kv_heads
         q = q.reshape(batch, kv_heads, n_rep * n_rows, dim)  # [B, Hkv, n_rep*R, D]
-        # Same precision as eager attention: q k^T in the model dtype, softmax in float32.
-        scores = (q @ key.transpose(-1, -2) * scaling).float()  # [B, Hkv, n_rep*R, K]
+        # q k^T in float32 for these few rows (cheap): in fp16/bf16 a Llama-2 logit can overflow
+        # or lose the digits the softmax needs, and a NaN row would be lost to the cache.
+        scores = (q.float() @ key.float().transpose(-1, -2)) * scaling  # [B, Hkv, n_rep*R, K]
         scores = scores.view(batch, heads, n_rows, k_len)  # [B, H, R, K]
         if attention_mask is None:
             # SDPA's is_causal path: a query sees every key at or before its own position.

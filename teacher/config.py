@@ -15,8 +15,11 @@ class TeacherConfig(BaseModel):
     revision: str | None = None  # hub revision; None = the default branch
     # NF4 4-bit is the default because it fits LLaVA-1.5-7B in ~4 GB with near-identical attention.
     quant: Literal["4bit", "8bit", "none"] = "4bit"
-    dtype: Literal["float16", "bfloat16", "float32"] = "float16"
-    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")  # cuda:N: one GPU
+    # auto: bfloat16 where the GPU has it, else float16; float32 on the CPU (teacher.loading).
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
+    # auto: the GPU (a real teacher without one is an error; tiny teachers fall back to the
+    # CPU); cpu: the CPU even for a real teacher; cuda:N: one GPU.
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     prompt: Literal["prompt1", "prompt2", "prompt3", "dense"] = "prompt1"
     answer_mode: Literal["forced-foreground", "generate"] = "forced-foreground"
     # Visual prompt: boxes drawn at the teacher's input resolution (336 px for LLaVA-1.5).
@@ -29,8 +32,9 @@ class TeacherConfig(BaseModel):
     heads: list[int] | None = None  # attention heads to average; None = all
     dense_background_hint: str = "[background]"  # fills {background} in the dense question
     batch_size: int = Field(default=8, ge=1)
-    # Room for a background list; answers are cut at the closing quote anyway.
-    max_new_tokens: int = Field(default=24, ge=1)
+    # None: from the template and the vocabulary's longest class name (teacher.budget); answers
+    # stop at their closing quote anyway, and one cut by the budget is never a shortened word.
+    max_new_tokens: int | None = Field(default=None, ge=1)
     audit: bool = False
 
     @model_validator(mode="after")

@@ -27,17 +27,19 @@ from transformers import (
 from pipeline.geometry import Box, MapGeometry, ViewGeometry
 from teacher.answers import (
     ParsedAnswer,
-    Span,
     normalize,
     parse_dense_answer,
     parse_description_answer,
     parse_dict_answer,
     parse_phrase_answer,
 )
+from teacher.budget import answer_budget, check_context, longest_name
 from teacher.capture import ROWS_ATTENTION, RowCapture, capturing
 from teacher.config import TeacherConfig
 from teacher.filters import eq11, eq12
+from teacher.numerics import NON_FINITE_REASON
 from teacher.prompts import CHAT_FORM, PROMPTS, chat_text, forced_answer_text, question_text
+from teacher.spans import Span, decode_with_spans, tokens_of
 from teacher.view import teacher_view
 
 SPEC_FORMAT = 1
@@ -117,21 +119,6 @@ class AnswerStop(StoppingCriteria):
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
-def decode_with_spans(tokenizer, ids: list[int]) -> tuple[str, list[Span]]:
-    """Answer text and each token's character span in it (prefix decoding, exact for BPE/SP)."""
-    spans, previous = [], 0
-    for i in range(1, len(ids) + 1):
-        length = len(tokenizer.decode(ids[:i], clean_up_tokenization_spaces=False))
-        length = max(length, previous)  # a partial UTF-8 byte can shrink a prefix: keep order
-        spans.append((previous, length))
-        previous = length
-    return tokenizer.decode(ids, clean_up_tokenization_spaces=False), spans
-
-
-def tokens_of(span: Span, token_spans: list[Span]) -> list[int]:
-    return [k for k, (s, e) in enumerate(token_spans) if s < span[1] and e > span[0]]
-
-
 class Teacher:
     """A loaded LLaVA-1.5 that turns TeacherInputs into MapResults (see load_teacher)."""
 
@@ -168,6 +155,17 @@ class Teacher:
         if cfg.heads and any(not 0 <= h < num_heads for h in cfg.heads):
             raise ValueError(f"TeacherConfig.heads {cfg.heads}: the model has {num_heads} heads")
         self.heads = sorted(set(cfg.heads)) if cfg.heads else None
+        self.max_positions = int(config.text_config.max_position_embeddings)
+        self.max_new_tokens = cfg.max_new_tokens or answer_budget(
+            self.tokenizer, self.template, self.vocabulary, self.forced
+        )
+        # The longest class name makes the longest prompt: fail before any image, not mid-run.
+        name = longest_name(self.tokenizer, self.vocabulary)
+        longest = self.prompt(TeacherInput("", None, [], name, 0))[0]  # type: ignore[arg-type]
+        check_context(
+            len(self.tokenizer(longest)["input_ids"]), self.num_image_tokens,
+            self.max_new_tokens, self.max_positions, f"prompt for class {name!r}",
+        )  # fmt: skip
 
     @property
     def grid(self) -> int:
@@ -190,7 +188,7 @@ class Teacher:
             "vocabulary": self.vocabulary if "{vocabulary}" in self.template.question else None,
             "dense_background_hint": cfg.dense_background_hint if cfg.prompt == "dense" else None,
             "answer_mode": cfg.answer_mode,
-            "max_new_tokens": cfg.max_new_tokens,
+            "max_new_tokens": self.max_new_tokens,
             "visual_prompt": {
                 "box_color": list(cfg.box_color),
                 "box_width": cfg.box_width,
@@ -245,6 +243,10 @@ class Teacher:
             text = self.prompt(item)[0]
             if text not in lengths:  # prompts repeat per class: tokenize each once
                 lengths[text] = len(self.tokenizer(text)["input_ids"])
+                check_context(
+                    lengths[text], self.num_image_tokens, self.max_new_tokens,
+                    self.max_positions, f"{item.key}'s prompt",
+                )  # fmt: skip
         return sorted(range(len(items)), key=lambda i: lengths[self.prompt(items[i])[0]])
 
     def encode(self, batch: list[Prepared]) -> Encoded:
@@ -280,7 +282,7 @@ class Teacher:
     def generate_kwargs(self, encoded: Encoded) -> dict:
         return {
             **encoded.inputs,
-            "max_new_tokens": self.cfg.max_new_tokens,
+            "max_new_tokens": self.max_new_tokens,
             "do_sample": False,
             "num_beams": 1,
             "pad_token_id": self.tokenizer.pad_token_id,
@@ -355,6 +357,16 @@ class Teacher:
         cut = next((k for k, t in enumerate(generated) if t in ends), len(generated))
         return ids[encoded.answer_start[b] : encoded.prompt_length] + generated[:cut]
 
+    def cut_by_budget(self, encoded: Encoded, sequence: torch.Tensor) -> bool:
+        """The model was still writing when max_new_tokens ran out (no end, answer not closed).
+        Rows that finished earlier in a batch were padded, so they are never cut."""
+        generated = sequence.tolist()[encoded.prompt_length :]
+        ends = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id}
+        if len(generated) < self.max_new_tokens or ends.intersection(generated):
+            return False
+        text = self.tokenizer.decode(generated, skip_special_tokens=True)
+        return not answer_closed(self.template.answer_format, self.forced, text)
+
     def finish(
         self, prepared: Prepared, b: int, encoded: Encoded, sequence: torch.Tensor, row: RowFn
     ) -> MapResult:
@@ -363,6 +375,10 @@ class Teacher:
         text, token_spans = decode_with_spans(self.tokenizer, answer_ids)
         parsed = self.parse(text, prepared)
         start = encoded.answer_start[b]
+        cut = self.cut_by_budget(encoded, sequence)
+        if cut and self.forced:
+            # The forced words are whole; only the model's last background word may be cut.
+            parsed.background = parsed.background[:-1]
 
         def word_map(span: Span) -> tuple[np.ndarray, list[int]]:
             positions = [start + k for k in tokens_of(span, token_spans)]
@@ -373,7 +389,10 @@ class Teacher:
         back = [word_map(span) for span in parsed.background if tokens_of(span, token_spans)]
         zeros = np.zeros((grid, grid), np.float32)
         c_back = np.mean([m for m, _ in back], axis=0).astype(np.float32) if back else zeros
-        if not fore:
+        if cut and not self.forced:
+            c_fore, c_back, c_vlm, valid = zeros, zeros, zeros, False
+            reason = f"answer cut by the token budget ({self.max_new_tokens} new tokens): {text!r}"
+        elif not fore:
             c_fore, c_vlm, valid = zeros, zeros, False
             reason = f"answer has no foreground word: {text!r}"
         elif self.template.answer_format == "dense":
@@ -385,7 +404,7 @@ class Teacher:
         if not (np.isfinite(c_fore).all() and np.isfinite(c_back).all()):
             # fp16 overflow upstream: keep the row, but never let a NaN reach the cache.
             c_fore, c_back, c_vlm, valid = zeros, zeros, zeros, False
-            reason = "non-finite attention (numerical overflow in the teacher)"
+            reason = NON_FINITE_REASON
         audit = None
         if self.cfg.audit:
             pad = encoded.pad[b]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -25,11 +26,12 @@ from teacher.config import TeacherConfig
 from teacher.hub_weights import TeacherWeightsError, ensure_teacher_files
 
 TINY_ALIAS = "tiny"
+TINY_LLAMA_ALIAS = "tiny-llama"  # the tiny teacher with the real LLaVA-1.5 vocabulary
 
 
-def default_tiny_dir() -> Path:
-    """Where `TEACHER=tiny` lives: data/models/tiny-llava, wherever the command runs from."""
-    return data_dir() / "models" / "tiny-llava"
+def default_tiny_dir(vocab: str = "bpe") -> Path:
+    """Where `TEACHER=tiny` (`tiny-llama`) lives: data/models/tiny-llava(-llama)."""
+    return data_dir() / "models" / ("tiny-llava-llama" if vocab == "llama" else "tiny-llava")
 
 
 # bitsandbytes' CPU backend asks for an optional hub-downloaded kernel on every 4-bit matmul
@@ -38,21 +40,64 @@ logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
 def resolve_model(model: str) -> str:
-    if model == TINY_ALIAS:
-        tiny_dir = default_tiny_dir()
+    if model in (TINY_ALIAS, TINY_LLAMA_ALIAS):
+        vocab = "llama" if model == TINY_LLAMA_ALIAS else "bpe"
+        tiny_dir = default_tiny_dir(vocab)
         if not (tiny_dir / "config.json").exists():
+            make = "make tiny-teacher" + (" VOCAB=llama" if vocab == "llama" else "")
             raise TeacherWeightsError(
-                f"TEACHER=tiny but {tiny_dir} holds no checkpoint; build it with "
-                f"`make tiny-teacher` (python -m teacher.tiny --out {tiny_dir})"
+                f"TEACHER={model} but {tiny_dir} holds no checkpoint; build it with "
+                f"`{make}` (python -m teacher.tiny --vocab {vocab} --out {tiny_dir})"
             )
         return str(tiny_dir)
     return model
 
 
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
+class TeacherDeviceError(RuntimeError):
+    """A real teacher was asked to run where it cannot (no usable GPU, and no explicit CPU)."""
+
+
+def is_tiny_checkpoint(source: str) -> bool:
+    """The tiny random teachers (teacher.tiny) run anywhere; real checkpoints need a GPU."""
+    return (Path(source) / "TINY_TEACHER.json").exists()
+
+
+def _no_cuda_reason() -> str:
+    if torch.version.cuda is None:
+        return f"this torch build ({torch.__version__}) has no CUDA support"
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return "no CUDA device is visible" + (f" (CUDA_VISIBLE_DEVICES={visible!r})" if visible else "")
+
+
+def resolve_device(device: str, source: str | None = None) -> str:
+    """ "auto": the GPU, or the CPU for a tiny teacher; a real teacher never lands on the CPU
+    without being asked (`--device cpu`): minutes per image instead of a clear stop."""
+    if device == "cpu":
+        return device
+    if not torch.cuda.is_available():
+        if device == "auto" and source is not None and is_tiny_checkpoint(source):
+            return "cpu"
+        raise TeacherDeviceError(
+            f"teacher {source or ''!s} needs a usable CUDA device, and {_no_cuda_reason()}. "
+            "Run on a machine with a GPU, or pass --device cpu to run it on the CPU anyway "
+            "(slow: LLaVA-1.5-7B takes minutes per image there)."
+        )
+    return "cuda" if device == "auto" else device
+
+
+def resolve_dtype(cfg: TeacherConfig, source: str) -> str:
+    """ "auto": bfloat16 on GPUs that have it (fp16 with left padding is a known NaN source for
+    Llama-2/LLaVA), float16 on older GPUs, float32 on the CPU."""
+    if cfg.dtype != "auto":
+        return cfg.dtype
+    if cfg.device == "cpu" or not torch.cuda.is_available():
+        return "float32"
+    return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+
+
+def resolve_config(cfg: TeacherConfig, source: str) -> TeacherConfig:
+    """The config with its dtype decided (the spec, and so the cache key, records the real one)."""
+    return cfg.model_copy(update={"dtype": resolve_dtype(cfg, source)})
 
 
 def quantization_config(cfg: TeacherConfig) -> BitsAndBytesConfig | None:
@@ -102,13 +147,14 @@ def load_config_and_processor(cfg: TeacherConfig) -> tuple[LlavaConfig, LlavaPro
 def load_model(cfg: TeacherConfig, source: str) -> LlavaForConditionalGeneration:
     """The weights, quantized as cfg.quant says, with the row-capturing attention installed."""
     register_rows_attention()
+    device = resolve_device(cfg.device, source)  # before reading 14 GB of weights
     try:
         model = LlavaForConditionalGeneration.from_pretrained(
             source,
             revision=cfg.revision,
             dtype=getattr(torch, cfg.dtype),
             quantization_config=quantization_config(cfg),
-            device_map=resolve_device(cfg.device),
+            device_map=device,
             attn_implementation={"text_config": ROWS_ATTENTION, "vision_config": "sdpa"},
             trust_remote_code=False,
         )

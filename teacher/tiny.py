@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Literal
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -26,6 +27,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from teacher import tiny_llama
 from teacher.loading import default_tiny_dir
 from teacher.prompts import PROMPTS
 
@@ -151,29 +153,41 @@ def build_processor(tokenizer: PreTrainedTokenizerFast) -> LlavaProcessor:
     )
 
 
-def build_tiny_teacher(out_dir: str | Path | None = None) -> Path:
-    """Write the tiny checkpoint, tokenizer and processor to `out_dir` (deterministic)."""
-    out = Path(out_dir) if out_dir is not None else default_tiny_dir()
+Vocab = Literal["bpe", "llama"]
+
+
+def build_tiny_teacher(out_dir: str | Path | None = None, vocab: Vocab = "bpe") -> Path:
+    """Write the tiny checkpoint, tokenizer and processor to `out_dir` (deterministic).
+
+    vocab="bpe": a small byte-level BPE trained here; "llama": the real LLaVA-1.5 tokenizer and
+    every llava-hf configuration value (teacher.tiny_llama), with the same tiny towers.
+    """
+    out = Path(out_dir) if out_dir is not None else default_tiny_dir(vocab)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer()
+    kit = tiny_llama if vocab == "llama" else None
+    tokenizer = kit.build_tokenizer() if kit else build_tokenizer()
     torch.manual_seed(SEED)
-    model = LlavaForConditionalGeneration(build_config(tokenizer)).eval()
+    config = kit.build_config(tokenizer) if kit else build_config(tokenizer)
+    model = LlavaForConditionalGeneration(config).eval()
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(out)
-    build_processor(tokenizer).save_pretrained(out)
-    (out / "TINY_TEACHER.json").write_text(
-        json.dumps({"built_by": "python -m teacher.tiny", "seed": SEED, "random_weights": True})
-    )
+    (kit.build_processor(tokenizer) if kit else build_processor(tokenizer)).save_pretrained(out)
+    marker = {"built_by": "python -m teacher.tiny", "seed": SEED, "random_weights": True}
+    (out / "TINY_TEACHER.json").write_text(json.dumps({**marker, "vocab": vocab}))
     return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--out", default=None, help="output directory (default: data/models/tiny-llava)"
+        "--out", default=None, help="output directory (default: data/models/tiny-llava[-llama])"
     )
+    parser.add_argument(
+        "--vocab", choices=["bpe", "llama"], default="bpe",
+        help="bpe: small local tokenizer; llama: the real LLaVA-1.5 vocabulary (from npm, cached)",
+    )  # fmt: skip
     args = parser.parse_args()
-    print(f"tiny teacher written to {build_tiny_teacher(args.out)}")
+    print(f"tiny teacher written to {build_tiny_teacher(args.out, args.vocab)}")
 
 
 if __name__ == "__main__":

@@ -21,10 +21,28 @@ from teacher.tiny import build_tiny_teacher
 VOCABULARY = ["goldfish", "golden retriever", "tarantula", "circle"]
 
 
+_BUILT: dict[str, Path] = {}
+
+
+def built_tiny_dir(vocab: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One tiny teacher per vocabulary per session (the llama one reuses the cached tokenizer
+    under data/models, built from npm once, by the same code a user runs)."""
+    torch.set_num_threads(1)
+    if vocab not in _BUILT:
+        _BUILT[vocab] = build_tiny_teacher(tmp_path_factory.mktemp(f"tiny-llava-{vocab}"), vocab)
+    return _BUILT[vocab]
+
+
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.set_num_threads(1)
-    return build_tiny_teacher(tmp_path_factory.mktemp("tiny-llava"))
+    return built_tiny_dir("bpe", tmp_path_factory)
+
+
+@pytest.fixture(scope="session", params=["bpe", "llama"])
+def tiny_dir_each_vocab(request, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Both tiny teachers: the small byte-level BPE, and the real Llama-2 vocabulary with
+    llava-hf's ids (<image> 32000, <pad> 32001, 32064 rows)."""
+    return built_tiny_dir(request.param, tmp_path_factory)
 
 
 def make_teacher(tiny_dir: Path, vocabulary: list[str] | None = None, **overrides) -> Teacher:

@@ -107,3 +107,9 @@ def test_bad_inputs_are_named(tiny_dir):
     with pytest.raises(ValueError, match=f"{item.key}: box"):
         make_teacher(tiny_dir).extract([item])
     assert make_teacher(tiny_dir).extract([]) == []
+
+
+def test_tiny_llama_alias_says_how_to_build_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("LFI_DATA_DIR", str(tmp_path / "data"))
+    with pytest.raises(TeacherWeightsError, match="make tiny-teacher VOCAB=llama"):
+        load_teacher(TeacherConfig(model="tiny-llama", device="cpu"), VOCABULARY)

@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from pipeline.datasets.adapters import ADAPTERS, DatasetAdapter
 from pipeline.datasets.generated import write_sample_dataset
+from pipeline.datasets.shift import write_shift_dataset
 from pipeline.errors import UserError
 from pipeline.paths import PROJECT_ROOT, data_dir, resolve
 
@@ -26,7 +27,7 @@ class DatasetEntry(BaseModel):
     obtain: str
     classes: str
     generated: bool = False
-    generator: Literal["sample", "sample-coco"] = "sample"  # which generator writes it
+    generator: Literal["sample", "sample-coco", "sample-shift"] = "sample"  # which one writes it
     # detection: boxes with categories (and masks) for dense students; extraction defaults to
     # the dense prompt (Eq. 12)
     task: Literal["classification", "detection"] = "classification"
@@ -71,7 +72,9 @@ def open_adapter(name: str, split: str, root: Path | None = None) -> tuple[Datas
     entry = get_entry(name)
     root = Path(root) if root else entry.default_root()
     if not root.exists():
-        if entry.generated and entry.generator == "sample-coco":
+        if entry.generated and entry.generator == "sample-shift":
+            write_shift_dataset(root)
+        elif entry.generated and entry.generator == "sample-coco":
             from pipeline.datasets.sample_coco import write_sample_coco
 
             write_sample_coco(root)

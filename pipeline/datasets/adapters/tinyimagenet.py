@@ -4,6 +4,7 @@ wnids.txt                       one wnid per line (the class order = labels)
 words.txt                       wnid<TAB>comma-separated names
 train/<wnid>/images/*.JPEG      with train/<wnid>/<wnid>_boxes.txt: file x0 y0 x1 y1
 val/images/*.JPEG               with val/val_annotations.txt: file wnid x0 y0 x1 y1
+<split>/images/*.JPEG           any other split laid out like val/ (e.g. sample-shift's test_shift)
 """
 
 from __future__ import annotations
@@ -42,7 +43,13 @@ def read_box_lines(path: Path, with_wnid: bool) -> dict[str, tuple[str | None, B
 
 class TinyImageNetAdapter(DatasetAdapter):
     def splits(self) -> list[str]:
-        return ["train", "val"]
+        # Besides train and val, any folder laid out like val/ (e.g. a shifted test split).
+        extra = sorted(
+            d.name
+            for d in self.root.glob("*")
+            if d.name not in ("train", "val") and (d / "val_annotations.txt").is_file()
+        )
+        return ["train", "val", *extra]
 
     def load(self) -> AdapterResult:
         self.check_split()
@@ -87,8 +94,8 @@ class TinyImageNetAdapter(DatasetAdapter):
                 )
 
     def _load_val(self, wnids: list[str], result: AdapterResult) -> None:
-        annotations = self.root / "val" / "val_annotations.txt"
-        images = sorted(p for p in (self.root / "val" / "images").glob("*") if p.is_file())
+        annotations = self.root / self.split / "val_annotations.txt"
+        images = sorted(p for p in (self.root / self.split / "images").glob("*") if p.is_file())
         if not annotations.exists():
             # Without it there is no label: every image is skipped, and each one says why.
             result.skipped += [

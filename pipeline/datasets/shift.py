@@ -1,0 +1,129 @@
+"""`sample-shift`: a generated dataset with a Waterbirds-style shortcut, where the right map is known.
+
+Four shapes (drawn in a random colour that says nothing about the class) on one of four
+background colours. In train and val the background agrees with the class with probability
+`CORRELATION` (otherwise it is one of the three others, uniformly); in the `test_shift` split (and
+`train_indep`, for a ceiling) the background is uniform and independent of the class. A model that reads the background scores
+well on val and near chance on test_shift; the shape's box is exactly where the evidence is.
+
+The shortcut's strength (CORRELATION, the shape size) was fixed by the ViT baseline alone before
+any I-ViT ran (README, "sample-shift benchmark"). Layout: TinyImageNet's, plus a `test_shift/`
+folder laid out like `val/`, and per split a backgrounds.txt (file -> background index) so that a
+user can audit the pairing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from pipeline.datasets.generated import SHAPES, draw_shape, wnid
+
+IMAGE_SIZE = 64
+# Indices into sample_dataset.SHAPES: four shapes that stay distinct at 32 px.
+SHIFT_SHAPES = [0, 1, 2, 5]  # circle, square, triangle, cross
+BACKGROUNDS: list[tuple[str, tuple[int, int, int]]] = [
+    ("blue water", (40, 80, 170)),
+    ("green forest", (50, 140, 60)),
+    ("sand", (200, 170, 100)),
+    ("purple dusk", (130, 60, 140)),
+]
+CORRELATION = 0.9  # P(background == class's own) in train and val
+RADIUS = (10.0, 16.0)  # shape radius at 64 px: 5-8 px at the student's 32 px, 2-4 patches wide
+# Images per class, and whether the split carries the shortcut. `train_indep` (no shortcut) is
+# what the benchmark's ceiling head trains on.
+SPLITS = {"train": 150, "val": 50, "test_shift": 100, "train_indep": 150}
+CORRELATED = {"train": True, "val": True, "test_shift": False, "train_indep": False}
+
+
+def render_pair(
+    shape: int,
+    background: int | tuple[int, int, int],
+    rng: np.random.Generator,
+    size: int = IMAGE_SIZE,
+) -> tuple[Image.Image, tuple[int, int, int, int]]:
+    """Shape `shape` (an index into SHAPES) on `background` (an index into BACKGROUNDS or an
+    RGB colour), and its true box.
+
+    The background is its colour with a smooth random texture and pixel noise, so that the
+    colour (not an exact pixel value) is the attribute; the shape's colour is random.
+    """
+    rgb = BACKGROUNDS[background][1] if isinstance(background, int) else background
+    base = np.array(rgb, dtype=float)
+    coarse = rng.normal(0, 18, (4, 4, 3))
+    texture = np.stack(
+        [
+            np.array(Image.fromarray(coarse[..., c].astype(np.float32)).resize((size, size), Image.BICUBIC))
+            for c in range(3)
+        ],
+        axis=-1,
+    )  # fmt: skip
+    pixels = base + texture + rng.normal(0, 6, (size, size, 3))
+    image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+    scale = size / IMAGE_SIZE
+    r = float(rng.uniform(*RADIUS)) * scale
+    cx, cy = rng.uniform(r + 1, size - r - 1, size=2)
+    color = tuple(int(v) for v in rng.integers(0, 256, 3))
+    mask = Image.new("L", image.size, 0)
+    draw_shape(ImageDraw.Draw(mask), shape, cx, cy, r, fill=255)
+    image.paste(Image.new("RGB", image.size, color), mask=mask)
+    bbox = mask.getbbox()
+    assert bbox is not None, "a shape always covers pixels"
+    return image, bbox
+
+
+def draw_background(label: int, correlation: float | None, rng: np.random.Generator) -> int:
+    """The background of a class-`label` image: its own with probability `correlation`, else
+    one of the others uniformly; None: uniform over all (independent of the class)."""
+    count = len(BACKGROUNDS)
+    if correlation is None:
+        return int(rng.integers(count))
+    if rng.random() < correlation:
+        return label
+    others = [b for b in range(count) if b != label]
+    return int(rng.choice(others))
+
+
+def write_shift_dataset(root: Path, seed: int = 0, per_class: dict[str, int] | None = None) -> Path:
+    """Write train, val and test_shift under `root` (TinyImageNet layout). Deterministic."""
+    per_class = per_class or SPLITS
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    wnids = [wnid(label) for label in range(len(SHIFT_SHAPES))]
+    (root / "wnids.txt").write_text("".join(f"{w}\n" for w in wnids))
+    (root / "words.txt").write_text(
+        "".join(f"{wnids[i]}\t{SHAPES[s][0]}, {SHAPES[s][1]}\n" for i, s in enumerate(SHIFT_SHAPES))
+    )
+    for split, count in per_class.items():
+        correlation = CORRELATION if CORRELATED[split] else None
+        backgrounds = []
+        if split == "train":
+            for label, w in enumerate(wnids):
+                image_dir = root / "train" / w / "images"
+                image_dir.mkdir(parents=True, exist_ok=True)
+                lines = []
+                for n in range(count):
+                    background = draw_background(label, correlation, rng)
+                    image, box = render_pair(SHIFT_SHAPES[label], background, rng)
+                    name = f"{w}_{n}.JPEG"
+                    image.save(image_dir / name, quality=92)
+                    lines.append(f"{name}\t{box[0]}\t{box[1]}\t{box[2]}\t{box[3]}\n")
+                    backgrounds.append(f"{name}\t{background}\n")
+                (root / "train" / w / f"{w}_boxes.txt").write_text("".join(lines))
+        else:
+            image_dir = root / split / "images"
+            image_dir.mkdir(parents=True, exist_ok=True)
+            lines = []
+            for n in range(count * len(wnids)):
+                label = n % len(wnids)
+                background = draw_background(label, correlation, rng)
+                image, box = render_pair(SHIFT_SHAPES[label], background, rng)
+                name = f"{split}_{n}.JPEG"
+                image.save(image_dir / name, quality=92)
+                lines.append(f"{name}\t{wnids[label]}\t{box[0]}\t{box[1]}\t{box[2]}\t{box[3]}\n")
+                backgrounds.append(f"{name}\t{background}\n")
+            (root / split / "val_annotations.txt").write_text("".join(lines))
+        (root / split / "backgrounds.txt").write_text("".join(backgrounds))
+    return root

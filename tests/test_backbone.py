@@ -1,0 +1,49 @@
+"""`make backbone`'s file is a timm state dict that a run loads as its frozen backbone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from experiments import backbone as bb
+from flows.train import TrainParams
+from student.build import build
+
+
+def test_backbone_file_loads_as_a_runs_frozen_backbone(tmp_path: Path) -> None:
+    out = tmp_path / "vit.safetensors"
+    card = bb.pretrain(out, images=32, epochs=1, batch=16, heldout=16)
+    assert card["model_kwargs"] == bb.MODEL_KWARGS and out.with_suffix(".json").is_file()
+    saved = load_file(str(out))
+    # What `make train WEIGHTS=<file>` builds (the CLI's fields -> StudentConfig -> build).
+    params = TrainParams(
+        model=bb.MODEL, weights=str(out), img_size=bb.IMG_SIZE, model_kwargs=bb.MODEL_KWARGS
+    )
+    model, _ = build(params.student_config(num_classes=4))
+    vit = model.vit
+    for name in ("patch_embed.proj.weight", "pos_embed", "cls_token", "blocks.2.mlp.fc1.weight"):
+        assert torch.equal(vit.state_dict()[name], saved[name]), name
+    # The frozen q projection is the file's, and the interaction queries start as its copy.
+    dim = bb.MODEL_KWARGS["embed_dim"]
+    assert torch.equal(vit.blocks[0].attn.qkv.weight, saved["blocks.0.attn.qkv.weight"])
+    assert torch.equal(
+        vit.blocks[0].attn.interaction_q.weight, saved["blocks.0.attn.qkv.weight"][:dim]
+    )
+    # A new 4-class head replaces the 18-way pretraining head; only it and the new parts train.
+    assert saved["head.weight"].shape[0] == 18 and vit.head.weight.shape[0] == 4
+    assert not any(p.requires_grad for p in vit.patch_embed.parameters())
+    assert not vit.blocks[1].attn.qkv.weight.requires_grad and vit.head.weight.requires_grad
+
+
+def test_science_spec_uses_the_backbone_architecture() -> None:
+    from experiments.spec import load_spec
+
+    base = load_spec("science").base
+    assert (base["model"], base["img_size"], base["model_kwargs"]) == (
+        bb.MODEL,
+        bb.IMG_SIZE,
+        bb.MODEL_KWARGS,
+    )
+    assert Path(base["weights"]).name == bb.DEFAULT_OUT.name
