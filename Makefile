@@ -52,9 +52,9 @@ DEMO_EPOCHS ?= 6
 
 export PREFECT_HOME := $(CURDIR)/data/prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
-# A loaded 2-core machine can take longer than Prefect's 20 s to start its ephemeral API server.
+# A loaded 2-core machine can take longer than Prefect's 20 s to start its ephemeral API server
+# (flows without their own temporary server, e.g. flows.experiment).
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
-export PREFECT_LOGGING_LEVEL ?= WARNING
 export HF_HUB_DISABLE_TELEMETRY := 1
 
 ROOT_ARG := $(if $(ROOT),--root $(ROOT),)

@@ -1,7 +1,10 @@
 """Thin Prefect flows over the packages below (DESIGN 6): extraction and training.
 
 Prefect reads its settings at import time, so the project's defaults (a Prefect home inside
-`data/`, no analytics) are set here, before any flow module imports prefect.
+`data/`, no analytics, logs) are set here, before any flow module imports prefect.
+
+Logs: runs send their INFO lines to the Prefect API (each run's Logs tab in the UI), while the
+console shows warnings and errors only; `PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL=INFO` shows all.
 """
 
 import os
@@ -10,3 +13,5 @@ from pipeline.paths import data_dir
 
 os.environ.setdefault("PREFECT_HOME", str(data_dir() / "prefect"))
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")  # what reaches the API (the UI)
+os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")  # the terminal

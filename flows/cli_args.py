@@ -8,7 +8,9 @@ import json
 import typing
 from typing import TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
+
+from pipeline.errors import BadParametersError
 
 Params = TypeVar("Params", bound=BaseModel)
 
@@ -43,5 +45,20 @@ def _is_json_field(annotation: object) -> bool:
 
 
 def parse_model(model: type[Params], args: argparse.Namespace) -> Params:
+    """The params model from the flags given; a value that does not validate is a user error
+    naming the flag."""
     given = {k: v for k, v in vars(args).items() if k in model.model_fields and v is not None}
-    return model.model_validate(given)
+    try:
+        return model.model_validate(given)
+    except ValidationError as error:
+        raise bad_parameters(error) from None
+
+
+def bad_parameters(error: ValidationError) -> BadParametersError:
+    """A pydantic validation error as one line, each field named as its command-line flag."""
+    problems = []
+    for item in error.errors():
+        flag = "--" + str(item["loc"][0]).replace("_", "-") if item["loc"] else "parameters"
+        where = "".join(f"[{part}]" for part in item["loc"][1:])
+        problems.append(f"{flag}{where}: {item['msg']} (got {item.get('input')!r})")
+    return BadParametersError("; ".join(problems))

@@ -20,6 +20,10 @@ from pydantic import BaseModel, Field
 
 import flows  # noqa: F401  (Prefect settings)
 from flows.cli_args import add_model_arguments, parse_model
+from flows.command import prefect_session, run_command
+from flows.inputs import check_shards_obtainable
+from flows.orphans import record_process
+from pipeline.errors import MissingInputError
 from pipeline.paths import data_dir
 from pipeline.shards.build import ensure_shards
 from pipeline.shards.config import ShardsConfig
@@ -45,10 +49,17 @@ class EvalParams(BaseModel):
         return path if path.is_dir() else Path(self.runs_root) / self.run
 
 
+def check_run(params: EvalParams) -> None:
+    if not (params.run_dir() / "config.json").is_file():
+        raise MissingInputError(
+            f"{params.run_dir()} is not a run folder (no config.json); "
+            f"runs are the folders of {params.runs_root}"
+        )
+
+
 @task
 def evaluate_task(params: EvalParams) -> dict:
-    if not (params.run_dir() / "config.json").is_file():
-        raise FileNotFoundError(f"{params.run_dir()} is not a run folder (no config.json)")
+    check_run(params)
     ensure_shards(
         ShardsConfig(dataset=params.dataset, split=params.split, shards=Path(params.shards_root))
     )
@@ -59,7 +70,7 @@ def evaluate_task(params: EvalParams) -> dict:
     )  # fmt: skip
 
 
-@flow(name="evaluate-ivit")
+@flow(name="evaluate-ivit", on_running=[record_process])
 def evaluate_flow(params: EvalParams) -> dict:
     result = evaluate_task(params)
     lines = [f"# {params.run} on {params.dataset}/{params.split}"]
@@ -88,10 +99,14 @@ def evaluate_flow(params: EvalParams) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows.evaluate", description=__doc__)
     add_model_arguments(parser, EvalParams)
-    result = evaluate_flow(parse_model(EvalParams, parser.parse_args(argv)))
+    params = parse_model(EvalParams, parser.parse_args(argv))
+    check_run(params)
+    check_shards_obtainable(params.dataset, params.split, Path(params.shards_root))
+    with prefect_session():
+        result = evaluate_flow(params)
     print(json.dumps(result, indent=1))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main))

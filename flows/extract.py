@@ -10,7 +10,6 @@ place them; each worker process loads its teacher once.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import socket
 import sys
@@ -32,6 +31,11 @@ from pydantic import BaseModel, Field
 
 import flows  # noqa: F401  (Prefect settings)
 from flows.cli_args import add_model_arguments, parse_model
+from flows.command import prefect_session, run_command
+from flows.extract_outcome import committed_summary, print_outcome
+from flows.inputs import check_shards_obtainable
+from flows.orphans import record_process
+from flows.preview_artifact import previews_markdown
 from flows.retries import retry_unless_user_error
 from flows.runtime import (
     default_concurrency,
@@ -150,7 +154,7 @@ def _open_entry(params: ExtractParams) -> CacheEntry:
     )
 
 
-@task(retries=1, retry_delay_seconds=5)
+@task(retries=1, retry_delay_seconds=5, retry_condition_fn=retry_unless_user_error)
 def prepare_shards(params: ExtractParams) -> str:
     """Write the shards if they are missing or stale; returns their directory."""
     config = ShardsConfig(
@@ -282,7 +286,7 @@ def publish_summary(
         "## Invalid rows by reason",
         *(f"- {reason}: {n}" for reason, n in summary["invalid_by_reason"].items()),
         "## Previews",
-        *(f"- `{p}`" for p in summary["previews"]),
+        *previews_markdown(summary["previews"], entry.storage_options),
     ]
     create_markdown_artifact(
         "\n".join(lines), key="extract-summary", description="map cache summary"
@@ -317,7 +321,12 @@ def _extract_pass(
     return held
 
 
-@flow(name="extract-maps", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=1))
+@flow(
+    name="extract-maps",
+    log_prints=True,
+    task_runner=ThreadPoolTaskRunner(max_workers=1),
+    on_running=[record_process],
+)
 def extract_flow(params: ExtractParams) -> dict:
     """Teacher maps for every uncommitted shard of a dataset split, into the map cache."""
     started = time.perf_counter()
@@ -358,7 +367,6 @@ def run_extract(params: ExtractParams, runner: str = "threads", workers: int = 2
 
 
 def main(argv: list[str] | None = None) -> int:
-    from teacher import TeacherWeightsError
 
     parser = argparse.ArgumentParser(prog="python -m flows.extract", description=__doc__)
     add_model_arguments(parser, ExtractParams)
@@ -369,31 +377,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     params = parse_model(ExtractParams, args)
-    try:
-        if args.which_entry:
-            print(entry_location(params))
-            return 0
-        check_teacher(params)
+    check_shards_obtainable(params.dataset, params.split, Path(params.shards_root), params.root)
+    if args.which_entry:
+        print(entry_location(params))
+        return 0
+    summary = committed_summary(params)
+    if summary is not None:  # nothing to compute: no Prefect server, no run
+        print_outcome(summary, "nothing to do: every shard of this entry is committed")
+        return 0
+    check_teacher(params)  # TeacherWeightsError is a user error: one line from run_command
+    with prefect_session():
         summary = run_extract(params, args.runner, args.workers)
-    except TeacherWeightsError as err:  # the user's to fix: the message says how, no traceback
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(
-        json.dumps(
-            {
-                k: summary[k]
-                for k in ("cache_key", "path", "rows_written", "rows_invalid", "fg_accuracy")
-            },
-            indent=1,
-        )
-    )
-    print(f"map cache entry: {summary['path']}")
-    if summary["previews"]:
-        # A URL, not a Path: Path("s3://b/k") would print "s3:/b/k".
-        print(f"preview overlays: {summary['previews'][0].rsplit('/', 1)[0]}")
-    print(f"map-quality report: {' '.join(summary['report'])}")
+    print_outcome(summary)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main))

@@ -9,16 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-
-def user_errors() -> tuple[type[Exception], ...]:
-    # Imported on a failure only: flows.extract stays free of timm and transformers at import.
-    from student.backbone_weights import WeightsUnavailableError
-    from teacher.hub_weights import TeacherWeightsError
-
-    return (TeacherWeightsError, WeightsUnavailableError)
+from pipeline.errors import UserError
 
 
 def retry_unless_user_error(task: Any, task_run: Any, state: Any) -> bool:
-    """Prefect's retry condition: False for errors that only the user can fix. Prefect hands
-    it the Failed state whose data is the task's exception."""
-    return not isinstance(state.data, user_errors())
+    """Prefect's retry condition: False for errors that only the user can fix
+    (`pipeline.errors.UserError`: missing weights, inputs, bad parameters). Prefect hands it
+    the Failed state whose data is the task's exception."""
+    return not isinstance(state.data, UserError)

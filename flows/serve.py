@@ -2,8 +2,10 @@
 
 The server uses the project's Prefect home (data/prefect), so runs started from the command line
 (`make extract`, `make train`) show up next to the runs started from the UI's parameter forms.
-Ctrl-C stops both. It listens on 127.0.0.1 only and has no API auth; `make cluster` (flows.cluster)
-is the server other machines may reach, and it refuses clients without its auth string.
+It also installs Prefect's automation for zombie runs (`flows.orphans`): a run whose heartbeats
+stop (its process was killed) becomes Crashed. Ctrl-C stops both. It listens on 127.0.0.1 only
+and has no API auth; `make cluster` (flows.cluster) is the server other machines may reach, and it
+refuses clients without its auth string.
 """
 
 from __future__ import annotations
@@ -38,8 +40,10 @@ def main(argv: list[str] | None = None) -> int:
         from flows.evaluate import evaluate_flow
         from flows.experiment import ExperimentParams, experiment_flow
         from flows.extract import ExtractParams, extract_flow
+        from flows.orphans import ensure_zombie_automation
         from flows.train import TrainParams, train_flow
 
+        ensure_zombie_automation()  # runs whose heartbeats stop become Crashed
         print(
             f"Prefect UI: http://{args.host}:{args.port}  (deployments: extract, train, evaluate, experiment)"
         )

@@ -23,14 +23,19 @@ from pydantic import BaseModel, Field
 
 import flows  # noqa: F401  (Prefect settings)
 from flows.cli_args import add_model_arguments, parse_model
+from flows.command import prefect_session, run_command
 from flows.dense_entries import check_entry_for_task, fits_task
+from flows.inputs import check_shards_obtainable
+from flows.orphans import record_process
+from flows.retries import retry_unless_user_error
 from pipeline.cache import list_entries, open_entry
 from pipeline.cache.spec import teacher_brief
+from pipeline.errors import AmbiguousInputError, MissingInputError
 from pipeline.paths import data_dir
 from pipeline.shards.build import ensure_shards
 from pipeline.shards.config import ShardsConfig
 from pipeline.shards.records import ShardIndex
-from student.backbone_weights import WeightsUnavailableError, check_weights_source
+from student.backbone_weights import check_weights_source
 from student.config import KlDirection, StudentConfig, TrainConfig
 from student.dense.config import DetrConfig
 from student.run import DataConfig, RunConfig, run_training
@@ -123,19 +128,19 @@ def _matching_entry(
     where = f"{params.dataset}/{index.split} (fingerprint {index.fingerprint[:16]}) under {params.cache_root}"
     if not matches:
         if required:
-            raise FileNotFoundError(
+            raise MissingInputError(
                 f"no map-cache entry for {where}; run `make extract DATASET={params.dataset} "
                 f"SPLIT={index.split}` first, or train without alignment (--no-alignment)"
             )
         return None
     listing = "\n  ".join(f"{e.path}  ({teacher_brief(e.manifest['spec'])})" for e in matches)
-    raise ValueError(
+    raise AmbiguousInputError(
         f"several cache entries match {where} (one per teacher); choose one with "
         f"CACHE_ENTRY=<path> (--cache-entry):\n  {listing}"
     )
 
 
-@task(retries=1, retry_delay_seconds=5)
+@task(retries=1, retry_delay_seconds=5, retry_condition_fn=retry_unless_user_error)
 def resolve_run(params: TrainParams) -> str:
     """Shards (written if missing), cache entries and class count -> the run's config.json."""
     logger = get_run_logger()
@@ -210,7 +215,7 @@ def publish_run(run_dir: str, rows: list[dict]) -> dict:
             "overlays": str(overlays[-1]) if overlays else None}  # fmt: skip
 
 
-@flow(name="train-ivit", log_prints=True)
+@flow(name="train-ivit", log_prints=True, on_running=[record_process])
 def train_flow(params: TrainParams) -> dict:
     """Train an I-ViT on shards joined with their cached teacher maps."""
     run_dir = resolve_run(params)
@@ -228,16 +233,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     params = parse_model(TrainParams, args)
-    try:
-        # Before the flow: the backbone's weights can be had (offline: from the local HF cache).
-        check_weights_source(params.model, params.backbone_weights(), params.model_kwargs)
-        if args.config_only:
-            print(Path(resolve_run(params)) / "config.json")
-            return 0
+    for split in filter(None, [params.train_split, params.val_split]):
+        check_shards_obtainable(params.dataset, split, Path(params.shards_root))
+    # Before the flow: the backbone's weights can be had (offline: from the local HF cache).
+    # WeightsUnavailableError is a user error: run_command prints it as one line.
+    check_weights_source(params.model, params.backbone_weights(), params.model_kwargs)
+    if args.config_only:
+        print(Path(resolve_run(params)) / "config.json")
+        return 0
+    with prefect_session():
         result = train_flow(params)
-    except WeightsUnavailableError as err:  # the user's to fix: the message says how
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     print(json.dumps(result["last"]))
     print(f"run folder: {result['run_dir']}")
     print(f"curves:     {result['curves']}")
@@ -246,4 +251,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main))

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from pipeline.cache.cli import add_cache_commands
 from pipeline.datasets.generated import write_sample_dataset
-from pipeline.datasets.registry import DatasetMissingError, load_registry
+from pipeline.datasets.registry import load_registry
+from pipeline.errors import UserError
 from pipeline.shards.config import ShardsConfig, default_shards_root
 
 
@@ -68,9 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (DatasetMissingError, KeyError, ValueError) as error:
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"error: {message}", file=sys.stderr)
+    except UserError as error:  # the user's to fix: one line; anything else is a bug
+        print(f"error: {error}", file=sys.stderr)
         return 2
 
 

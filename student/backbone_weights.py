@@ -18,10 +18,11 @@ from timm.models import get_pretrained_cfg
 from timm.models._builder import _resolve_pretrained_source
 from timm.models._hub import HF_WEIGHTS_NAME, _get_safe_alternatives, hf_split
 
+from pipeline.errors import UserError
 from pipeline.hub import HubAccess, hub_access, hub_cache_dir, note
 
 
-class WeightsUnavailableError(RuntimeError):
+class WeightsUnavailableError(UserError, RuntimeError):
     """The pretrained backbone could not be had; the message says how to supply it."""
 
 

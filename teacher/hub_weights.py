@@ -23,13 +23,14 @@ from transformers.utils import (
     WEIGHTS_NAME,
 )
 
+from pipeline.errors import UserError
 from pipeline.hub import HubAccess, hub_access, hub_cache_dir, note
 
 # What transformers' from_pretrained looks for, in its order of preference.
 WEIGHT_FILES = (SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME)
 
 
-class TeacherWeightsError(RuntimeError):
+class TeacherWeightsError(UserError, RuntimeError):
     """The checkpoint could not be found locally nor downloaded."""
 
 

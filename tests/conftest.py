@@ -10,6 +10,7 @@ import os
 import socket
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -21,7 +22,7 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="lfi-prefect-home-")
     os.environ.pop("PREFECT_API_URL", None)
     os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -33,9 +34,17 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def prefect_server_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The Prefect home (and database) of `prefect_server`: a command run with this home and no
+    PREFECT_API_URL records its runs, through its own temporary server, where that server
+    reads them."""
+    return tmp_path_factory.mktemp("prefect-server")
+
+
+@pytest.fixture(scope="session")
+def prefect_server(prefect_server_home: Path) -> Iterator[str]:
     """`prefect server start` on 127.0.0.1 with its own home; yields the API URL."""
-    home = tmp_path_factory.mktemp("prefect-server")
+    home = prefect_server_home
     with (home / "server.log").open("w") as log:
         process, api = start_prefect_server("127.0.0.1", free_port(), home=home, log=log)
         try:

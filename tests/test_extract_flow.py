@@ -15,10 +15,14 @@ compared with one uninterrupted reference run, read back with plain `zarr` and `
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
+import io
 import json
+import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -32,10 +36,12 @@ from typing import Any
 
 import fsspec
 import numpy as np
+import psutil
 import pytest
 import teacher_fixtures
 import webdataset as wds
 import zarr
+from PIL import Image
 
 from pipeline.cache import CacheMismatchError, ShardNotCommittedError, open_entry
 from pipeline.cache.verify import verify_entry
@@ -60,6 +66,7 @@ class FlowEnv:
     shards_root: Path  # shards every run shares (written by the reference run)
     teacher: Path  # the tiny LLaVA's directory
     api: str  # the Prefect server's API URL
+    prefect_home: Path  # that server's Prefect home (its database)
     logs: Path
 
     def params(self, cache_root: str | Path, **overrides: Any) -> dict[str, Any]:
@@ -87,6 +94,7 @@ class Reference:
     shard_names: list[str]
     arrays: dict[str, np.ndarray]
     manifest: dict[str, Any]
+    output: str  # what the run printed on its console
 
 
 @dataclass
@@ -114,9 +122,15 @@ class FlowProcess:
 
 
 def start_flow(
-    env: FlowEnv, params: dict[str, Any], *extra: str, extra_env: dict[str, str] | None = None
+    env: FlowEnv,
+    params: dict[str, Any],
+    *extra: str,
+    extra_env: dict[str, str] | None = None,
+    own_server: bool = False,
 ) -> FlowProcess:
-    """`python -m flows.extract ...` in its own process group, reporting to the test's server."""
+    """`python -m flows.extract ...` in its own process group, reporting to the test's server;
+    with `own_server`, as a user's command runs: no PREFECT_API_URL, so the run starts its own
+    temporary server, on the test server's database (its runs show on the test server)."""
     args = [f"--{name.replace('_', '-')}={value}" for name, value in params.items()]
     log = env.logs / f"extract-{uuid.uuid4().hex[:8]}.log"
     process_env = {
@@ -125,6 +139,11 @@ def start_flow(
         "OMP_NUM_THREADS": "1",  # two runs (or two Dask workers) share this machine's cores
         **(extra_env or {}),
     }
+    if own_server:
+        del process_env["PREFECT_API_URL"]
+        process_env["PREFECT_HOME"] = str(env.prefect_home)
+    for name in ("PREFECT_LOGGING_LEVEL", "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"):
+        process_env.pop(name, None)  # the project's own defaults, as `make extract` has them
     with log.open("w") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "flows.extract", *args, *extra],
@@ -239,6 +258,19 @@ def flow_runs_for(api: str, cache_root: str) -> list[tuple[Any, dict[str, Any]]]
     return found
 
 
+def run_logs(api: str, flow_run_id: Any) -> list[tuple[int, str]]:
+    """(level, message) of every log line a flow run and its tasks sent to the API."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: api}), get_client(sync_client=True) as client:
+        logs = client.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
+        )
+    return [(log.level, log.message) for log in logs]
+
+
 def table_rows(artifact: Any) -> list[dict]:
     data = artifact.data
     return json.loads(data) if isinstance(data, str) else data
@@ -246,12 +278,16 @@ def table_rows(artifact: Any) -> list[dict]:
 
 # ---- fixtures -------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def flow_env(tmp_path_factory, tiny_dir: Path, prefect_server: str) -> FlowEnv:
+def flow_env(
+    tmp_path_factory, tiny_dir: Path, prefect_server: str, prefect_server_home: Path
+) -> FlowEnv:
     root = tmp_path_factory.mktemp("extract-flow")
     raw = root / "raw"
     write_sample_dataset(raw, train_per_class=2, val_per_class=1)
     (root / "logs").mkdir()
-    return FlowEnv(raw, root / "shards", tiny_dir, prefect_server, root / "logs")
+    return FlowEnv(
+        raw, root / "shards", tiny_dir, prefect_server, prefect_server_home, root / "logs"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -278,6 +314,7 @@ def reference(flow_env: FlowEnv) -> Reference:
         shard_names=[s.name for s in index.shards],
         arrays=arrays,
         manifest=read_json(entry / "manifest.json"),
+        output=output,
     )
 
 
@@ -298,6 +335,29 @@ def test_reference_run_is_recorded_on_the_prefect_server(
     assert "rows written: 20 (0 invalid)" in summary.data
     previews = [line for line in summary.data.splitlines() if line.endswith(".png`")]
     assert len(previews) == 2 == len(list((reference.entry / "previews").glob("*.png")))
+    # The pictures themselves are in the artifact (the UI cannot read the entry's folder).
+    pictures = re.findall(
+        r"!\[([^\]]+)\]\(data:image/jpeg;base64,([A-Za-z0-9+/=]+)\)", summary.data
+    )
+    assert [name for name, _ in pictures] == [p.split("/")[-1][:-5] for p in previews]
+    for name, data in pictures:
+        shown = Image.open(io.BytesIO(base64.b64decode(data)))
+        assert shown.format == "JPEG"
+        original = Image.open(reference.entry / "previews" / f"{name}.png").convert("RGB")
+        expected = original.resize(shown.size, Image.Resampling.BOX)
+        assert shown.width >= 600 and abs(shown.height / shown.width - 0.25) < 0.01
+        difference = np.abs(np.asarray(shown, np.int16) - np.asarray(expected, np.int16))
+        assert difference.mean() < 6, f"{name}: the thumbnail is not that preview"
+
+    # INFO lines reach the run's Logs tab; the console stays quiet (warnings only).
+    logs = run_logs(flow_env.api, run.id)
+    info = [message for level, message in logs if level == logging.INFO]
+    assert any(m.startswith("shards ") and "20 samples in 7 shard(s)" in m for m in info), logs
+    computed = [
+        m for m in info if re.fullmatch(r"shard-\d+\.tar: \d rows in [\d.]+ s \(0 invalid\)", m)
+    ]
+    assert len(computed) == 7, info
+    assert "rows in" not in reference.output and "INFO" not in reference.output
 
     shards = artifacts["extract-shards"]
     assert shards.type == "table"
@@ -361,10 +421,16 @@ def test_sigkill_mid_run_then_rerun_gives_the_reference_cache(
 ) -> None:
     cache_root = tmp_path / "cache"
     entry = cache_root / reference.key
-    killed = start_flow(flow_env, flow_env.params(cache_root))
+    # As a user's command runs (no PREFECT_API_URL): the run starts its own temporary server.
+    killed = start_flow(flow_env, flow_env.params(cache_root), own_server=True)
     _stop_mid_shard(killed, entry)
-    os.killpg(killed.pid, signal.SIGKILL)
+    helpers = psutil.Process(killed.pid).children(recursive=True)
+    assert any("uvicorn" in " ".join(p.cmdline()) for p in helpers), "its temporary server"
+    os.kill(killed.pid, signal.SIGKILL)  # the run's process alone, as the OOM killer does
     killed.process.wait()  # reaped: its pid is gone, so its claim is dead
+    os.killpg(killed.pid, signal.SIGCONT)  # the server was stopped with its group: let it go
+    _, alive = psutil.wait_procs(helpers, timeout=30)
+    assert not alive, f"left behind by the killed run: {[p.cmdline() for p in alive]}"
 
     before = commit_records(entry)
     assert 1 <= len(before) < len(reference.shard_names), "the kill must leave the entry partial"
@@ -379,8 +445,8 @@ def test_sigkill_mid_run_then_rerun_gives_the_reference_cache(
 
     # The rerun takes the dead writer's claim over at once (its lease has 2 h left) and computes
     # only what was not committed.
-    rerun = start_flow(flow_env, flow_env.params(cache_root))
-    rerun.finish(timeout_s=120)
+    rerun = start_flow(flow_env, flow_env.params(cache_root), own_server=True)
+    rerun.finish(timeout_s=180)
     records = assert_same_cache(entry, reference)
     for name, record in records.items():
         if name in before:
@@ -388,6 +454,15 @@ def test_sigkill_mid_run_then_rerun_gives_the_reference_cache(
         else:
             assert writer_pid(record) == rerun.pid, f"{name} is the rerun's work"
     assert not list(entry.glob("claims/*.json")), "claims are released, the dead one included"
+
+    # In Prefect, the killed run is Crashed (the rerun found its process gone), not Running.
+    runs = {
+        int(run.labels["lfi.pid"]): run for run, _ in flow_runs_for(flow_env.api, str(cache_root))
+    }
+    assert sorted(runs) == sorted([killed.pid, rerun.pid])
+    assert runs[killed.pid].state.is_crashed(), runs[killed.pid].state
+    assert "ended without reporting" in runs[killed.pid].state.message
+    assert runs[rerun.pid].state.is_completed(), runs[rerun.pid].state
 
     verify = subprocess.run(
         [sys.executable, "-m", "pipeline", "cache", "verify", str(entry)],
@@ -457,6 +532,49 @@ def test_a_run_moves_past_a_shard_a_live_writer_holds_and_takes_it_when_that_die
         expected = first.pid if name in done_by_first else second.pid
         assert writer_pid(record) == expected, name
     assert not list(entry.glob("claims/*.json"))
+
+
+def test_a_rerun_with_nothing_to_do_answers_without_prefect(
+    flow_env: FlowEnv, reference: Reference
+) -> None:
+    output = start_flow(
+        flow_env, flow_env.params(reference.cache_root, previews=2), own_server=True
+    ).finish(timeout_s=120)
+    assert "nothing to do" in output
+    assert "Prefect" not in output, "no temporary server was started"
+    assert f"map cache entry: {reference.entry}\n" in output
+    assert f"preview overlays: {reference.entry}/previews\n" in output
+
+    def printed(text: str) -> dict:
+        return json.loads(text[text.index("{\n") : text.index("\n}") + 2])
+
+    assert printed(output) == printed(reference.output)
+    assert len(flow_runs_for(flow_env.api, str(reference.cache_root))) == 1, "no new run"
+
+
+def test_sigterm_marks_the_run_crashed_and_leaves_no_process(
+    flow_env: FlowEnv, reference: Reference, tmp_path: Path
+) -> None:
+    cache_root = tmp_path / "cache"
+    entry = cache_root / reference.key
+    run = start_flow(flow_env, flow_env.params(cache_root), own_server=True)
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while not _mid_shard(entry):
+        assert run.process.poll() is None, f"run ended before the signal:\n{run.tail()}"
+        assert time.monotonic() < deadline, "no shard committed in time"
+        time.sleep(0.05)
+    helpers = psutil.Process(run.pid).children(recursive=True)
+    assert any("uvicorn" in " ".join(p.cmdline()) for p in helpers), "its temporary server"
+
+    run.process.send_signal(signal.SIGTERM)  # the run's process alone, as `timeout` does
+    assert run.process.wait(timeout=120) == 128 + signal.SIGTERM, run.tail()
+    _, alive = psutil.wait_procs(helpers, timeout=15)
+    assert not alive, f"left behind: {[p.cmdline() for p in alive]}"
+    assert "Traceback" not in run.tail()
+
+    ((recorded, _),) = flow_runs_for(flow_env.api, str(cache_root))
+    assert recorded.state.is_crashed(), recorded.state
+    assert len(_names(entry, "commits")) < len(reference.shard_names), "stopped mid-way"
 
 
 def _rewrite_shard(shard_dir: Path, shard_name: str, broken: dict[str, bytes]) -> None:

@@ -54,6 +54,7 @@ from pipeline.cache.spec import (
     cache_key,
     full_cache_hash,
 )
+from pipeline.errors import MissingInputError
 from pipeline.io import pretty_json
 from pipeline.shards.records import ShardIndex
 
@@ -396,7 +397,7 @@ def open_entry(
     try:
         manifest = files.get_json(MANIFEST_FILE)
     except FileNotFoundError as err:
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"no map-cache entry at {url} ({MANIFEST_FILE} missing); "
             "`python -m pipeline cache ls <root>` lists the entries of a root"
         ) from err

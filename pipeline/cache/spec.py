@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from pipeline.errors import UserError
 from pipeline.io import canonical_json
 
 # Bump when the on-disk layout or the meaning of a stored value changes; old entries then get a
@@ -23,7 +24,7 @@ CACHE_FORMAT_VERSION = 1
 KEY_PREFIX_LENGTH = 16
 
 
-class CacheMismatchError(RuntimeError):
+class CacheMismatchError(UserError, RuntimeError):
     """An entry exists but was built for something else; reusing it would give wrong maps."""
 
 

@@ -12,6 +12,7 @@ from pydantic import BaseModel
 from pipeline.datasets.adapters import ADAPTERS, DatasetAdapter
 from pipeline.datasets.generated import write_sample_dataset
 from pipeline.datasets.shift import write_shift_dataset
+from pipeline.errors import UserError
 from pipeline.paths import PROJECT_ROOT, data_dir, resolve
 
 REGISTRY_FILE = PROJECT_ROOT / "data" / "registry.json"
@@ -39,8 +40,16 @@ class DatasetEntry(BaseModel):
         return resolve(relative)
 
 
-class DatasetMissingError(FileNotFoundError):
-    pass
+class DatasetMissingError(UserError, FileNotFoundError):
+    """A registered dataset's raw folder is not there; the message says how to obtain it."""
+
+
+class UnknownDatasetError(UserError, KeyError):
+    """A name that data/registry.json does not hold."""
+
+
+class UnknownSplitError(UserError, ValueError):
+    """A split the dataset does not have."""
 
 
 @cache
@@ -52,7 +61,7 @@ def load_registry() -> dict[str, DatasetEntry]:
 def get_entry(name: str) -> DatasetEntry:
     registry = load_registry()
     if name not in registry:
-        raise KeyError(
+        raise UnknownDatasetError(
             f"unknown dataset {name!r}; registered: {', '.join(sorted(registry))} ({REGISTRY_FILE})"
         )
     return registry[name]
@@ -79,5 +88,5 @@ def open_adapter(name: str, split: str, root: Path | None = None) -> tuple[Datas
                 f"  Or point at an existing copy: make shards DATASET={name} ROOT=/path/to/it"
             )
     if split not in entry.splits and entry.adapter != "imagefolder":
-        raise ValueError(f"dataset {name!r} has splits {entry.splits}, not {split!r}")
+        raise UnknownSplitError(f"dataset {name!r} has splits {entry.splits}, not {split!r}")
     return ADAPTERS[entry.adapter](root, split), root

@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from pipeline.errors import BadInputDataError, MissingInputError
 from pipeline.io import canonical_json
 
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in original-image pixels
@@ -97,10 +98,12 @@ def read_index(shard_dir: str | Path) -> ShardIndex:
     """Load and verify `index.json`; a tampered or stale index is an error, not a guess."""
     path = Path(shard_dir) / INDEX_FILE
     if not path.exists():
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"no shard index at {path}; write the shards first (make shards DATASET=...)"
         )
     index = ShardIndex.model_validate_json(path.read_text())
     if index.fingerprint != index.compute_fingerprint():
-        raise ValueError(f"{path}: fingerprint does not match its content; rewrite the shards")
+        raise BadInputDataError(
+            f"{path}: fingerprint does not match its content; rewrite the shards"
+        )
     return index

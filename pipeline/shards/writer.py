@@ -19,6 +19,7 @@ from filelock import FileLock
 from tqdm import tqdm
 
 from pipeline.datasets.adapters import AdapterResult, RawSample
+from pipeline.errors import BadParametersError
 from pipeline.io import TMP_SUFFIX, atomic_path, atomic_write_text
 from pipeline.shards.checks import BadSample, CheckedImage, check_image
 from pipeline.shards.masks import check_dense_targets
@@ -134,7 +135,7 @@ def write_shards(
 ) -> ShardsOutcome:
     """Write `result` as shards under `out_dir`; a no-op when they are already current."""
     if shard_size < 1:
-        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+        raise BadParametersError(f"shard_size must be >= 1, got {shard_size}")
     out_dir.mkdir(parents=True, exist_ok=True)
     fingerprint = source_fingerprint(result, shard_size)
     # Two runs that find the shards missing at once (say, two extractions) take turns: the
