@@ -68,6 +68,7 @@ class Cluster:
     process: subprocess.Popen  # python -m flows.cluster
     log: Path
     api: str
+    home: Path  # the server's Prefect home (its database)
     auth: str
     server_pid: int
     workers: dict[str, int]  # worker name -> pid
@@ -126,7 +127,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         started += [ready["server_pid"], *ready["workers"].values()]
         assert stat.S_IMODE(auth_file.stat().st_mode) == 0o600, "the auth string is private"
         yield Cluster(
-            process, log, ready["api"], auth_file.read_text().strip(),
+            process, log, ready["api"], root / "home", auth_file.read_text().strip(),
             ready["server_pid"], ready["workers"],
         )  # fmt: skip
     finally:
@@ -145,7 +146,7 @@ def flow_env(tmp_path_factory, tiny_dir: Path, cluster: Cluster) -> Iterator[Flo
     (root / "logs").mkdir()
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("PREFECT_API_AUTH_STRING", cluster.auth)  # for this module's clients
-        yield FlowEnv(raw, root / "shards", tiny_dir, cluster.api, root / "logs")
+        yield FlowEnv(raw, root / "shards", tiny_dir, cluster.api, cluster.home, root / "logs")
 
 
 def launch(cluster: Cluster, env: FlowEnv, cache_root: Path, *flags: str) -> str:
