@@ -54,6 +54,34 @@ def forward_outputs(model: nn.Module, images: torch.Tensor, with_interactions: b
     return {"logits": model(images), "align_rows": None}
 
 
+def optimizer_step(
+    losses: dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    trainable: list[nn.Parameter],
+    scaler: torch.amp.GradScaler | None,
+    grad_clip: float | None,
+    where: str,
+) -> None:
+    """Backward of losses["loss"] and one optimizer step (AMP scaling, optional clipping); a
+    non-finite loss stops training, naming `where` and every term, before it reaches the weights."""
+    loss = losses["loss"]
+    if not math.isfinite(loss.item()):
+        raise FloatingPointError(f"loss is {loss.item()} at {where}: {losses}")
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+    else:
+        loss.backward()
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(trainable, grad_clip)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+
+
 def train_one_epoch(
     model: nn.Module,
     criterion: InteractionCriterion,
@@ -84,23 +112,9 @@ def train_one_epoch(
             outputs = forward_outputs(model, batch["image"], criterion.alignment)
             losses = criterion(outputs, batch)
         loss = losses["loss"]
-        if not math.isfinite(loss.item()):
-            raise FloatingPointError(
-                f"loss is {loss.item()} at epoch {epoch} step {step}: {losses}"
-            )
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-        else:
-            loss.backward()
-        if grad_clip:
-            torch.nn.utils.clip_grad_norm_(trainable, grad_clip)
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
+        optimizer_step(
+            losses, optimizer, trainable, scaler, grad_clip, f"epoch {epoch} step {step}"
+        )
         step += 1
         scheduler.step_update(num_updates=step)
 

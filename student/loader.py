@@ -479,7 +479,7 @@ class ShardMapLoader:
             repeat += 1
 
 
-def build_loader(
+def loader_config(
     shard_dir: str | Path,
     cache_entry: str | None,
     split: str,
@@ -494,11 +494,15 @@ def build_loader(
     fraction: float = 1.0,
     seed: int = 0,
     **options: Any,
-) -> ShardMapLoader:
-    """The loader for one split; `options` are the other LoaderConfig fields (crop_scale, ...)."""
-    config = LoaderConfig(
+) -> LoaderConfig:
+    """The LoaderConfig of one split; `options` are its other fields (crop_scale, ...)."""
+    return LoaderConfig(
         shard_dir=Path(shard_dir), cache_entry=cache_entry, split=split, img_size=img_size,
         patch_size=patch_size, batch_size=batch_size, train=train, num_workers=num_workers,
         mean=mean, std=std, fraction=fraction, seed=seed, **options,
     )  # fmt: skip
-    return ShardMapLoader(config)
+
+
+def build_loader(*args: Any, **kwargs: Any) -> ShardMapLoader:
+    """The loader for one split, from `loader_config`'s arguments."""
+    return ShardMapLoader(loader_config(*args, **kwargs))

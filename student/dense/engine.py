@@ -3,7 +3,6 @@ runs them epoch by epoch with the classifier's resume, checkpoints and metrics."
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
@@ -18,7 +17,7 @@ from student.dense.loss import DenseCriterion
 from student.dense.model import DenseStudent
 from student.dense.plots import plot_dense_overlays
 from student.distributed import is_distributed, unwrap
-from student.engine import autocast, to_device
+from student.engine import autocast, optimizer_step, to_device
 from student.loss import renormalize
 from student.model import count_forward_flops, count_parameters
 from student.plots import denormalize
@@ -58,21 +57,9 @@ def train_one_epoch_dense(
             )  # fmt: skip
             losses = criterion(outputs, batch)
         loss = losses["loss"]
-        if not math.isfinite(loss.item()):
-            raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch} step {step}")
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-        else:
-            loss.backward()
-        if grad_clip:
-            torch.nn.utils.clip_grad_norm_(trainable, grad_clip)
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
+        optimizer_step(
+            losses, optimizer, trainable, scaler, grad_clip, f"epoch {epoch} step {step}"
+        )
         step += 1
         scheduler.step_update(num_updates=step)
         n = batch["image"].shape[0]

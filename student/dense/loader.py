@@ -10,7 +10,6 @@ view, so boxes stay whole and normalized boxes map back to original pixels exact
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,7 +18,7 @@ import torch
 from pipeline.geometry import Rect
 from pipeline.shards.masks import decode
 from pipeline.shards.records import SampleRecord
-from student.loader import Collate, DecodeAndView, LoaderConfig, ShardMapLoader
+from student.loader import Collate, DecodeAndView, LoaderConfig, ShardMapLoader, loader_config
 from student.maps import PairedTransform
 
 
@@ -98,25 +97,6 @@ class DenseShardLoader(ShardMapLoader):
         return DenseCollate(self.config.grid)
 
 
-def build_dense_loader(
-    shard_dir: str | Path,
-    cache_entry: str | None,
-    split: str,
-    img_size: int,
-    patch_size: int,
-    batch_size: int,
-    train: bool,
-    num_workers: int,
-    *,
-    masks: bool,
-    mean: tuple[float, float, float],
-    std: tuple[float, float, float],
-    fraction: float = 1.0,
-    seed: int = 0,
-) -> DenseShardLoader:
-    config = LoaderConfig(
-        shard_dir=Path(shard_dir), cache_entry=cache_entry, split=split, img_size=img_size,
-        patch_size=patch_size, batch_size=batch_size, train=train, num_workers=num_workers,
-        mean=mean, std=std, fraction=fraction, seed=seed,
-    )  # fmt: skip
-    return DenseShardLoader(config, masks)
+def build_dense_loader(*args: Any, masks: bool, **kwargs: Any) -> DenseShardLoader:
+    """The dense loader for one split, from `loader_config`'s arguments; `masks` for segmentation."""
+    return DenseShardLoader(loader_config(*args, **kwargs), masks)
