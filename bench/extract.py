@@ -43,10 +43,12 @@ from bench.llava7b import (
     quantize_nf4,
 )
 from pipeline.datasets.generated import SHAPES
-from teacher import Teacher, TeacherConfig, TeacherInput, load_teacher
+from teacher import TeacherConfig, TeacherInput, load_teacher
 from teacher.capture import register_rows_attention
-from teacher.loading import default_tiny_dir
+from teacher.checkpoint import default_tiny_dir, facts_from_config
+from teacher.model import Teacher
 from teacher.naive import extract_naive
+from teacher.spec import TeacherSpec
 from teacher.tiny import build_tiny_teacher
 
 VOCABULARY = [name for name, _, _ in SHAPES]
@@ -82,7 +84,9 @@ def build_teacher(args: argparse.Namespace) -> Teacher:
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     cfg = cfg.model_copy(update={"quant": args.quant})
     weights = {"random": "llava-1.5-7b", "seed": 0}
-    teacher = Teacher(cfg, model, processor, VOCABULARY, weights, config)
+    facts = facts_from_config(args.arch, config, processor.image_processor.crop_size["height"])
+    description = TeacherSpec(cfg, VOCABULARY, facts, tokenizer, weights)
+    teacher = Teacher(description, model, processor)
     teacher.use_rows_attention()
     return teacher
 

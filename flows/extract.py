@@ -53,7 +53,7 @@ from pipeline.shards.records import ShardIndex, read_index
 from teacher.numerics import DEFAULT_MAX_NON_FINITE, check_non_finite, count_non_finite
 
 if TYPE_CHECKING:
-    from teacher import Teacher
+    from teacher import BaselineTeacher, TeacherSpec
 
 
 class ExtractParams(BaseModel):
@@ -128,7 +128,7 @@ class ExtractParams(BaseModel):
         return Path(self.shards_root) / self.dataset / self.split
 
 
-def _spec(params: ExtractParams) -> tuple[CacheSpec, ShardIndex, Teacher]:
+def _spec(params: ExtractParams) -> tuple[CacheSpec, ShardIndex, TeacherSpec | BaselineTeacher]:
     """What these params' maps are (no teacher weights needed, only its config and processor)."""
     index = read_index(params.shard_dir())
     teacher = describe(params.teacher_config_json(), index.classes)
@@ -347,7 +347,8 @@ def check_teacher(params: ExtractParams) -> None:
     """Before the flow: the teacher's checkpoint can be had (the hub's reachability is decided
     here, once; offline, the local Hugging Face cache must hold it), else TeacherWeightsError
     says how to supply it, in seconds, instead of a task failing under retries."""
-    from teacher import TeacherConfig, load_config_and_processor
+    from teacher import TeacherConfig
+    from teacher.loading import load_config_and_processor
 
     load_config_and_processor(TeacherConfig.model_validate_json(params.teacher_config_json()))
 

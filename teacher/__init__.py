@@ -2,43 +2,52 @@
 
 teacher = load_teacher(TeacherConfig(model="tiny"), vocabulary=index.classes)
 results = teacher.extract([TeacherInput(key, image, boxes, class_name, label), ...])
+describe_teacher(cfg, vocabulary).spec()  # the same spec, without weights, torch or transformers
+
+Importing this package stays light (no torch, no transformers): the running model
+(teacher.model.Teacher) and the loading code are imported by load_teacher when it runs.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pipeline.geometry import MapGeometry, ViewGeometry
 from teacher.baselines import BASELINES, BaselineTeacher
+from teacher.checkpoint import read_checkpoint
 from teacher.config import DEFAULT_MODEL, TeacherConfig
-from teacher.extract import MapResult, Teacher, TeacherInput
-from teacher.loading import (
-    TeacherDeviceError,
-    TeacherWeightsError,
-    load_config_and_processor,
-    load_model,
-    resolve_config,
-    weights_fingerprint,
-)
+from teacher.devices import TeacherDeviceError, resolve_config
+from teacher.hub_weights import TeacherWeightsError
+from teacher.results import MapResult, TeacherInput
+from teacher.spec import TeacherSpec
+
+if TYPE_CHECKING:
+    from teacher.model import Teacher
 
 
-def load_teacher(cfg: TeacherConfig, vocabulary: list[str]) -> Teacher | BaselineTeacher:
-    """Load the checkpoint named by cfg.model; vocabulary = class names offered by Prompt 1.
+def describe_teacher(cfg: TeacherConfig, vocabulary: list[str]) -> TeacherSpec | BaselineTeacher:
+    """The teacher without its weights (spec, grid, geometry): finding a cache entry, or
+    learning that every shard is committed, costs a read of the checkpoint's JSON files, not a
+    7B load (nor, for most checkpoints, an import of torch or transformers).
     `model="box"` or `"uniform"` is a baseline teacher (teacher/baselines.py): no weights."""
     if cfg.model in BASELINES:
         return BaselineTeacher(cfg, vocabulary)
-    config, processor, source = load_config_and_processor(cfg)
-    cfg = resolve_config(cfg, source)
-    model = load_model(cfg, source)
-    return Teacher(cfg, model, processor, vocabulary, weights_fingerprint(source, config), config)
+    cfg = resolve_config(cfg)  # the dtype `auto` decides: the spec records the real one
+    facts, tokenizer = read_checkpoint(cfg)
+    return TeacherSpec(cfg, vocabulary, facts, tokenizer)
 
 
-def describe_teacher(cfg: TeacherConfig, vocabulary: list[str]) -> Teacher | BaselineTeacher:
-    """The teacher without its weights (spec, grid, geometry): finding a cache entry, or
-    learning that every shard is committed, costs a config read, not a 7B load."""
+def load_teacher(cfg: TeacherConfig, vocabulary: list[str]) -> Teacher | BaselineTeacher:
+    """Load the checkpoint named by cfg.model; vocabulary = class names offered by Prompt 1."""
     if cfg.model in BASELINES:
         return BaselineTeacher(cfg, vocabulary)
-    config, processor, source = load_config_and_processor(cfg)
-    cfg = resolve_config(cfg, source)
-    return Teacher(cfg, None, processor, vocabulary, weights_fingerprint(source, config), config)
+    from teacher.loading import load_config_and_processor, load_model
+    from teacher.model import Teacher
+
+    description = describe_teacher(cfg, vocabulary)
+    _, processor, source = load_config_and_processor(description.cfg)
+    model = load_model(description.cfg, source)
+    return Teacher(description, model, processor)
 
 
 __all__ = [
@@ -47,10 +56,10 @@ __all__ = [
     "BaselineTeacher",
     "MapGeometry",
     "MapResult",
-    "Teacher",
     "TeacherConfig",
     "TeacherDeviceError",
     "TeacherInput",
+    "TeacherSpec",
     "TeacherWeightsError",
     "ViewGeometry",
     "describe_teacher",

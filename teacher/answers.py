@@ -1,8 +1,8 @@
 """Reading LLaVA's answers: where the foreground, object and background words are.
 
-Everything works on character spans of the answer text; teacher.extract maps spans to answer
-tokens. Parsers tolerate what LLaVA writes in practice: single, double or no quotes, missing
-braces, lists instead of strings, prose before or after the dict.
+Everything works on character spans of the answer text; the running teacher (teacher.model) maps
+spans to answer tokens. Parsers tolerate what LLaVA writes in practice: single, double or no
+quotes, missing braces, lists instead of strings, prose before or after the dict.
 """
 
 from __future__ import annotations
@@ -126,3 +126,31 @@ def parse_dense_answer(text: str, targets: list[str]) -> ParsedAnswer:
         parsed.background = content_words(text, bg_match.end(), end if end >= 0 else len(text))
     parsed.foreground_text = ", ".join(parsed.objects_found) or None
     return parsed
+
+
+def parse_answer(
+    answer_format: str, text: str, class_name: str, objects: list[str]
+) -> ParsedAnswer:
+    """The parser of the template's answer format (dict, phrase, description, dense)."""
+    if answer_format == "dict":
+        return parse_dict_answer(text, expected_foreground=class_name)
+    if answer_format == "phrase":
+        return parse_phrase_answer(text)
+    if answer_format == "description":
+        return parse_description_answer(text)
+    return parse_dense_answer(text, objects)
+
+
+def foreground_correct(
+    answer_format: str, forced: bool, parsed: ParsedAnswer, text: str, class_name: str,
+    objects: list[str],
+) -> int:  # fmt: skip
+    """1 when the model named the right foreground (dense: exactly the objects present), 0 when
+    not, -1 when unknown: a forced answer's foreground was written for the model."""
+    if forced:
+        return -1
+    if answer_format == "dense":
+        return int(set(parsed.objects_found) == set(objects))
+    if answer_format == "description":
+        return int(normalize(class_name) in normalize(text))
+    return int(normalize(parsed.foreground_text or "") == normalize(class_name))

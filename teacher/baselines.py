@@ -20,7 +20,7 @@ import numpy as np
 
 from pipeline.geometry import MapGeometry, box_coverage, image_rect, teacher_view_rect
 from teacher.config import TeacherConfig
-from teacher.extract import MapResult, TeacherInput
+from teacher.results import MapResult, TeacherInput
 
 BASELINES = ("box", "uniform")
 BASELINE_FORMAT = 1

@@ -4,7 +4,7 @@ The budget follows the template and the vocabulary instead of a fixed number: in
 mode the model writes the whole answer, so it gets the template's answer skeleton filled with
 the vocabulary's longest class name (in real tokens: 4-7 for LLaVA's Llama-2 vocabulary), plus
 room for the background words; with the foreground forced, only that room. An answer still
-open when the budget runs out is cut (teacher.extract marks it), never a silently shortened word.
+open when the budget runs out is cut (teacher.model marks it), never a silently shortened word.
 """
 
 from __future__ import annotations

@@ -15,19 +15,24 @@ from pathlib import Path
 from huggingface_hub import try_to_load_from_cache
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
-from transformers.utils import (
-    CONFIG_NAME,
-    SAFE_WEIGHTS_INDEX_NAME,
-    SAFE_WEIGHTS_NAME,
-    WEIGHTS_INDEX_NAME,
-    WEIGHTS_NAME,
-)
 
 from pipeline.errors import UserError
 from pipeline.hub import HubAccess, hub_access, hub_cache_dir, note
 
-# What transformers' from_pretrained looks for, in its order of preference.
-WEIGHT_FILES = (SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME)
+CONFIG_FILE = "config.json"  # transformers.utils.CONFIG_NAME
+
+
+def weight_files() -> tuple[str, ...]:
+    """What transformers' from_pretrained looks for, in its order of preference (imported when
+    asked: transformers is not needed to describe a teacher)."""
+    from transformers.utils import (
+        SAFE_WEIGHTS_INDEX_NAME,
+        SAFE_WEIGHTS_NAME,
+        WEIGHTS_INDEX_NAME,
+        WEIGHTS_NAME,
+    )
+
+    return (SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME)
 
 
 class TeacherWeightsError(UserError, RuntimeError):
@@ -45,23 +50,25 @@ def is_hub_id(source: str) -> bool:
     return True
 
 
-def _cached(repo_id: str, filename: str, revision: str | None) -> str | None:
+def cached_file(repo_id: str, filename: str, revision: str | None) -> str | None:
+    """The file's path in the local Hugging Face cache, or None."""
     path = try_to_load_from_cache(repo_id, filename, revision=revision)
     return path if isinstance(path, str) else None  # None, or a "known not to exist" marker
 
 
 def _missing_weights(repo_id: str, revision: str | None) -> str | None:
     """What the cached snapshot lacks ("weights", a shard's name), or None when complete."""
-    for name in WEIGHT_FILES:
-        found = _cached(repo_id, name, revision)
+    names = weight_files()
+    for name in names:
+        found = cached_file(repo_id, name, revision)
         if found is None:
             continue
         if not name.endswith(".index.json"):
             return None
         shards = sorted(set(json.loads(Path(found).read_text())["weight_map"].values()))
-        absent = [s for s in shards if _cached(repo_id, s, revision) is None]
+        absent = [s for s in shards if cached_file(repo_id, s, revision) is None]
         return f"weight shard(s) {', '.join(absent)}" if absent else None
-    return f"weights ({' or '.join(WEIGHT_FILES)})"
+    return f"weights ({' or '.join(names)})"
 
 
 def ensure_teacher_files(source: str, revision: str | None) -> None:
@@ -71,8 +78,8 @@ def ensure_teacher_files(source: str, revision: str | None) -> None:
     access = hub_access()
     if access.online:
         return
-    config = _cached(source, CONFIG_NAME, revision)
-    missing = CONFIG_NAME if config is None else _missing_weights(source, revision)
+    config = cached_file(source, CONFIG_FILE, revision)
+    missing = CONFIG_FILE if config is None else _missing_weights(source, revision)
     if missing is not None:
         raise offline_error(source, revision, access, missing)
     note(

@@ -2,14 +2,13 @@
 
 One code path for every checkpoint: `from_pretrained` with a BitsAndBytesConfig when quantized,
 SDPA in the vision tower and the row-capturing attention (teacher.capture) in the language model.
+Which checkpoint and where it lives: teacher.checkpoint; on which device, in which dtype:
+teacher.devices.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
-from pathlib import Path
 
 import torch
 from huggingface_hub.errors import HFValidationError
@@ -20,84 +19,15 @@ from transformers import (
     LlavaProcessor,
 )
 
-from pipeline.paths import data_dir
 from teacher.capture import ROWS_ATTENTION, register_rows_attention
+from teacher.checkpoint import resolve_model
 from teacher.config import TeacherConfig
+from teacher.devices import resolve_device
 from teacher.hub_weights import TeacherWeightsError, ensure_teacher_files
-
-TINY_ALIAS = "tiny"
-TINY_LLAMA_ALIAS = "tiny-llama"  # the tiny teacher with the real LLaVA-1.5 vocabulary
-
-
-def default_tiny_dir(vocab: str = "bpe") -> Path:
-    """Where `TEACHER=tiny` (`tiny-llama`) lives: data/models/tiny-llava(-llama)."""
-    return data_dir() / "models" / ("tiny-llava-llama" if vocab == "llama" else "tiny-llava")
-
 
 # bitsandbytes' CPU backend asks for an optional hub-downloaded kernel on every 4-bit matmul
 # setup and warns when it is absent; its pure-PyTorch fallback is what runs here, correctly.
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
-
-
-def resolve_model(model: str) -> str:
-    if model in (TINY_ALIAS, TINY_LLAMA_ALIAS):
-        vocab = "llama" if model == TINY_LLAMA_ALIAS else "bpe"
-        tiny_dir = default_tiny_dir(vocab)
-        if not (tiny_dir / "config.json").exists():
-            make = "make tiny-teacher" + (" VOCAB=llama" if vocab == "llama" else "")
-            raise TeacherWeightsError(
-                f"TEACHER={model} but {tiny_dir} holds no checkpoint; build it with "
-                f"`{make}` (python -m teacher.tiny --vocab {vocab} --out {tiny_dir})"
-            )
-        return str(tiny_dir)
-    return model
-
-
-class TeacherDeviceError(RuntimeError):
-    """A real teacher was asked to run where it cannot (no usable GPU, and no explicit CPU)."""
-
-
-def is_tiny_checkpoint(source: str) -> bool:
-    """The tiny random teachers (teacher.tiny) run anywhere; real checkpoints need a GPU."""
-    return (Path(source) / "TINY_TEACHER.json").exists()
-
-
-def _no_cuda_reason() -> str:
-    if torch.version.cuda is None:
-        return f"this torch build ({torch.__version__}) has no CUDA support"
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    return "no CUDA device is visible" + (f" (CUDA_VISIBLE_DEVICES={visible!r})" if visible else "")
-
-
-def resolve_device(device: str, source: str | None = None) -> str:
-    """ "auto": the GPU, or the CPU for a tiny teacher; a real teacher never lands on the CPU
-    without being asked (`--device cpu`): minutes per image instead of a clear stop."""
-    if device == "cpu":
-        return device
-    if not torch.cuda.is_available():
-        if device == "auto" and source is not None and is_tiny_checkpoint(source):
-            return "cpu"
-        raise TeacherDeviceError(
-            f"teacher {source or ''!s} needs a usable CUDA device, and {_no_cuda_reason()}. "
-            "Run on a machine with a GPU, or pass --device cpu to run it on the CPU anyway "
-            "(slow: LLaVA-1.5-7B takes minutes per image there)."
-        )
-    return "cuda" if device == "auto" else device
-
-
-def resolve_dtype(cfg: TeacherConfig, source: str) -> str:
-    """ "auto": bfloat16 on GPUs that have it (fp16 with left padding is a known NaN source for
-    Llama-2/LLaVA), float16 on older GPUs, float32 on the CPU."""
-    if cfg.dtype != "auto":
-        return cfg.dtype
-    if cfg.device == "cpu" or not torch.cuda.is_available():
-        return "float32"
-    return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-
-
-def resolve_config(cfg: TeacherConfig, source: str) -> TeacherConfig:
-    """The config with its dtype decided (the spec, and so the cache key, records the real one)."""
-    return cfg.model_copy(update={"dtype": resolve_dtype(cfg, source)})
 
 
 def quantization_config(cfg: TeacherConfig) -> BitsAndBytesConfig | None:
@@ -161,23 +91,3 @@ def load_model(cfg: TeacherConfig, source: str) -> LlavaForConditionalGeneration
     except (OSError, HFValidationError) as err:
         raise _weights_error(source, err) from err
     return model.eval()
-
-
-def weights_fingerprint(source: str, config: LlavaConfig) -> dict:
-    """What identifies the weights: the hub commit when known, else hashes of local files."""
-    commit = getattr(config, "_commit_hash", None)
-    fingerprint: dict = {"source": source, "commit": commit}
-    path = Path(source)
-    if path.is_dir():
-        # The folder's name only: the same files under /a/llava and /b/llava are one teacher,
-        # so teams on different mounts of a shared cache land on the same entry.
-        fingerprint["source"] = path.resolve().name
-        digest = hashlib.sha256()
-        for file in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.json")):
-            # Header + size is enough to tell checkpoints apart without reading 14 GB.
-            with file.open("rb") as fh:
-                digest.update(file.name.encode() + fh.read(1 << 20))
-            digest.update(str(file.stat().st_size).encode())
-        fingerprint["files_sha256"] = digest.hexdigest()
-    fingerprint["text_layers"] = config.text_config.num_hidden_layers
-    return fingerprint

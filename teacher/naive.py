@@ -13,7 +13,11 @@ from contextlib import contextmanager
 
 import torch
 
-from teacher.extract import Encoded, MapResult, Prepared, RowFn, Teacher, TeacherInput
+from teacher.encoding import Encoded
+from teacher.model import Teacher
+from teacher.prepared import Prepared
+from teacher.results import MapResult, TeacherInput
+from teacher.word_maps import RowFn
 
 
 @contextmanager

@@ -11,7 +11,8 @@ from PIL import Image, UnidentifiedImageError
 
 from pipeline.cache import CacheEntry, ShardMaps
 from pipeline.shards.reader import ShardSample, iter_shard
-from teacher.extract import MapResult, Teacher, TeacherInput
+from teacher.model import Teacher
+from teacher.results import MapResult, TeacherInput
 
 
 class UnreadableImage(ValueError):

@@ -15,7 +15,8 @@ import torch
 from PIL import Image
 from transformers import LogitsProcessor
 
-from teacher import Teacher, TeacherConfig, TeacherInput, load_teacher
+from teacher import TeacherConfig, TeacherInput, load_teacher
+from teacher.model import Teacher
 from teacher.tiny import build_tiny_teacher
 
 VOCABULARY = ["goldfish", "golden retriever", "tarantula", "circle"]

@@ -10,8 +10,8 @@ from pydantic import ValidationError
 
 from teacher import TeacherConfig
 from teacher.answers import normalize, parse_dense_answer, parse_dict_answer
-from teacher.extract import answer_closed
 from teacher.filters import NO_MASS, eq11, eq12
+from teacher.generation import answer_closed
 from teacher.prompts import PROMPTS_FILE, chat_text, forced_answer_text, load_prompts, question_text
 
 

@@ -1,0 +1,195 @@
+"""The running teacher: a loaded LLaVA-1.5 that turns TeacherInputs into MapResults (DESIGN 4).
+
+Per batch: prepare each item (teacher.prepared: boxes checked, view drawn, prompt written),
+encode the chat text with the forced answer prefix (teacher.encoding), generate greedily while
+teacher.capture keeps only the attention rows of the answer's tokens (teacher.generation), then
+parse the answer (teacher.answers), average the rows of its words (teacher.word_maps) and filter
+them (teacher.filters, Eq. 11/12). What the maps depend on is the weightless TeacherSpec it
+carries (teacher.spec); this class adds the weights, the forward and the capture.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from transformers import LlavaForConditionalGeneration, LlavaProcessor
+
+from pipeline.geometry import MapGeometry
+from teacher.answers import foreground_correct, parse_answer
+from teacher.audit import audit_record
+from teacher.capture import ROWS_ATTENTION, RowCapture, capturing
+from teacher.encoding import Encoded, encode
+from teacher.filters import filtered_maps
+from teacher.generation import answer_ids, cut_by_budget, greedy_kwargs
+from teacher.prepared import Prepared, prepare
+from teacher.results import MapResult, TeacherInput
+from teacher.spans import decode_with_spans
+from teacher.spec import TeacherSpec
+from teacher.word_maps import RowFn, word_map, word_positions
+
+BUDGET_CUT = "answer cut by the token budget ({budget} new tokens): {answer!r}"
+
+
+def check_facts(description: TeacherSpec, model, processor) -> None:
+    """The checkpoint facts the spec was built from are the loaded model's: a cache key never
+    describes another model than the one that computes the maps."""
+    config, text = model.config, model.config.text_config
+    facts = description.facts
+    loaded = {
+        "image_size": int(processor.image_processor.crop_size["height"]),
+        "num_image_tokens": int(config.image_seq_length),
+        "image_token_id": int(config.image_token_id),
+        "num_layers": int(text.num_hidden_layers),
+        "num_heads": int(text.num_attention_heads),
+        "max_positions": int(text.max_position_embeddings),
+    }
+    differ = {k: (getattr(facts, k), v) for k, v in loaded.items() if getattr(facts, k) != v}
+    if differ:
+        raise RuntimeError(f"teacher {facts.source}: files and loaded model disagree: {differ}")
+
+
+class Teacher:
+    """A loaded LLaVA-1.5 with its description (see teacher.load_teacher)."""
+
+    def __init__(
+        self,
+        description: TeacherSpec,
+        model: LlavaForConditionalGeneration,
+        processor: LlavaProcessor,
+    ) -> None:
+        check_facts(description, model, processor)
+        self.description = description
+        self.model = model
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        d = description
+        self.cfg, self.vocabulary, self.template, self.weights = (
+            d.cfg, d.vocabulary, d.template, d.weights,
+        )  # fmt: skip
+        self.layers, self.heads, self.max_new_tokens = d.layers, d.heads, d.max_new_tokens
+        self.num_image_tokens, self.image_token_id = d.num_image_tokens, d.facts.image_token_id
+        self.grid, self.forced = d.grid, d.forced
+
+    def spec(self) -> dict:
+        """Everything that changes a map (teacher.spec.TeacherSpec.spec)."""
+        return self.description.spec()
+
+    def geometry_spec(self) -> MapGeometry:
+        return self.description.geometry_spec()
+
+    # ---- preparation -------------------------------------------------------------------------
+
+    def prepare(self, item: TeacherInput) -> Prepared:
+        return prepare(self.description, item)
+
+    def length_order(self, items: list[TeacherInput]) -> list[int]:
+        """Item indices sorted (stably) by prompt length: batches of equal length need no
+        padding mask, so SDPA keeps its causal kernel, and mixed batches pad less."""
+        lengths: dict[str, int] = {}
+        for item in items:
+            text = self.description.prompt(item)[0]
+            if text not in lengths:  # prompts repeat per class: tokenize each once
+                lengths[text] = len(self.tokenizer(text)["input_ids"])
+                self.description.check_prompt_tokens(lengths[text], f"{item.key}'s prompt")
+        return sorted(
+            range(len(items)), key=lambda i: lengths[self.description.prompt(items[i])[0]]
+        )
+
+    def encode(self, batch: list[Prepared]) -> Encoded:
+        return encode(
+            self.processor, batch, self.num_image_tokens, self.image_token_id,
+            self.model.dtype, self.model.device,
+        )  # fmt: skip
+
+    def generate_kwargs(self, encoded: Encoded) -> dict:
+        return greedy_kwargs(
+            encoded.inputs, self.tokenizer, encoded.prompt_length, self.max_new_tokens,
+            self.template.answer_format, self.forced,
+        )  # fmt: skip
+
+    # ---- fast path ---------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def run_fast(self, batch: list[Prepared]) -> tuple[Encoded, torch.Tensor, RowFn]:
+        encoded = self.encode(batch)
+        requested = [
+            list(range(start - 1, encoded.prompt_length)) for start in encoded.answer_start
+        ]
+        width = max(len(rows) for rows in requested)
+        prefill_rows = torch.tensor([rows + rows[-1:] * (width - len(rows)) for rows in requested])
+        capture = RowCapture(
+            prefill_rows=prefill_rows,  # [B, R]
+            image_start=torch.tensor(encoded.image_start),  # [B]
+            num_image_tokens=self.num_image_tokens,
+            prompt_length=encoded.prompt_length,
+            layers=self.layers,
+            heads=self.heads,
+        )
+        with capturing(capture):
+            sequences = self.model.generate(**self.generate_kwargs(encoded))
+        return encoded, sequences, capture.row
+
+    def extract(self, items: list[TeacherInput]) -> list[MapResult]:
+        """MapResults in the order of `items` (batches are formed by prompt length)."""
+        results: list[MapResult | None] = [None] * len(items)
+        order = self.length_order(items)
+        for start in range(0, len(order), self.cfg.batch_size):
+            chosen = order[start : start + self.cfg.batch_size]
+            batch = [self.prepare(items[i]) for i in chosen]
+            encoded, sequences, row = self.run_fast(batch)
+            for b, (i, prepared) in enumerate(zip(chosen, batch, strict=True)):
+                results[i] = self.finish(prepared, b, encoded, sequences[b], row)
+        return results  # type: ignore[return-value]
+
+    # ---- from rows to maps -------------------------------------------------------------------
+
+    def finish(
+        self, prepared: Prepared, b: int, encoded: Encoded, sequence: torch.Tensor, row: RowFn
+    ) -> MapResult:
+        fmt, item = self.template.answer_format, prepared.item
+        ids = sequence.tolist()
+        ends = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id}
+        start = encoded.answer_start[b]
+        answer = answer_ids(ids, start, encoded.prompt_length, ends)
+        text, token_spans = decode_with_spans(self.tokenizer, answer)
+        parsed = parse_answer(fmt, text, item.class_name, prepared.objects)
+        cut = cut_by_budget(
+            ids, encoded.prompt_length, self.max_new_tokens, ends, self.tokenizer, fmt, self.forced
+        )
+        if cut and self.forced:
+            # The forced words are whole; only the model's last background word may be cut.
+            parsed.background = parsed.background[:-1]
+        fore = word_positions(parsed.foreground, token_spans, start)
+        back = word_positions(parsed.background, token_spans, start)
+        fore_maps = [word_map(row, b, positions, self.grid) for positions in fore]
+        back_maps = [word_map(row, b, positions, self.grid) for positions in back]
+        if cut and not self.forced:
+            zeros = np.zeros((self.grid, self.grid), np.float32)
+            c_fore, c_back, c_vlm, valid = zeros, zeros, zeros, False
+            reason = BUDGET_CUT.format(budget=self.max_new_tokens, answer=text)
+        else:
+            c_fore, c_back, c_vlm, valid, reason = filtered_maps(
+                fore_maps, back_maps, fmt, self.grid, text
+            )
+        audit = None
+        if self.cfg.audit:
+            audit = audit_record(
+                ids, encoded.pad[b], start + len(answer), fore, back, encoded.image_start[b],
+                self.num_image_tokens, self.layers, self.heads,
+            )  # fmt: skip
+        return MapResult(
+            key=item.key,
+            c_vlm=c_vlm,
+            c_fore=c_fore,
+            c_back=c_back,
+            valid=valid,
+            reason=reason,
+            answer=text,
+            fg_correct=foreground_correct(
+                fmt, self.forced, parsed, text, item.class_name, prepared.objects
+            ),
+            audit=audit,
+        )
+
+    def use_rows_attention(self) -> None:
+        self.model.set_attn_implementation({"text_config": ROWS_ATTENTION, "vision_config": "sdpa"})
