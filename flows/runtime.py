@@ -15,8 +15,6 @@ import threading
 from collections.abc import Iterator
 from functools import cache, lru_cache
 
-import torch
-
 from pipeline.io import canonical_json
 
 
@@ -75,6 +73,8 @@ class DevicePool:
     """Hands each concurrent task its own GPU (or the CPU), so one task runs per device."""
 
     def __init__(self) -> None:
+        import torch  # here, not at import: a nothing-to-do run never asks for a device
+
         count = torch.cuda.device_count()
         self.devices = [f"cuda:{i}" for i in range(count)] or ["cpu"]
         self._free: queue.Queue[str] = queue.Queue()
@@ -102,4 +102,6 @@ def device_pool() -> DevicePool:
 
 def default_concurrency() -> int:
     """One task per GPU; one on a CPU-only machine (a teacher already uses every core)."""
+    import torch
+
     return max(1, torch.cuda.device_count())

@@ -11,8 +11,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import webdataset as wds
-
 from pipeline.io import IMAGE_EXTENSIONS
 from pipeline.shards.records import SampleRecord
 
@@ -35,6 +33,9 @@ def image_member(sample: dict) -> tuple[str, bytes]:
 
 def iter_shard(tar_path: str | Path) -> Iterator[ShardSample]:
     """Samples of one shard, in stored order."""
+    # Imported here: webdataset imports torch (seconds); reading an index or a record does not.
+    import webdataset as wds
+
     dataset = wds.WebDataset(str(tar_path), shardshuffle=False, empty_check=False)
     for raw in dataset:
         ext, data = image_member(raw)

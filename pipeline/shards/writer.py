@@ -14,7 +14,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import webdataset as wds
 from filelock import FileLock
 from tqdm import tqdm
 
@@ -98,6 +97,9 @@ class _ShardSink:
     def flush(self) -> None:
         if not self.pending:
             return
+        # Imported here: webdataset imports torch (seconds), which up-to-date shards never need.
+        import webdataset as wds
+
         name = SHARD_PATTERN.format(len(self.shards))
         final = self.out_dir / name
         # mtime fixed so the same samples always give the same bytes (and the same fingerprint).

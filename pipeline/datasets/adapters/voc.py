@@ -19,7 +19,6 @@ from xml.etree.ElementTree import parse as parse_xml
 
 import numpy as np
 from PIL import Image
-from torchvision.datasets import VOCDetection
 
 from pipeline.datasets.adapters.base import AdapterResult, DatasetAdapter, RawSample, make_key
 from pipeline.shards.masks import encode
@@ -50,6 +49,9 @@ class VocAdapter(DatasetAdapter):
     def load(self) -> AdapterResult:
         self.check_split()
         year = str(self.options.get("year", "2007"))
+        # Imported here: torchvision costs seconds, and the registry imports every adapter.
+        from torchvision.datasets import VOCDetection
+
         try:
             voc = VOCDetection(str(self.root), year=year, image_set=self.split)
         except (RuntimeError, FileNotFoundError, ValueError) as err:
