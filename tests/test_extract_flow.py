@@ -552,6 +552,29 @@ def test_a_rerun_with_nothing_to_do_answers_without_prefect(
     assert len(flow_runs_for(flow_env.api, str(reference.cache_root))) == 1, "no new run"
 
 
+def test_a_rerun_with_nothing_to_do_imports_neither_torch_nor_transformers(
+    flow_env: FlowEnv, reference: Reference
+) -> None:
+    """What keeps that rerun at a few seconds: the cache key comes from the checkpoint's JSON
+    and tokenizer files (teacher.checkpoint), and nothing on the way imports torch (seconds),
+    transformers or torchvision. Python's own import log (PYTHONPROFILEIMPORTTIME) says which
+    modules the process imported."""
+    output = start_flow(
+        flow_env,
+        flow_env.params(reference.cache_root, previews=2),
+        extra_env={"PYTHONPROFILEIMPORTTIME": "1"},
+        own_server=True,
+    ).finish(timeout_s=120)
+    assert "nothing to do" in output
+    imported = {
+        line.rsplit("|", 1)[1].strip()
+        for line in output.splitlines()
+        if line.startswith("import time:") and "|" in line
+    }
+    assert "pipeline.cache" in imported and "teacher.spec" in imported  # the log is read right
+    assert not {"torch", "transformers", "torchvision", "webdataset"} & imported
+
+
 def test_sigterm_marks_the_run_crashed_and_leaves_no_process(
     flow_env: FlowEnv, reference: Reference, tmp_path: Path
 ) -> None:
