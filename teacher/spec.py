@@ -46,7 +46,6 @@ class TeacherSpec:
         self.cfg = cfg
         self.vocabulary = list(vocabulary)
         self.facts = facts
-        self.count_tokenizer = tokenizer
         self.weights = weights if weights is not None else weights_fingerprint(facts)
         self.template = PROMPTS[cfg.prompt]
         self.image_size = facts.image_size

@@ -131,3 +131,18 @@ def test_a_config_silent_on_a_fact_is_read_through_transformers(tiny_dir, tmp_pa
     assert facts_from_files(str(folder), None) is None
     described = describe_teacher(TeacherConfig(model=str(folder), device="cpu"), VOCABULARY)
     assert described.spec()["weights"]["text_layers"] == 32  # LlamaConfig's default
+
+
+def test_a_loaded_model_that_disagrees_with_the_files_is_refused(tiny_dir):
+    """The key describes the files; a model whose config says otherwise must not write under it."""
+    import dataclasses
+
+    from teacher.model import Teacher
+    from teacher.spec import TeacherSpec
+
+    loaded = teacher_fixtures.make_teacher(tiny_dir)
+    described = loaded.description
+    facts = dataclasses.replace(described.facts, max_positions=4096)
+    other = TeacherSpec(described.cfg, described.vocabulary, facts, loaded.tokenizer)
+    with pytest.raises(RuntimeError, match=r"max_positions.*4096, 2048"):
+        Teacher(other, loaded.model, loaded.processor)
