@@ -30,11 +30,12 @@ import numpy as np
 import torch
 import webdataset as wds
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from pipeline.cache import CacheEntry, ShardNotCommittedError, open_entry
 from pipeline.shards.reader import image_member
 from pipeline.shards.records import INDEX_FILE, SampleRecord, ShardIndex, read_index
+from student.config import LoaderOptions
 from student.maps import (
     PairedTransform,
     Rect,
@@ -49,10 +50,9 @@ log = logging.getLogger(__name__)
 Batch = dict[str, Any]
 
 
-class LoaderConfig(BaseModel):
-    """Everything that decides which samples a loader yields and how they look."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class LoaderConfig(LoaderOptions):
+    """Everything that decides which samples a loader yields and how they look: the user's
+    `LoaderOptions` plus what the run resolves for one split."""
 
     shard_dir: Path = Field(
         description="data/shards/<dataset> (the split is a subfolder) or the split folder itself"
@@ -66,31 +66,10 @@ class LoaderConfig(BaseModel):
     )
     img_size: int = Field(gt=0)
     patch_size: int = Field(gt=0)
-    batch_size: int = Field(gt=0)
-    train: bool
-    num_workers: int = Field(default=4, ge=0)
-    fraction: float = Field(
-        default=1.0, gt=0.0, le=1.0, description="seeded share of the keys to use (1/10/50/100 %)"
-    )
+    train: bool = Field(description="training order and views; False: every sample, in order")
     seed: int = 0
     mean: tuple[float, float, float] = Field(description="the backbone's pretrained_cfg mean")
     std: tuple[float, float, float] = Field(description="the backbone's pretrained_cfg std")
-    crop_scale: tuple[float, float] = Field(
-        default=(0.25, 1.0),
-        description=(
-            "RandomResizedCrop area range; above timm's 0.08 because a crop that misses the "
-            "object leaves no C_VLM mass and so no alignment signal for that sample"
-        ),
-    )
-    crop_ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0)
-    hflip_p: float = Field(default=0.5, ge=0.0, le=1.0)
-    eval_crop_fraction: float = Field(
-        default=1.0,
-        gt=0.0,
-        le=1.0,
-        description="eval center crop of the short side; 1.0 because small images lose objects",
-    )
-    shuffle_buffer: int = Field(default=1000, ge=0, description="samples; 0 keeps shard order")
 
     @model_validator(mode="after")
     def _grid_fits(self) -> LoaderConfig:
@@ -479,30 +458,6 @@ class ShardMapLoader:
             repeat += 1
 
 
-def loader_config(
-    shard_dir: str | Path,
-    cache_entry: str | None,
-    split: str,
-    img_size: int,
-    patch_size: int,
-    batch_size: int,
-    train: bool,
-    num_workers: int,
-    *,
-    mean: tuple[float, float, float],
-    std: tuple[float, float, float],
-    fraction: float = 1.0,
-    seed: int = 0,
-    **options: Any,
-) -> LoaderConfig:
-    """The LoaderConfig of one split; `options` are its other fields (crop_scale, ...)."""
-    return LoaderConfig(
-        shard_dir=Path(shard_dir), cache_entry=cache_entry, split=split, img_size=img_size,
-        patch_size=patch_size, batch_size=batch_size, train=train, num_workers=num_workers,
-        mean=mean, std=std, fraction=fraction, seed=seed, **options,
-    )  # fmt: skip
-
-
-def build_loader(*args: Any, **kwargs: Any) -> ShardMapLoader:
-    """The loader for one split, from `loader_config`'s arguments."""
-    return ShardMapLoader(loader_config(*args, **kwargs))
+def build_loader(config: LoaderConfig) -> ShardMapLoader:
+    """The classifier's loader for one split."""
+    return ShardMapLoader(config)
