@@ -35,7 +35,9 @@ VIT = {"model": "vit_tiny_patch16_224", "weights": "none", "img_size": 64,
 
 def extract(shards_root: str, cache_root: str) -> str:
     """The tiny teacher's dense maps of sample-coco train and val; returns the train entry."""
-    from flows.extract import ExtractParams, entry_location, run_extract
+    from flows.extract_entry import entry_location
+    from flows.extract_flow import run_extract
+    from flows.extract_params import ExtractParams
 
     common = dict(dataset="sample-coco", shards_root=shards_root, shard_size=100, teacher="tiny",
                   quant="4bit", dtype="float32", cache_root=cache_root, previews=0)  # fmt: skip

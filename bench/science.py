@@ -60,7 +60,8 @@ def cpu_seconds() -> float:
 
 def extract_entry(teacher: str, split: str, shards_root: Path, cache_root: Path) -> str:
     """The cache entry of `teacher` on one split (written once; found afterwards)."""
-    from flows.extract import ExtractParams, run_extract
+    from flows.extract_flow import run_extract
+    from flows.extract_params import ExtractParams
 
     params = ExtractParams(
         dataset=DATASET, split=split, shards_root=str(shards_root), cache_root=str(cache_root),

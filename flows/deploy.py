@@ -20,7 +20,7 @@ import flows  # noqa: F401  (Prefect settings)
 from pipeline.paths import PROJECT_ROOT
 
 ENTRYPOINTS = {
-    "extract": "flows/extract.py:extract_flow",
+    "extract": "flows/extract_flow.py:extract_flow",
     "train": "flows/train.py:train_flow",
     "evaluate": "flows/evaluate.py:evaluate_flow",
     "experiment": "flows/experiment.py:experiment_flow",

@@ -47,7 +47,8 @@ def resolve_teacher(spec: ExperimentSpec, entry: TeacherEntry, params: Experimen
     shards already committed, so a second call only looks the entry up)."""
     if entry.cache_entry is not None:
         return entry.cache_entry
-    from flows.extract import ExtractParams, run_extract
+    from flows.extract_flow import run_extract
+    from flows.extract_params import ExtractParams
 
     path = None
     for split in ("train", "val"):

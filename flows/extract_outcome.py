@@ -15,7 +15,7 @@ from pipeline.errors import MissingInputError
 from pipeline.shards.records import INDEX_FILE
 
 if TYPE_CHECKING:
-    from flows.extract import ExtractParams
+    from flows.extract_params import ExtractParams
 
 PRINTED_FIELDS = ("cache_key", "path", "rows_written", "rows_invalid", "fg_accuracy")
 
@@ -39,11 +39,11 @@ def existing_files(entry_path: str, names: list[str]) -> list[str]:
 def committed_summary(params: ExtractParams) -> dict[str, Any] | None:
     """The entry's summary when every shard of these params is committed already; None when a
     run has work to do (shards to write, an entry to create, shards pending)."""
-    from flows.extract import _spec  # the flow's own definition of its entry
+    from flows.extract_entry import entry_spec  # the flow's own definition of its entry
 
     if not (params.shard_dir() / INDEX_FILE).exists():
         return None  # the run writes the shards first
-    spec, index, _ = _spec(params)
+    spec, index, _ = entry_spec(params)
     location = f"{params.cache_root.rstrip('/')}/{cache_key(spec)}"
     try:
         entry = open_entry(location, expect=spec, index=index)

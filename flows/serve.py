@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
 
         from flows.evaluate import evaluate_flow
         from flows.experiment import ExperimentParams, experiment_flow
-        from flows.extract import ExtractParams, extract_flow
+        from flows.extract_flow import extract_flow
+        from flows.extract_params import ExtractParams
         from flows.orphans import ensure_zombie_automation
         from flows.train import TrainParams, train_flow
 

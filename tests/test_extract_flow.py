@@ -552,13 +552,13 @@ def test_a_rerun_with_nothing_to_do_answers_without_prefect(
     assert len(flow_runs_for(flow_env.api, str(reference.cache_root))) == 1, "no new run"
 
 
-def test_a_rerun_with_nothing_to_do_imports_neither_torch_nor_transformers(
+def test_a_rerun_with_nothing_to_do_imports_neither_prefect_nor_torch(
     flow_env: FlowEnv, reference: Reference
 ) -> None:
     """What keeps that rerun at a few seconds: the cache key comes from the checkpoint's JSON
-    and tokenizer files (teacher.checkpoint), and nothing on the way imports torch (seconds),
-    transformers or torchvision. Python's own import log (PYTHONPROFILEIMPORTTIME) says which
-    modules the process imported."""
+    and tokenizer files (teacher.checkpoint), and nothing on the way imports Prefect or torch
+    (seconds each), transformers or torchvision. Python's own import log
+    (PYTHONPROFILEIMPORTTIME) says which modules the process imported."""
     output = start_flow(
         flow_env,
         flow_env.params(reference.cache_root, previews=2),
@@ -572,7 +572,7 @@ def test_a_rerun_with_nothing_to_do_imports_neither_torch_nor_transformers(
         if line.startswith("import time:") and "|" in line
     }
     assert "pipeline.cache" in imported and "teacher.spec" in imported  # the log is read right
-    assert not {"torch", "transformers", "torchvision", "webdataset"} & imported
+    assert not {"prefect", "torch", "transformers", "torchvision", "webdataset"} & imported
 
 
 def test_sigterm_marks_the_run_crashed_and_leaves_no_process(
@@ -723,7 +723,8 @@ def test_cache_on_s3_holds_the_reference_arrays(
 def test_another_spec_gets_another_entry_and_a_foreign_manifest_is_refused(
     flow_env: FlowEnv, reference: Reference, tmp_path: Path
 ) -> None:
-    from flows.extract import ExtractParams, _open_entry  # the flow's own way to its entry
+    from flows.extract_entry import create_or_open_entry as _open_entry  # the flow's own way
+    from flows.extract_params import ExtractParams
 
     cache_root = tmp_path / "cache"
     shutil.copytree(reference.entry, cache_root / reference.key)

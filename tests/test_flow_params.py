@@ -104,7 +104,8 @@ def test_bad_flag_values_are_named() -> None:
 
 
 def test_which_entry_names_the_entry_a_run_writes(tiny_dir, tmp_path, capsys) -> None:
-    from flows.extract import _open_entry, main
+    from flows.extract import main
+    from flows.extract_entry import create_or_open_entry as _open_entry
     from pipeline.datasets.generated import write_sample_dataset
     from pipeline.shards.build import build_shards
     from pipeline.shards.config import ShardsConfig
