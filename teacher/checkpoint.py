@@ -11,6 +11,7 @@ the loaded model will read it; `Teacher` checks that the loaded model agrees wit
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
@@ -169,7 +170,20 @@ def read_checkpoint(cfg: TeacherConfig) -> tuple[CheckpointFacts, Any]:
             crop = processor.image_processor.crop_size["height"]
             facts = facts_from_config(source, config, crop)
         tokenizer = tokenizer or processor.tokenizer
+    if facts.commit is None:  # after transformers' load, which may have just downloaded it
+        facts = dataclasses.replace(facts, commit=snapshot_commit(facts.source, cfg.revision))
     return facts, tokenizer
+
+
+def snapshot_commit(source: str, revision: str | None) -> str | None:
+    """The hub commit that `source` at `revision` resolves to in the local Hugging Face cache:
+    the name of the snapshot folder holding its config.json (the cache's layout is
+    snapshots/<commit>/). transformers 5 no longer records it on the config, and without it two
+    revisions of one hub id would share a cache key. None for a folder on disk."""
+    if not is_hub_id(source):
+        return None
+    found = cached_file(source, CONFIG_FILE, revision)
+    return Path(found).parent.name if found else None
 
 
 def weights_fingerprint(facts: CheckpointFacts) -> dict:

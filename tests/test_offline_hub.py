@@ -162,6 +162,7 @@ def test_checkpoints_in_local_hf_cache_load_without_network(tiny_dir, tmp_path):
     assert f"{TIMM_ID}/model.safetensors from the local Hugging Face cache" in result.stderr, output
     loaded = json.loads(result.stdout.strip().splitlines()[-1])
     assert loaded["weights"]["source"] == TINY_TEACHER_ID  # the same spec as an online load
+    assert loaded["weights"]["commit"] == COMMIT  # the key pins the snapshot's hub revision
     saved = load_file(tiny_dir / "model.safetensors")
     projector = next(v for k, v in saved.items() if k.endswith(PROJECTOR)).double().sum().item()
     assert loaded["projector"] == pytest.approx(projector, rel=1e-6)
