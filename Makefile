@@ -157,10 +157,11 @@ bench-science: $(STAMP) ## sample-shift: ViT vs I-ViT (box maps) vs control vs t
 	@test -f $(BACKBONE) || $(MAKE) --no-print-directory backbone
 	$(PY) -m bench.science --weights $(BACKBONE)
 BENCH_DENSE_SEEDS ?= 0 1
+BENCH_DENSE_EPOCHS ?= 12
 bench-dense: $(STAMP) ## detection on sample-coco (box teacher maps) with vs without C_VLM alignment, equal budget, BENCH_DENSE_SEEDS; overheads
 	@test -f $(DENSE_BACKBONE) || $(MAKE) --no-print-directory dense-backbone
 	$(DEMO_ENV) $(PY) -m bench.dense --shards-root $(SHARDS) --cache-root $(CACHE) --weights $(DENSE_BACKBONE) \
-	  --epochs $(DEMO_DETECT_EPOCHS) --seeds $(BENCH_DENSE_SEEDS)
+	  --epochs $(BENCH_DENSE_EPOCHS) --seeds $(BENCH_DENSE_SEEDS)
 bench-gpu: $(STAMP) ## one GPU, < 8 min on an H100: 7B architecture, real ids, fp16 and NF4, vs the prefill limit
 	$(PY) -m teacher.llama_vocab
 	$(PY) -m bench.gpu
@@ -179,7 +180,7 @@ demo: $(STAMP) ## the whole pipeline offline: sample shards -> tiny teacher maps
 	  --cache-entry $$entry $(DEMO_STUDENT) --epochs $(DEMO_EPOCHS) --run demo
 	@echo "demo done: maps and their previews under $(CACHE)/<key>/previews, the run under data/runs/demo"
 
-DEMO_DETECT_EPOCHS ?= 12
+DEMO_DETECT_EPOCHS ?= 30
 # 2 cores: the loader's worker process takes one, the model one intra-op thread. Two torch
 # threads on a busy 2-core machine made each tiny step 5-15x slower (OpenMP spinning), measured.
 DEMO_ENV := OMP_NUM_THREADS=1
@@ -187,7 +188,7 @@ DEMO_DETR := '{"num_queries": 12, "d_model": 64, "encoder_layers": 1, "decoder_l
 # The frozen ViT is the stand-in foundation model of `make dense-backbone` (per-patch shape
 # classes, other images than sample-coco's): on a random frozen ViT, DETR stays near 0.05 mAP.
 DEMO_DETECT_STUDENT := --model vit_tiny_patch16_224 --weights $(DENSE_BACKBONE) --img-size 64 \
-  --model-kwargs '{"patch_size": 8, "depth": 4}' --batch 16 --lr 1e-3 --warmup-epochs 0.5 --num-workers 1
+  --model-kwargs '{"patch_size": 8, "depth": 4, "embed_dim": 96, "num_heads": 3}' --batch 8 --lr 1e-3 --warmup-epochs 0.5 --num-workers 1
 DEMO_DETECT_EXTRACT := --dataset sample-coco --shards-root $(SHARDS) --shard-size 100 --teacher tiny \
   --quant $(DEMO_QUANT) --dtype float32 --cache-root $(CACHE)
 demo-detect: $(STAMP) ## dense path offline: sample-coco -> tiny teacher's dense maps -> Conditional DETR on a small pretrained I-ViT -> COCO mAP

@@ -55,4 +55,3 @@ def test_saved_backbone_loads_as_the_detectors_frozen_vit(tmp_path):
     for name in ("patch_embed.proj.weight", "blocks.3.mlp.fc2.weight", "norm.weight"):
         torch.testing.assert_close(vit[name], saved[name])
     assert not any(p.requires_grad for p in model.encoder.vit.patch_embed.parameters())
-
