@@ -62,7 +62,7 @@ AUDIT_ARG := $(if $(filter 1 true yes,$(AUDIT)),--audit,)
 # Table 9's language-only maps: no box overlay, which is its own cache entry.
 PROMPT_ARG := $(if $(PROMPT),--prompt $(PROMPT),) $(if $(filter 0 no false,$(BOXES)),--box-width 0,)
 
-.PHONY: help setup test lint demo demo-detect bench-dense shards tiny-teacher extract train eval ui bench bench-extract bench-student bench-loader clean backbone bench-science experiment bench-gpu cluster launch
+.PHONY: help setup test lint demo demo-detect bench-dense shards tiny-teacher extract train eval ui bench bench-extract bench-student bench-loader clean backbone dense-backbone bench-science experiment bench-gpu cluster launch
 
 help: ## this list
 	@echo "Targets (variables: DATASET=$(DATASET) SPLIT=$(SPLIT) ROOT=$(ROOT) SHARDS=$(SHARDS) SHARD_SIZE=$(SHARD_SIZE)"
@@ -122,6 +122,10 @@ BACKBONE   ?= data/models/shift-vit.safetensors
 backbone: $(STAMP) ## pretrain the stand-in foundation ViT of bench-science (shapes x backgrounds) -> BACKBONE
 	$(PY) -m experiments.backbone --out $(BACKBONE)
 
+DENSE_BACKBONE ?= data/models/dense-vit.safetensors
+dense-backbone: $(STAMP) ## pretrain the stand-in foundation ViT of demo-detect/bench-dense (per-patch shape classes) -> DENSE_BACKBONE
+	$(DEMO_ENV) $(PY) -m experiments.dense_backbone --out $(DENSE_BACKBONE)
+
 ui: $(STAMP) ## Prefect UI on http://127.0.0.1:4200 with deployments of the extract, train and evaluate flows
 	$(PY) -m flows.serve --port 4200
 
@@ -152,9 +156,12 @@ bench-loader: $(STAMP) ## image-only vs map-joined streaming throughput
 bench-science: $(STAMP) ## sample-shift: ViT vs I-ViT (box maps) vs control vs tiny-LLaVA maps, 3 seeds, with ceiling
 	@test -f $(BACKBONE) || $(MAKE) --no-print-directory backbone
 	$(PY) -m bench.science --weights $(BACKBONE)
-bench-dense: $(STAMP) ## detection on sample-coco with vs without C_VLM alignment, equal budget; overheads
-	@if [ ! -f data/models/tiny-llava/config.json ]; then $(MAKE) --no-print-directory tiny-teacher; fi
-	$(PY) -m bench.dense --shards-root $(SHARDS) --cache-root $(CACHE) --epochs $(DEMO_DETECT_EPOCHS)
+BENCH_DENSE_SEEDS ?= 0 1
+BENCH_DENSE_EPOCHS ?= 12
+bench-dense: $(STAMP) ## detection on sample-coco (box teacher maps) with vs without C_VLM alignment, equal budget, BENCH_DENSE_SEEDS; overheads
+	@test -f $(DENSE_BACKBONE) || $(MAKE) --no-print-directory dense-backbone
+	$(DEMO_ENV) $(PY) -m bench.dense --shards-root $(SHARDS) --cache-root $(CACHE) --weights $(DENSE_BACKBONE) \
+	  --epochs $(BENCH_DENSE_EPOCHS) --seeds $(BENCH_DENSE_SEEDS)
 bench-gpu: $(STAMP) ## one GPU, < 8 min on an H100: 7B architecture, real ids, fp16 and NF4, vs the prefill limit
 	$(PY) -m teacher.llama_vocab
 	$(PY) -m bench.gpu
@@ -173,21 +180,27 @@ demo: $(STAMP) ## the whole pipeline offline: sample shards -> tiny teacher maps
 	  --cache-entry $$entry $(DEMO_STUDENT) --epochs $(DEMO_EPOCHS) --run demo
 	@echo "demo done: maps and their previews under $(CACHE)/<key>/previews, the run under data/runs/demo"
 
-DEMO_DETECT_EPOCHS ?= 12
-DEMO_DETR := '{"num_queries": 12, "d_model": 64, "encoder_layers": 1, "decoder_layers": 2, "attention_heads": 4, "ffn_dim": 128, "dropout": 0.0}'
-DEMO_DETECT_STUDENT := --model vit_tiny_patch16_224 --weights none --img-size 64 \
-  --model-kwargs '{"patch_size": 8, "depth": 4}' --batch 16 --lr 1e-3 --warmup-epochs 0.5 --num-workers 1
+DEMO_DETECT_EPOCHS ?= 30
+# 2 cores: the loader's worker process takes one, the model one intra-op thread. Two torch
+# threads on a busy 2-core machine made each tiny step 5-15x slower (OpenMP spinning), measured.
+DEMO_ENV := OMP_NUM_THREADS=1
+DEMO_DETR := '{"num_queries": 12, "d_model": 64, "encoder_layers": 1, "decoder_layers": 2, "attention_heads": 4, "ffn_dim": 128, "dropout": 0.0, "auxiliary_loss": true}'
+# The frozen ViT is the stand-in foundation model of `make dense-backbone` (per-patch shape
+# classes, other images than sample-coco's): on a random frozen ViT, DETR stays near 0.05 mAP.
+DEMO_DETECT_STUDENT := --model vit_tiny_patch16_224 --weights $(DENSE_BACKBONE) --img-size 64 \
+  --model-kwargs '{"patch_size": 8, "depth": 4, "embed_dim": 96, "num_heads": 3}' --batch 8 --lr 1e-3 --warmup-epochs 0.5 --num-workers 1
 DEMO_DETECT_EXTRACT := --dataset sample-coco --shards-root $(SHARDS) --shard-size 100 --teacher tiny \
   --quant $(DEMO_QUANT) --dtype float32 --cache-root $(CACHE)
-demo-detect: $(STAMP) ## dense path offline: sample-coco -> tiny teacher's dense maps -> Conditional DETR on a tiny I-ViT -> COCO mAP
+demo-detect: $(STAMP) ## dense path offline: sample-coco -> tiny teacher's dense maps -> Conditional DETR on a small pretrained I-ViT -> COCO mAP
 	@if [ ! -f data/models/tiny-llava/config.json ]; then $(MAKE) --no-print-directory tiny-teacher; fi
-	$(PY) -m flows.extract $(DEMO_DETECT_EXTRACT) --split train
-	$(PY) -m flows.extract $(DEMO_DETECT_EXTRACT) --split val
+	@test -f $(DENSE_BACKBONE) || $(MAKE) --no-print-directory dense-backbone
+	$(DEMO_ENV) $(PY) -m flows.extract $(DEMO_DETECT_EXTRACT) --split train
+	$(DEMO_ENV) $(PY) -m flows.extract $(DEMO_DETECT_EXTRACT) --split val
 	entry=$$($(PY) -m flows.extract $(DEMO_DETECT_EXTRACT) --split train --which-entry) && \
-	$(PY) -m flows.train --dataset sample-coco --task detect --shards-root $(SHARDS) --shard-size 100 \
+	$(DEMO_ENV) $(PY) -m flows.train --dataset sample-coco --task detect --shards-root $(SHARDS) --shard-size 100 \
 	  --cache-root $(CACHE) --cache-entry $$entry $(DEMO_DETECT_STUDENT) --detr $(DEMO_DETR) \
 	  --epochs $(DEMO_DETECT_EPOCHS) --run demo-detect
-	$(PY) -m flows.evaluate --run demo-detect --dataset sample-coco --split val --shards-root $(SHARDS)
+	$(DEMO_ENV) $(PY) -m flows.evaluate --run demo-detect --dataset sample-coco --split val --shards-root $(SHARDS)
 	@echo "demo-detect done: data/runs/demo-detect (eval-val.json, eval-val-overlays.png, model.txt, curves.png)"
 
 clean: ## remove generated data (shards, caches, runs, Prefect home); keeps raw datasets and models

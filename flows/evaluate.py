@@ -70,9 +70,9 @@ def evaluate_task(params: EvalParams) -> dict:
     )  # fmt: skip
 
 
-@flow(name="evaluate-ivit", on_running=[record_process])
-def evaluate_flow(params: EvalParams) -> dict:
-    result = evaluate_task(params)
+def summary_markdown(params: EvalParams, result: dict) -> str:
+    """The `eval-summary` artifact: the headline metrics, and the cosine to C_HUM where the run
+    computed it (classification; dense runs have no human-alignment section)."""
     lines = [f"# {params.run} on {params.dataset}/{params.split}"]
     if "top1" in result:
         lines.append(f"- top-1: {result['top1']:.4f}")
@@ -82,17 +82,24 @@ def evaluate_flow(params: EvalParams) -> dict:
         lines.append(f"- {domain}: {accuracy:.4f}")
     if result.get("domain_variance") is not None:
         lines.append(f"- variance across domains: {result['domain_variance']:.6f}")
-    human = result["human_alignment"]
-    lines += [
-        f"## Cosine to {human['reference']} (mean +- std over images)",
-        "| interaction | cosine | images |",
-        "| --- | --- | --- |",
-    ]
-    for name, value in human["cosine"].items():
-        cell = "n/a" if value is None else f"{value['mean']:.3f} +- {value['std']:.3f}"
-        lines.append(f"| {name} | {cell} | {0 if value is None else value['n']} |")
-    lines.append(f"\nfigure: `{human['figure']}`")
-    create_markdown_artifact("\n".join(lines), key="eval-summary")
+    human = result.get("human_alignment")
+    if human is not None:
+        lines += [
+            f"## Cosine to {human['reference']} (mean +- std over images)",
+            "| interaction | cosine | images |",
+            "| --- | --- | --- |",
+        ]
+        for name, value in human["cosine"].items():
+            cell = "n/a" if value is None else f"{value['mean']:.3f} +- {value['std']:.3f}"
+            lines.append(f"| {name} | {cell} | {0 if value is None else value['n']} |")
+        lines.append(f"\nfigure: `{human['figure']}`")
+    return "\n".join(lines)
+
+
+@flow(name="evaluate-ivit", on_running=[record_process])
+def evaluate_flow(params: EvalParams) -> dict:
+    result = evaluate_task(params)
+    create_markdown_artifact(summary_markdown(params, result), key="eval-summary")
     return result
 
 

@@ -17,7 +17,7 @@ import time
 
 import flows  # noqa: F401  (Prefect settings)
 from flows.cli_args import add_model_arguments, parse_model
-from flows.extract import ExtractParams
+from flows.extract_params import ExtractParams
 
 DEPLOYMENT = "extract-maps/extract"  # flows.deploy's name for the extract flow
 

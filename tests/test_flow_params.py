@@ -9,7 +9,7 @@ import pytest
 import teacher_fixtures
 
 from flows.cli_args import add_model_arguments, parse_model
-from flows.extract import ExtractParams
+from flows.extract_params import ExtractParams
 from flows.train import TrainParams
 
 tiny_dir = teacher_fixtures.tiny_dir  # session fixture: the tiny LLaVA, built once

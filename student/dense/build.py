@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from student.build import build as build_classifier
@@ -27,7 +29,9 @@ def build_dense(cfg: StudentConfig, detr: DetrConfig) -> tuple[DenseStudent, Den
 def build_plain_detector(cfg: StudentConfig, detr: DetrConfig) -> DenseStudent:
     """The same detector on the plain frozen ViT, without any I-ViT part (Table 6's baseline
     columns: parameters and FLOPs)."""
-    vit = create_backbone(cfg.model_copy(update={"num_classes": 0, "weights": "none"}))
+    with warnings.catch_warnings():  # only counted, never trained: its random weights are fine
+        warnings.filterwarnings("ignore", message="WEIGHTS=none")
+        vit = create_backbone(cfg.model_copy(update={"num_classes": 0, "weights": "none"}))
     for p in vit.parameters():
         p.requires_grad_(False)
     return DenseStudent(vit, detr, cfg.num_classes, seed=cfg.seed)
