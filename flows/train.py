@@ -36,7 +36,7 @@ from pipeline.shards.build import ensure_shards
 from pipeline.shards.config import ShardsConfig
 from pipeline.shards.records import ShardIndex
 from student.backbone_weights import check_weights_source
-from student.config import KlDirection, StudentConfig, TrainConfig
+from student.config import AlignRows, KlDirection, StudentConfig, TrainConfig
 from student.dense.config import DetrConfig
 from student.run import DataConfig, RunConfig, run_training
 
@@ -73,6 +73,8 @@ class TrainParams(BaseModel):
     alignment: bool = True
     align_on_original: bool = False
     align_lambda: float = Field(1.0, ge=0)
+    align_last_blocks: int | None = Field(None, gt=0, description="align only the last k blocks")
+    align_rows: AlignRows = Field("cls", description="'cls': CLS row only; 'all': every query row")
     kl_direction: KlDirection = Field(
         "vlm||agt", description="'agt||vlm': the paper's literal Eq. 14"
     )
@@ -87,8 +89,8 @@ class TrainParams(BaseModel):
     def student_config(self, num_classes: int) -> StudentConfig:
         """The I-ViT part of the run: model, weights, ablation switches and the loss."""
         fields = ("model", "img_size", "model_kwargs", "interaction_queries", "gate", "alignment",
-                  "align_on_original", "align_lambda", "kl_direction", "kl_eps", "gate_hidden",
-                  "seed")  # fmt: skip
+                  "align_on_original", "align_lambda", "align_last_blocks", "align_rows",
+                  "kl_direction", "kl_eps", "gate_hidden", "seed")  # fmt: skip
         return StudentConfig(
             weights=self.backbone_weights(),
             num_classes=num_classes,
