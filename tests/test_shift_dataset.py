@@ -68,3 +68,11 @@ def test_registry_entry_lists_the_shifted_split(shift_root: Path) -> None:
     assert entry.generated and "test_shift" in entry.splits
     adapter, _ = open_adapter("sample-shift", "val", shift_root)
     assert adapter.splits() == ["train", "val", "test_shift", "train_indep"]
+
+
+def test_correlation_is_a_parameter(tmp_path: Path) -> None:
+    sizes = {"train": 10, "val": 2, "test_shift": 2, "train_indep": 2}
+    root = write_shift_dataset(tmp_path / "c1", per_class=sizes, correlation=1.0)
+    assert all(label == bg for label, bg in pairs(root, "train"))  # no exception at all
+    with pytest.raises(ValueError, match="correlation"):
+        write_shift_dataset(tmp_path / "bad", per_class=sizes, correlation=1.5)
