@@ -220,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         if not raw_root.exists():
             write_shift_dataset(raw_root, correlation=args.correlation)
     print(f"sample-shift with P(background == class) = {args.correlation:g} in train and val")
+    roots = (args.shards_root, args.cache_root)
     for split in SPLITS:
         ensure_shards(
             ShardsConfig(
@@ -227,11 +228,12 @@ def main(argv: list[str] | None = None) -> int:
                 shard_size=1000,
             )
         )  # fmt: skip
-    box = {s: extract_entry("box", s, args.shards_root, args.cache_root) for s in ("train",)}
+    # The baseline and the ceiling need no maps: the calibration never extracts any.
+    box = {} if args.baseline_only else {"train": extract_entry("box", "train", *roots)}
     data = {s: load_split(args.shards_root, s, box.get(s)) for s in SPLITS}
     train_maps = {"ivit-box": data["train"]}
-    if not args.skip_tiny:
-        tiny = extract_entry("tiny", "train", args.shards_root, args.cache_root)
+    if not (args.skip_tiny or args.baseline_only):
+        tiny = extract_entry("tiny", "train", *roots)
         train_maps["ivit-tiny"] = with_maps(
             data["train"], load_split(args.shards_root, "train", tiny)
         )
