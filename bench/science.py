@@ -189,7 +189,12 @@ def main(argv: list[str] | None = None) -> int:
         help="P(background == class) in train/val; another value than the registry's writes "
         "its own copy of sample-shift under the bench folder",
     )  # fmt: skip
-    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument(
+        "--threads", type=int, default=1,
+        help="torch threads: this tiny ViT's matmuls gain little from a second thread, and on a "
+        "shared machine spin-waiting threads cost several times the CPU (measured: README); with "
+        "one thread the CPU time printed is the wall time of an idle core",
+    )  # fmt: skip
     parser.add_argument(
         "--shards-root", type=Path, default=data_dir() / "bench" / "science" / "shards"
     )
@@ -269,14 +274,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"map fitting: KL(box || uniform) {references['uniform']:.3f}, "
           f"KL(box || frozen attention) {references['frozen_attention']:.3f}")  # fmt: skip
     sweep = []
-    grid = [(lam, lr, blocks, rows) for lam in args.lambdas for lr in args.lrs
-            for blocks in args.sweep_blocks for rows in args.sweep_rows]  # fmt: skip
-    for lam, lr, blocks, rows in grid:
-        cfg = student(args.weights, 0, align_lambda=lam, align_last_blocks=blocks, align_rows=rows)
+    grid = [(lam, lr, blocks, which) for lam in args.lambdas for lr in args.lrs
+            for blocks in args.sweep_blocks for which in args.sweep_rows]  # fmt: skip
+    for lam, lr, blocks, which in grid:
+        cfg = student(args.weights, 0, align_lambda=lam, align_last_blocks=blocks, align_rows=which)
         run = train_variant(cfg, data["train"], evals, epochs=args.epochs, lr=lr,
                             batch=args.batch, seed=0)  # fmt: skip
         kl = [round(c["align"], 3) for c in run["curve"]]
-        member = {"lambda": lam, "lr": lr, "blocks": blocks, "rows": rows, "align_kl": kl,
+        member = {"lambda": lam, "lr": lr, "blocks": blocks, "rows": which, "align_kl": kl,
                   "val": run["val"], "test_shift": run["test_shift"]}  # fmt: skip
         sweep.append(member)
         print(f"sweep {sweep_label(member)}: align KL per epoch {kl}; val "

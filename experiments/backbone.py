@@ -25,7 +25,7 @@ import numpy as np
 import timm
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from pipeline.datasets.generated import SHAPES
 from pipeline.datasets.shift import BACKGROUNDS
@@ -107,6 +107,7 @@ def pretrain(
     lr: float = LR,
     dense_weight: float = DENSE_WEIGHT,
     probe_images: int = 800,
+    init: Path | None = None,
 ) -> dict:
     """Train the backbone and save it (plus a JSON card next to it); returns the card, with the
     linear-probe top-1 of its frozen features on benchmark-like images."""
@@ -118,6 +119,9 @@ def pretrain(
     x, y, patch_y = render_batch(images, rng)
     x_test, y_test, _ = render_batch(heldout, np.random.default_rng(seed + 1000))
     model = create_model()
+    if init is not None:
+        # Continue an earlier pretraining (a new dense head and a new schedule: a warm restart).
+        model.load_state_dict(load_file(str(init)))
     # The dense head (which shape, if any, covers each patch) is thrown away after pretraining:
     # it makes the patch tokens, hence the keys the interaction queries will attend over, tell
     # object from background, as a foundation model's patch features do; it also speeds up
@@ -160,6 +164,7 @@ def pretrain(
         "plus which shape covers each patch (dense head, discarded)",
         "images": images,
         "epochs": epochs,
+        "init": None if init is None else {"file": str(init), **_card_of(init)},
         "lr": lr,
         "dense_weight": dense_weight,
         "seed": seed,
@@ -171,6 +176,15 @@ def pretrain(
     }
     out.with_suffix(".json").write_text(json.dumps(card, indent=1))
     return card
+
+
+def _card_of(weights: Path) -> dict:
+    """The budget of an earlier pretraining, from its card (empty when it has none)."""
+    card = weights.with_suffix(".json")
+    if not card.is_file():
+        return {}
+    earlier = json.loads(card.read_text())
+    return {k: earlier.get(k) for k in ("images", "epochs", "lr", "init", "cpu_seconds")}
 
 
 @torch.no_grad()
@@ -190,6 +204,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dense-weight", type=float, default=DENSE_WEIGHT)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--init", type=Path, default=None,
+        help="continue pretraining from this backbone file (its card is kept in the new card)",
+    )  # fmt: skip
+    parser.add_argument(
         "--threads", type=int, default=1,
         help="torch threads: this model's small matmuls gain little from a second thread, and "
         "on a shared machine two spin-waiting threads cost several times the CPU",
@@ -198,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     card = pretrain(
         args.out, args.images, args.epochs, seed=args.seed, lr=args.lr,
-        dense_weight=args.dense_weight,
+        dense_weight=args.dense_weight, init=args.init,
     )  # fmt: skip
     print(json.dumps(card, indent=1))
     probe = card["linear_probe_top1"]
