@@ -59,6 +59,6 @@ def test_linear_probe_reads_what_the_features_hold() -> None:
     )
     noise = torch.randn(400, 8, generator=g)
     features = torch.cat([informative, noise], dim=1)  # the class lives in 4 of 12 dimensions
-    assert linear_probe(features[:200], labels[:200], features[200:], labels[200:]) > 0.95
+    assert linear_probe(features[:200], labels[:200], features[200:], labels[200:]) > 0.9
     # Features that know nothing of the labels: near chance (0.25) on held-out images.
     assert linear_probe(noise[:200], labels[:200], noise[200:], labels[200:]) < 0.45
