@@ -120,7 +120,8 @@ experiment: $(STAMP) ## run the grid of experiments/specs/$(EXP).yaml (resumable
 
 BACKBONE   ?= data/models/shift-vit.safetensors
 backbone: $(STAMP) ## pretrain the stand-in foundation ViT of bench-science (shapes x backgrounds) -> BACKBONE
-	$(PY) -m experiments.backbone --out $(BACKBONE)
+	$(PY) -m experiments.backbone --out $(basename $(BACKBONE))-stage1.safetensors
+	$(PY) -m experiments.backbone --init $(basename $(BACKBONE))-stage1.safetensors --epochs 14 --lr 1.5e-3 --seed 1 --out $(BACKBONE)
 
 ui: $(STAMP) ## Prefect UI on http://127.0.0.1:4200 with deployments of the extract, train and evaluate flows
 	$(PY) -m flows.serve --port 4200

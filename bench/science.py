@@ -2,7 +2,7 @@
 
     python -m bench.science                       (what `make bench-science` runs)
 
-sample-shift's background names the class 90 % of the time in train and val and is independent
+sample-shift's background names the class 95 % of the time in train and val and is independent
 of it in test_shift; the box teacher's map covers exactly the evidence (the shape). On a frozen
 backbone that knows shapes and backgrounds apart (`make backbone`), at equal budget, over seeds:
 
@@ -186,8 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--correlation", type=float, default=CORRELATION,
-        help="P(background == class) in train/val; another value than the registry's writes "
-        "its own copy of sample-shift under the bench folder",
+        help="P(background == class) in train/val (the shortcut's strength, fixed by the "
+        "baseline alone: README)",
     )  # fmt: skip
     parser.add_argument(
         "--threads", type=int, default=1,
@@ -196,8 +196,9 @@ def main(argv: list[str] | None = None) -> int:
         "one thread the CPU time printed is the wall time of an idle core",
     )  # fmt: skip
     parser.add_argument(
-        "--shards-root", type=Path, default=data_dir() / "bench" / "science" / "shards"
-    )
+        "--shards-root", type=Path, default=data_dir() / "bench" / "science",
+        help="raw data and shards go to <this>/correlation-<level>/",
+    )  # fmt: skip
     parser.add_argument(
         "--cache-root", type=Path, default=data_dir() / "bench" / "science" / "cache"
     )
@@ -217,13 +218,12 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.reconfigure(line_buffering=True)  # progress lines appear as they happen
     start, cpu0 = time.perf_counter(), cpu_seconds()
 
-    raw_root = None
-    if args.correlation != CORRELATION:
-        # Its own raw copy and shards (the cache keys follow the shards' content).
-        folder = args.shards_root.parent / f"correlation-{args.correlation:g}"
-        raw_root, args.shards_root = folder / "raw", folder / "shards"
-        if not raw_root.exists():
-            write_shift_dataset(raw_root, correlation=args.correlation)
+    # One raw copy and shards per correlation, so that a calibration run never meets another
+    # level's files (the cache keys follow the shards' content, so one cache root serves all).
+    folder = args.shards_root / f"correlation-{args.correlation:g}"
+    raw_root, args.shards_root = folder / "raw", folder / "shards"
+    if not raw_root.exists():
+        write_shift_dataset(raw_root, correlation=args.correlation)
     print(f"sample-shift with P(background == class) = {args.correlation:g} in train and val")
     roots = (args.shards_root, args.cache_root)
     for split in SPLITS:
@@ -287,7 +287,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sweep {sweep_label(member)}: align KL per epoch {kl}; val "
               f"{100 * run['val']:.1f} shift {100 * run['test_shift']:.1f}")  # fmt: skip
     if sweep:
-        figure = plot_map_fitting(sweep, references, args.out.with_name("map_fitting.png"))
+        figure = plot_map_fitting(
+            sweep, references, args.out.with_name(f"{args.out.stem}-map_fitting.png")
+        )
         print(f"map-fitting curve: {figure}")
 
     # 3. The comparison at the default budget (lambda 1), 3 seeds.
