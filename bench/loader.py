@@ -30,7 +30,7 @@ from pipeline.shards.build import build_shards
 from pipeline.shards.config import ShardsConfig
 from pipeline.shards.reader import iter_shard
 from pipeline.shards.records import ShardIndex
-from student.loader import build_loader
+from student.loader import LoaderConfig, build_loader
 from student.maps import teacher_view_rect, uniform_overlap
 
 TEACHER_GRID = 24  # LLaVA-1.5: 336 px view, 14 px patches
@@ -125,11 +125,7 @@ def main() -> None:
             shard_dir, cache = args.shards, args.cache
 
         def loader(entry: str | None):
-            return build_loader(
-                shard_dir, entry, args.split, args.img_size, args.patch_size, args.batch_size,
-                train=not args.eval, num_workers=args.workers,
-                mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
-            )  # fmt: skip
+            return build_loader(LoaderConfig(shard_dir=shard_dir, cache_entry=entry, split=args.split, img_size=args.img_size, patch_size=args.patch_size, batch_size=args.batch_size, train=not args.eval, num_workers=args.workers, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)))  # fmt: skip
 
         # Built once, like a training run's loader; each repetition is one epoch of it.
         pipelines = {"images_only": loader(None), "joined": loader(cache)}

@@ -45,7 +45,7 @@ from pipeline.shards.config import ShardsConfig
 from student.build import build, build_optimizer, build_scheduler
 from student.config import StudentConfig, TrainConfig
 from student.engine import evaluate, train_one_epoch
-from student.loader import build_loader
+from student.loader import LoaderConfig, build_loader
 from student.loss import kl_divergence, renormalize
 
 # A loaded 2-core machine can take longer than Prefect's 20 s to start its ephemeral server.
@@ -73,10 +73,7 @@ def extract_entry(teacher: str, split: str, shards_root: Path, cache_root: Path)
 
 def load_split(shards_root: Path, split: str, entry: str | None) -> list[dict]:
     """Every batch of a split, in order, through the student loader (no augmentation)."""
-    loader = build_loader(
-        shards_root / DATASET, entry, split, bb.IMG_SIZE, bb.MODEL_KWARGS["patch_size"], 100,
-        train=False, num_workers=0, mean=MEAN, std=STD,
-    )  # fmt: skip
+    loader = build_loader(LoaderConfig(shard_dir=shards_root / DATASET, cache_entry=entry, split=split, img_size=bb.IMG_SIZE, patch_size=bb.MODEL_KWARGS['patch_size'], batch_size=100, train=False, num_workers=0, mean=MEAN, std=STD))  # fmt: skip
     return [
         {k: v for k, v in b.items() if k in ("image", "label", "c_vlm", "map_valid")}
         for b in loader

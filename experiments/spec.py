@@ -87,7 +87,8 @@ class ExperimentSpec(BaseModel):
 
         for label, overrides in {"base": self.base, **self.variants}.items():
             run_keys = {k: v for k, v in overrides.items() if k not in VARIANT_REPORT_KEYS}
-            unknown = set(run_keys) - set(TrainParams.model_fields)
+            known = set(TrainParams.flat_fields()) | set(TrainParams.flat_sections)
+            unknown = set(run_keys) - known
             if unknown:
                 raise ValueError(f"{label}: unknown train parameters {sorted(unknown)}")
             owned = {"run", "runs_root", "seed", "fraction", "dataset", "cache_entry"} & set(
@@ -111,8 +112,9 @@ class ExperimentSpec(BaseModel):
         return self.variants[label].get("baseline", self.baseline)
 
     def aligns(self, label: str) -> bool:
-        params = self.variant_params(label)
-        return bool(params.get("alignment", True)) and float(params.get("align_lambda", 1.0)) > 0
+        from flows.train import TrainParams
+
+        return TrainParams.model_validate(self.variant_params(label)).student.aligns
 
 
 class Member(BaseModel):

@@ -9,27 +9,36 @@ import typing
 from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
 
+from flows.sections import SectionedParams
 from pipeline.errors import BadParametersError
 
 Params = TypeVar("Params", bound=BaseModel)
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, model: type[BaseModel]) -> None:
-    """One flag per field (booleans get --x / --no-x; lists, tuples and dicts take JSON); unset
-    flags keep the model's default."""
-    for name, field in model.model_fields.items():
+    """One flag per field, sections' fields by their flat names (booleans get --x / --no-x;
+    lists, tuples, dicts and unflattened models take JSON); unset flags keep the defaults."""
+    for name, info in _flag_fields(model).items():
         flag = "--" + name.replace("_", "-")
-        if field.annotation is bool:
+        if info.annotation is bool:
             parser.add_argument(
-                flag, action=argparse.BooleanOptionalAction, default=None, help=field.description
+                flag, action=argparse.BooleanOptionalAction, default=None, help=info.description
             )
-        elif _is_json_field(field.annotation):
+        elif _is_json_field(info.annotation):
             parser.add_argument(
-                flag, type=json.loads, default=None, help=f"{field.description} (JSON)"
+                flag, type=json.loads, default=None, help=f"{info.description} (JSON)"
             )
         else:
-            parser.add_argument(flag, default=None, help=field.description)
+            parser.add_argument(flag, default=None, help=info.description)
+
+
+def _flag_fields(model: type[BaseModel]) -> dict[str, FieldInfo]:
+    """Flag name -> the field it sets (the first, for a name several sections share)."""
+    if issubclass(model, SectionedParams):
+        return {flat: targets[0].info for flat, targets in model.flat_fields().items()}
+    return dict(model.model_fields)
 
 
 def _is_json_field(annotation: object) -> bool:
@@ -47,18 +56,29 @@ def _is_json_field(annotation: object) -> bool:
 def parse_model(model: type[Params], args: argparse.Namespace) -> Params:
     """The params model from the flags given; a value that does not validate is a user error
     naming the flag."""
-    given = {k: v for k, v in vars(args).items() if k in model.model_fields and v is not None}
+    names = _flag_fields(model)
+    given = {k: v for k, v in vars(args).items() if k in names and v is not None}
     try:
         return model.model_validate(given)
     except ValidationError as error:
-        raise bad_parameters(error) from None
+        raise bad_parameters(error, model) from None
 
 
-def bad_parameters(error: ValidationError) -> BadParametersError:
+def bad_parameters(
+    error: ValidationError, model: type[BaseModel] | None = None
+) -> BadParametersError:
     """A pydantic validation error as one line, each field named as its command-line flag."""
+    flat_of = {}
+    if model is not None and issubclass(model, SectionedParams):
+        flat_of = {
+            (t.section, t.name): flat for flat, ts in model.flat_fields().items() for t in ts
+        }
     problems = []
     for item in error.errors():
-        flag = "--" + str(item["loc"][0]).replace("_", "-") if item["loc"] else "parameters"
-        where = "".join(f"[{part}]" for part in item["loc"][1:])
+        loc = item["loc"]
+        if len(loc) >= 2 and (loc[0], loc[1]) in flat_of:
+            loc = (flat_of[(loc[0], loc[1])], *loc[2:])
+        flag = "--" + str(loc[0]).replace("_", "-") if loc else "parameters"
+        where = "".join(f"[{part}]" for part in loc[1:])
         problems.append(f"{flag}{where}: {item['msg']} (got {item.get('input')!r})")
     return BadParametersError("; ".join(problems))

@@ -14,8 +14,7 @@ import os
 import socket
 import sys
 import time
-from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 from uuid import UUID
 
 from prefect import flow, get_run_logger, task, unmapped
@@ -27,12 +26,12 @@ from prefect.artifacts import (
 )
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
-from pydantic import BaseModel, Field
 
 import flows  # noqa: F401  (Prefect settings)
 from flows.cli_args import add_model_arguments, parse_model
 from flows.command import prefect_session, run_command
 from flows.extract_outcome import committed_summary, print_outcome
+from flows.extract_params import ExtractParams
 from flows.inputs import check_shards_obtainable
 from flows.orphans import record_process
 from flows.preview_artifact import previews_markdown
@@ -46,86 +45,12 @@ from flows.runtime import (
     visible_gpus,
 )
 from pipeline.cache import CacheEntry, CacheSpec, cache_key, open_entry
-from pipeline.paths import data_dir
 from pipeline.shards.build import ensure_shards
-from pipeline.shards.config import ShardsConfig
 from pipeline.shards.records import ShardIndex, read_index
-from teacher.numerics import DEFAULT_MAX_NON_FINITE, check_non_finite, count_non_finite
+from teacher.numerics import check_non_finite, count_non_finite
 
 if TYPE_CHECKING:
     from teacher import Teacher
-
-
-class ExtractParams(BaseModel):
-    """Everything an extraction run needs; Prefect renders it as the deployment's form."""
-
-    dataset: str = Field("sample", description="a name from data/registry.json")
-    split: str = Field("train", description="dataset split")
-    root: str | None = Field(None, description="raw dataset folder (default: the registry's)")
-    shards_root: str = Field(str(data_dir() / "shards"), description="where shards live")
-    shard_size: int = Field(1000, ge=1, description="samples per shard when shards are written")
-    teacher: str = Field(
-        "llava-hf/llava-1.5-7b-hf",
-        description="hub id, local dir, 'tiny', or a baseline: 'box', 'uniform'",
-    )
-    quant: Literal["4bit", "8bit", "none"] = "4bit"
-    dtype: Literal["auto", "float16", "bfloat16", "float32"] = Field(
-        "auto", description="auto: bfloat16 where the GPU has it, else float16; float32 on a CPU"
-    )
-    device: str = Field(
-        "auto",
-        pattern=r"^(auto|cpu|cuda(:\d+)?)$",
-        description="auto: the GPUs (a real teacher without one stops with an error); cpu: force",
-    )
-    max_non_finite: float = Field(
-        DEFAULT_MAX_NON_FINITE, ge=0, le=1,
-        description="fail the run when more than this fraction of its rows is non-finite",
-    )  # fmt: skip
-    prompt: Literal["prompt1", "prompt2", "prompt3", "dense"] | None = Field(
-        None, description="None: 'dense' (Eq. 12) for detection datasets, else 'prompt1'"
-    )
-    answer_mode: Literal["forced-foreground", "generate"] = "forced-foreground"
-    revision: str | None = Field(None, description="hub revision of the teacher (None: default)")
-    view: Literal["pad", "crop", "resize"] = Field("pad", description="teacher view of the image")
-    box_width: int = Field(
-        3,
-        ge=0,
-        description="visual-prompt box width at 336 px (0: no boxes, Table 9's language only)",
-    )
-    box_color: tuple[int, int, int] = Field((255, 0, 0), description="visual-prompt box RGB")
-    layers: list[int] | None = Field(None, description="decoder layers to average (None: all)")
-    heads: list[int] | None = Field(None, description="attention heads to average (None: all)")
-    max_new_tokens: int | None = Field(
-        None, ge=1, description="answer budget (None: from the template and longest class name)"
-    )
-    cache_root: str = Field(str(data_dir() / "cache"), description="local path or s3:// URL")
-    batch_size: int = Field(8, ge=1, description="images per teacher forward")
-    concurrency: int = Field(0, ge=0, description="shards at once; 0 = one per GPU (1 on CPU)")
-    audit: bool = Field(False, description="record token ids and positions next to each map")
-    previews: int = Field(6, ge=0, description="overlay PNGs saved in the entry")
-
-    def teacher_config_json(self) -> str:
-        from teacher import TeacherConfig
-
-        fields = ("quant", "dtype", "device", "answer_mode", "revision", "view", "box_width",
-                  "box_color", "layers", "heads", "max_new_tokens", "batch_size", "audit")  # fmt: skip
-        return TeacherConfig(
-            model=self.teacher,
-            prompt=self.resolved_prompt(),
-            **{name: getattr(self, name) for name in fields},
-        ).model_dump_json()
-
-    def resolved_prompt(self) -> str:
-        """The prompt asked for, else the dataset's own: dense for detection datasets."""
-        if self.prompt is not None:
-            return self.prompt
-        from pipeline.datasets.registry import get_entry, load_registry
-
-        known = self.dataset in load_registry()
-        return "dense" if known and get_entry(self.dataset).task == "detection" else "prompt1"
-
-    def shard_dir(self) -> Path:
-        return Path(self.shards_root) / self.dataset / self.split
 
 
 def _spec(params: ExtractParams) -> tuple[CacheSpec, ShardIndex, Teacher]:
@@ -157,14 +82,7 @@ def _open_entry(params: ExtractParams) -> CacheEntry:
 @task(retries=1, retry_delay_seconds=5, retry_condition_fn=retry_unless_user_error)
 def prepare_shards(params: ExtractParams) -> str:
     """Write the shards if they are missing or stale; returns their directory."""
-    config = ShardsConfig(
-        dataset=params.dataset,
-        split=params.split,
-        root=params.root,
-        shards=Path(params.shards_root),
-        shard_size=params.shard_size,
-    )
-    outcome = ensure_shards(config)
+    outcome = ensure_shards(params.shards)
     get_run_logger().info(
         "shards %s: %d samples in %d shard(s), %s",
         outcome.out_dir,
@@ -347,9 +265,9 @@ def check_teacher(params: ExtractParams) -> None:
     """Before the flow: the teacher's checkpoint can be had (the hub's reachability is decided
     here, once; offline, the local Hugging Face cache must hold it), else TeacherWeightsError
     says how to supply it, in seconds, instead of a task failing under retries."""
-    from teacher import TeacherConfig, load_config_and_processor
+    from teacher import load_config_and_processor
 
-    load_config_and_processor(TeacherConfig.model_validate_json(params.teacher_config_json()))
+    load_config_and_processor(params.teacher_config())
 
 
 def run_extract(params: ExtractParams, runner: str = "threads", workers: int = 2) -> dict:
@@ -377,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     params = parse_model(ExtractParams, args)
-    check_shards_obtainable(params.dataset, params.split, Path(params.shards_root), params.root)
+    shards = params.shards
+    check_shards_obtainable(shards.dataset, shards.split, shards.shards, shards.root)
     if args.which_entry:
         print(entry_location(params))
         return 0

@@ -15,11 +15,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
-from pydantic import BaseModel, Field
+from pydantic import ConfigDict, Field
 
 import flows  # noqa: F401  (Prefect settings)
 from flows.cli_args import add_model_arguments, parse_model
@@ -28,6 +28,7 @@ from flows.dense_entries import check_entry_for_task, fits_task
 from flows.inputs import check_shards_obtainable
 from flows.orphans import record_process
 from flows.retries import retry_unless_user_error
+from flows.sections import SectionedParams
 from pipeline.cache import list_entries, open_entry
 from pipeline.cache.spec import teacher_brief
 from pipeline.errors import AmbiguousInputError, MissingInputError
@@ -36,13 +37,23 @@ from pipeline.shards.build import ensure_shards
 from pipeline.shards.config import ShardsConfig
 from pipeline.shards.records import ShardIndex
 from student.backbone_weights import check_weights_source
-from student.config import AlignRows, KlDirection, StudentConfig, TrainConfig
+from student.config import LoaderOptions, StudentConfig, TrainConfig
 from student.dense.config import DetrConfig
-from student.run import DataConfig, RunConfig, run_training
+from student.run import DataConfig, RunConfig, run_training, write_run_config
 
 
-class TrainParams(BaseModel):
-    """A training run; Prefect renders it as the deployment's form."""
+class TrainParams(SectionedParams):
+    """A training run; Prefect renders it as the deployment's form, one section per concern.
+
+    Every field of `student`, `train` and `data` is also settable by its flat name (`epochs`,
+    `align_lambda`, `batch` for `data.batch_size`, `seed` for both seeds): the command line's
+    flags and the experiment specs' keys."""
+
+    model_config = ConfigDict(extra="forbid")
+    flat_sections: ClassVar[tuple[str, ...]] = ("student", "train", "data")
+    flat_renames: ClassVar[dict[str, tuple[str, str]]] = {"batch": ("data", "batch_size")}
+    # Resolved by the flow: the class count from the shards, the folder from `run`.
+    flat_hidden: ClassVar[frozenset[str]] = frozenset({"student.num_classes", "train.run_dir"})
 
     dataset: str = Field("sample", description="a name from data/registry.json")
     task: Literal["classify", "detect", "segment"] = Field(
@@ -54,59 +65,26 @@ class TrainParams(BaseModel):
     shard_size: int = Field(1000, ge=1, description="used only when shards must be written")
     cache_root: str = Field(str(data_dir() / "cache"), description="local path or s3:// URL")
     cache_entry: str | None = Field(None, description="an entry to use when the root has several")
-    model: str = Field("vit_small_patch16_224", description="timm ViT name")
-    weights: str | None = Field(None, description="file, 'none' (random), or empty for timm's hub")
-    img_size: int | None = Field(None, description="override the ViT's input size")
-    model_kwargs: dict = Field(default_factory=dict, description="extra timm.create_model kwargs")
-    epochs: int = Field(10, gt=0)
-    batch: int = Field(64, gt=0)
-    lr: float = Field(1e-3, gt=0)
-    warmup_epochs: float = Field(1.0, ge=0)
-    fraction: float = Field(1.0, gt=0.0, le=1.0, description="seeded share of the train split")
     run: str | None = Field(None, description="run name under data/runs; default: a new one")
     runs_root: str = Field(str(data_dir() / "runs"))
-    num_workers: int = Field(2, ge=0)
     nproc: int = Field(1, ge=1, description="processes (GPUs) under torchrun; 1: in-process")
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    interaction_queries: bool = True
-    gate: bool = True
-    alignment: bool = True
-    align_on_original: bool = False
-    align_lambda: float = Field(1.0, ge=0)
-    align_last_blocks: int | None = Field(None, gt=0, description="align only the last k blocks")
-    align_rows: AlignRows = Field("cls", description="'cls': CLS row only; 'all': every query row")
-    kl_direction: KlDirection = Field(
-        "vlm||agt", description="'agt||vlm': the paper's literal Eq. 14"
+    student: StudentConfig = Field(
+        default_factory=StudentConfig, description="the I-ViT, its ablation switches and loss"
     )
-    kl_eps: float = Field(1e-6, gt=0, description="smoothing for 'agt||vlm'")
-    gate_hidden: int = Field(16, gt=0, description="width of the gate FFN")
-    seed: int = 0
+    train: TrainConfig = Field(default_factory=TrainConfig, description="optimisation")
+    data: LoaderOptions = Field(default_factory=LoaderOptions, description="batches and views")
     detr: DetrConfig = Field(
         default_factory=DetrConfig,
         description="detect/segment: Conditional DETR's size and loss weights (JSON on the CLI)",
     )
-
-    def student_config(self, num_classes: int) -> StudentConfig:
-        """The I-ViT part of the run: model, weights, ablation switches and the loss."""
-        fields = ("model", "img_size", "model_kwargs", "interaction_queries", "gate", "alignment",
-                  "align_on_original", "align_lambda", "align_last_blocks", "align_rows",
-                  "kl_direction", "kl_eps", "gate_hidden", "seed")  # fmt: skip
-        return StudentConfig(
-            weights=self.backbone_weights(),
-            num_classes=num_classes,
-            **{f: getattr(self, f) for f in fields},
-        )
-
-    def backbone_weights(self) -> str | None:
-        """A file, 'none', or None for timm's own (hub) loading, which "" also means."""
-        return None if self.weights in (None, "") else self.weights
 
     def detr_config(self) -> DetrConfig:
         """The detector for this task (validated again: segmentation has its own constraints)."""
         return DetrConfig.model_validate({**self.detr.model_dump(), "task": self.task})
 
     def run_name(self) -> str:
-        return self.run or f"{self.dataset}-{self.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+        return self.run or f"{self.dataset}-{self.student.model}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def _matching_entry(
@@ -156,30 +134,25 @@ def resolve_run(params: TrainParams) -> str:
         )
         indexes[split] = ensure_shards(shards).index
     train_index = indexes[params.train_split]
-    aligns = params.alignment and params.align_lambda > 0
-    train_cache = _matching_entry(params, train_index, required=aligns)
+    train_cache = _matching_entry(params, train_index, required=params.student.aligns)
     val_cache = None
     if params.val_split and train_cache is not None:
         teacher = open_entry(train_cache).spec.teacher
         val_cache = _matching_entry(params, indexes[params.val_split], False, teacher)
     run_dir = Path(params.runs_root) / params.run_name()
     config = RunConfig(
-        student=params.student_config(num_classes=len(train_index.classes)),
-        train=TrainConfig(
-            epochs=params.epochs, lr=params.lr, warmup_epochs=params.warmup_epochs,
-            seed=params.seed, run_dir=run_dir,
-        ),
+        student=params.student.model_copy(update={"num_classes": len(train_index.classes)}),
+        train=params.train.model_copy(update={"run_dir": run_dir}),
         data=DataConfig(
-            shard_dir=Path(params.shards_root) / params.dataset, train_split=params.train_split,
-            val_split=params.val_split, train_cache=train_cache, val_cache=val_cache,
-            batch_size=params.batch, num_workers=params.num_workers, fraction=params.fraction,
+            **params.data.model_dump(), shard_dir=Path(params.shards_root) / params.dataset,
+            train_split=params.train_split, val_split=params.val_split, train_cache=train_cache,
+            val_cache=val_cache,
         ),
         device=params.device,
         task=params.task,
         detr=None if params.task == "classify" else params.detr_config(),
     )  # fmt: skip
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(config.model_dump_json(indent=2))
+    write_run_config(config)
     logger.info("run %s: train maps %s", run_dir, train_cache or "none (no alignment)")
     return str(run_dir)
 
@@ -239,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
         check_shards_obtainable(params.dataset, split, Path(params.shards_root))
     # Before the flow: the backbone's weights can be had (offline: from the local HF cache).
     # WeightsUnavailableError is a user error: run_command prints it as one line.
-    check_weights_source(params.model, params.backbone_weights(), params.model_kwargs)
+    student = params.student
+    check_weights_source(student.model, student.weights, student.model_kwargs)
     if args.config_only:
         print(Path(resolve_run(params)) / "config.json")
         return 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 KlDirection = Literal["vlm||agt", "agt||vlm"]
 AlignRows = Literal["cls", "all"]
@@ -90,6 +90,12 @@ class StudentConfig(BaseModel):
     )
     seed: int = Field(default=0, description="seeds random init (WEIGHTS=none, new head, gates)")
 
+    @field_validator("weights", mode="before")
+    @classmethod
+    def _empty_weights_is_hub(cls, weights: str | None) -> str | None:
+        """An empty form field or make variable means timm's own loading, as None does."""
+        return None if weights == "" else weights
+
     @model_validator(mode="after")
     def _alignment_needs_a_target(self) -> StudentConfig:
         if self.alignment and not self.interaction_queries and not self.align_on_original:
@@ -133,3 +139,34 @@ class TrainConfig(BaseModel):
     )
     overlays: int = Field(default=4, ge=0, description="validation images drawn each epoch")
     eval_every: int = Field(default=1, gt=0)
+
+
+class LoaderOptions(BaseModel):
+    """How the student's loader batches and augments a split; the loader adds what the run
+    resolves (shard folder, cache entry, image geometry, normalisation) in `LoaderConfig`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    batch_size: int = Field(default=64, gt=0, description="samples per batch and process")
+    num_workers: int = Field(
+        default=2, ge=0, description="decoding processes per loader (2 suits a 2-core machine)"
+    )
+    fraction: float = Field(
+        default=1.0, gt=0.0, le=1.0, description="seeded share of the train keys (1/10/50/100 %)"
+    )
+    crop_scale: tuple[float, float] = Field(
+        default=(0.25, 1.0),
+        description=(
+            "RandomResizedCrop area range; above timm's 0.08 because a crop that misses the "
+            "object leaves no C_VLM mass and so no alignment signal for that sample"
+        ),
+    )
+    crop_ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0)
+    hflip_p: float = Field(default=0.5, ge=0.0, le=1.0)
+    eval_crop_fraction: float = Field(
+        default=1.0,
+        gt=0.0,
+        le=1.0,
+        description="eval center crop of the short side; 1.0 because small images lose objects",
+    )
+    shuffle_buffer: int = Field(default=1000, ge=0, description="samples; 0 keeps shard order")

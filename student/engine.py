@@ -237,7 +237,6 @@ def fit(
     val_loader: Iterable[dict] | None,
     cfg: TrainConfig,
     device: torch.device | str = "cpu",
-    resolved_config: dict | None = None,
     *,
     epoch_fn: Callable[..., dict] = train_one_epoch,
     evaluate_fn: Callable[..., dict] = evaluate,
@@ -252,8 +251,6 @@ def fit(
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     main = is_main_process()
-    if resolved_config is not None and main:
-        (run_dir / "config.json").write_text(json.dumps(resolved_config, indent=2, default=str))
     bare = unwrap(model)
     bare.to(device)
     amp_dtype = AMP_DTYPES[cfg.amp_dtype]

@@ -18,7 +18,6 @@ domain list[str | None].
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import random
@@ -30,11 +29,12 @@ import numpy as np
 import torch
 import webdataset as wds
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from pipeline.cache import CacheEntry, ShardNotCommittedError, open_entry
 from pipeline.shards.reader import image_member
-from pipeline.shards.records import INDEX_FILE, SampleRecord, ShardIndex, read_index
+from pipeline.shards.records import SampleRecord, read_index
+from student.config import LoaderOptions
 from student.maps import (
     PairedTransform,
     Rect,
@@ -43,16 +43,22 @@ from student.maps import (
     teacher_view_rect,
     transform_maps,
 )
+from student.sampling import (
+    FractionFilter,
+    derive_seed,
+    distributed_position,
+    epoch_length,
+    resolve_split_dir,
+)
 
 log = logging.getLogger(__name__)
 
 Batch = dict[str, Any]
 
 
-class LoaderConfig(BaseModel):
-    """Everything that decides which samples a loader yields and how they look."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class LoaderConfig(LoaderOptions):
+    """Everything that decides which samples a loader yields and how they look: the user's
+    `LoaderOptions` plus what the run resolves for one split."""
 
     shard_dir: Path = Field(
         description="data/shards/<dataset> (the split is a subfolder) or the split folder itself"
@@ -66,31 +72,10 @@ class LoaderConfig(BaseModel):
     )
     img_size: int = Field(gt=0)
     patch_size: int = Field(gt=0)
-    batch_size: int = Field(gt=0)
-    train: bool
-    num_workers: int = Field(default=4, ge=0)
-    fraction: float = Field(
-        default=1.0, gt=0.0, le=1.0, description="seeded share of the keys to use (1/10/50/100 %)"
-    )
+    train: bool = Field(description="training order and views; False: every sample, in order")
     seed: int = 0
     mean: tuple[float, float, float] = Field(description="the backbone's pretrained_cfg mean")
     std: tuple[float, float, float] = Field(description="the backbone's pretrained_cfg std")
-    crop_scale: tuple[float, float] = Field(
-        default=(0.25, 1.0),
-        description=(
-            "RandomResizedCrop area range; above timm's 0.08 because a crop that misses the "
-            "object leaves no C_VLM mass and so no alignment signal for that sample"
-        ),
-    )
-    crop_ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0)
-    hflip_p: float = Field(default=0.5, ge=0.0, le=1.0)
-    eval_crop_fraction: float = Field(
-        default=1.0,
-        gt=0.0,
-        le=1.0,
-        description="eval center crop of the short side; 1.0 because small images lose objects",
-    )
-    shuffle_buffer: int = Field(default=1000, ge=0, description="samples; 0 keeps shard order")
 
     @model_validator(mode="after")
     def _grid_fits(self) -> LoaderConfig:
@@ -104,86 +89,6 @@ class LoaderConfig(BaseModel):
     @property
     def grid(self) -> int:
         return self.img_size // self.patch_size
-
-
-# ---- which samples ------------------------------------------------------------------------
-
-
-def in_fraction(key: str, fraction: float, seed: int) -> bool:
-    """Whether `key` belongs to the seeded FRACTION subset.
-
-    A hash of (seed, key), not a random draw, so every epoch, worker and rank agrees on the
-    subset without communicating, and a larger fraction contains every smaller one.
-    """
-    if fraction >= 1.0:
-        return True
-    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") < fraction * 2**64
-
-
-class FractionFilter:
-    """Picklable predicate on raw webdataset samples (workers receive it by pickling)."""
-
-    def __init__(self, fraction: float, seed: int) -> None:
-        self.fraction, self.seed = fraction, seed
-
-    def __call__(self, sample: dict[str, Any]) -> bool:
-        return in_fraction(sample["__key__"], self.fraction, self.seed)
-
-
-def derive_seed(*parts: object) -> int:
-    """A 63-bit seed from labelled parts (run seed, epoch, repeat): stable across processes."""
-    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(digest[:8], "big") >> 1
-
-
-def resolve_split_dir(shard_dir: Path, split: str) -> Path:
-    """The folder with index.json: `shard_dir/split`, or `shard_dir` if it is that split."""
-    for candidate in (shard_dir / split, shard_dir):
-        if (candidate / INDEX_FILE).exists():
-            index_split = read_index(candidate).split
-            if index_split != split:
-                raise ValueError(
-                    f"{candidate / INDEX_FILE} is split {index_split!r}, not {split!r}"
-                )
-            return candidate
-    raise FileNotFoundError(
-        f"no {INDEX_FILE} in {shard_dir / split} or {shard_dir}; write the shards first "
-        f"(make shards DATASET=... SPLIT={split})"
-    )
-
-
-def distributed_position() -> tuple[int, int]:
-    """(rank, world size) exactly as webdataset's split_by_node will see them."""
-    rank, world_size, _, _ = wds.utils.pytorch_worker_info()
-    return rank, world_size
-
-
-def epoch_length(
-    index: ShardIndex,
-    batch_size: int,
-    train: bool,
-    fraction: float = 1.0,
-    seed: int = 0,
-    num_workers: int = 0,
-    rank: int = 0,
-    world_size: int = 1,
-) -> int:
-    """Batches one rank yields per epoch.
-
-    Training: every rank yields the same number of full batches (DDP needs equal step counts),
-    selected samples // (world_size * batch_size). Evaluation: this rank's shards as its workers
-    split them, each worker ending with a partial batch.
-    """
-    if fraction >= 1.0:
-        counts = [shard.count for shard in index.shards]
-    else:
-        counts = [sum(in_fraction(k, fraction, seed) for k in shard.keys) for shard in index.shards]
-    if train:
-        return sum(counts) // (world_size * batch_size)
-    workers = max(1, num_workers)
-    rank_counts = counts[rank::world_size]
-    return sum(-(-sum(rank_counts[w::workers]) // batch_size) for w in range(workers))
 
 
 # ---- the map join --------------------------------------------------------------------------
@@ -479,30 +384,6 @@ class ShardMapLoader:
             repeat += 1
 
 
-def loader_config(
-    shard_dir: str | Path,
-    cache_entry: str | None,
-    split: str,
-    img_size: int,
-    patch_size: int,
-    batch_size: int,
-    train: bool,
-    num_workers: int,
-    *,
-    mean: tuple[float, float, float],
-    std: tuple[float, float, float],
-    fraction: float = 1.0,
-    seed: int = 0,
-    **options: Any,
-) -> LoaderConfig:
-    """The LoaderConfig of one split; `options` are its other fields (crop_scale, ...)."""
-    return LoaderConfig(
-        shard_dir=Path(shard_dir), cache_entry=cache_entry, split=split, img_size=img_size,
-        patch_size=patch_size, batch_size=batch_size, train=train, num_workers=num_workers,
-        mean=mean, std=std, fraction=fraction, seed=seed, **options,
-    )  # fmt: skip
-
-
-def build_loader(*args: Any, **kwargs: Any) -> ShardMapLoader:
-    """The loader for one split, from `loader_config`'s arguments."""
-    return ShardMapLoader(loader_config(*args, **kwargs))
+def build_loader(config: LoaderConfig) -> ShardMapLoader:
+    """The classifier's loader for one split."""
+    return ShardMapLoader(config)

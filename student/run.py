@@ -13,33 +13,31 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from student.build import build, build_optimizer, build_scheduler
 from student.checkpoint import LAST_CHECKPOINT, load_checkpoint
-from student.config import StudentConfig, TrainConfig
+from student.config import LoaderOptions, StudentConfig, TrainConfig
 from student.dense.config import DetrConfig
 from student.distributed import cleanup, init_distributed, wrap_ddp
 from student.engine import evaluate, fit
 from student.human_alignment import HumanAlignment, load_human_maps, split_records
-from student.loader import build_loader
+from student.loader import LoaderConfig, build_loader
 from student.model import IViT, summarize
 from student.plots import plot_human_alignment
 
 
-class DataConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class DataConfig(LoaderOptions):
+    """The run's splits and their map-cache entries (resolved by the train flow), with the
+    loader options that every split of the run shares."""
 
     shard_dir: Path = Field(description="data/shards/<dataset>: the splits are subfolders")
     train_split: str = "train"
     val_split: str | None = Field("val", description="None: no validation")
     train_cache: str | None = Field(None, description="map-cache entry of the train split")
     val_cache: str | None = Field(None, description="entry of the val split (overlays only)")
-    batch_size: int = Field(64, gt=0)
-    num_workers: int = Field(2, ge=0)
-    fraction: float = Field(1.0, gt=0.0, le=1.0, description="seeded share of the train split")
 
 
 class RunConfig(BaseModel):
@@ -57,13 +55,32 @@ class RunConfig(BaseModel):
     detr: DetrConfig | None = Field(None, description="the detector's size (dense tasks)")
 
 
-def _loader(cfg: RunConfig, model: IViT, split: str, cache: str | None, train: bool):
-    mean, std = model.data_config["mean"], model.data_config["std"]
-    return build_loader(
-        cfg.data.shard_dir, cache, split, model.img_size, model.patch_size, cfg.data.batch_size,
-        train, cfg.data.num_workers, mean=tuple(mean), std=tuple(std),
-        fraction=cfg.data.fraction if train else 1.0, seed=cfg.train.seed,
+def write_run_config(cfg: RunConfig) -> Path:
+    """`config.json` in the run folder: the one place a run's config is written (the train
+    flow writes it before torchrun starts; every run writes it again, identically, when it
+    starts, so runs started from Python have it too)."""
+    path = cfg.train.run_dir / "config.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(cfg.model_dump_json(indent=2) + "\n")
+    return path
+
+
+def split_loader_config(
+    cfg: RunConfig, model: Any, split: str, cache_entry: str | None, train: bool
+) -> LoaderConfig:
+    """The loader config of one split of the run, for `model`'s (an IViT or a dense student)
+    input size, patch grid and normalisation. Evaluation always sees the whole split."""
+    options = cfg.data.model_dump(include=set(LoaderOptions.model_fields))
+    return LoaderConfig(
+        **{**options, "fraction": cfg.data.fraction if train else 1.0},
+        shard_dir=cfg.data.shard_dir, split=split, cache_entry=cache_entry,
+        img_size=model.img_size, patch_size=model.patch_size, train=train, seed=cfg.train.seed,
+        mean=tuple(model.data_config["mean"]), std=tuple(model.data_config["std"]),
     )  # fmt: skip
+
+
+def _loader(cfg: RunConfig, model: IViT, split: str, cache: str | None, train: bool):
+    return build_loader(split_loader_config(cfg, model, split, cache, train))
 
 
 def run_training(cfg: RunConfig) -> list[dict]:
@@ -76,6 +93,7 @@ def run_training(cfg: RunConfig) -> list[dict]:
     try:
         model, criterion = build(cfg.student)
         if context.is_main:
+            write_run_config(cfg)
             summary = summarize(model)
             print(summary)
             (cfg.train.run_dir / "model.txt").parent.mkdir(parents=True, exist_ok=True)
@@ -90,7 +108,7 @@ def run_training(cfg: RunConfig) -> list[dict]:
         trained = wrap_ddp(model) if context.world_size > 1 else model
         return fit(
             trained, criterion, optimizer, scheduler, train_loader, val_loader, cfg.train,
-            context.device, resolved_config=cfg.model_dump(mode="json"),
+            context.device,
         )  # fmt: skip
     finally:
         cleanup()

@@ -120,8 +120,10 @@ def test_every_row_recording_matches_eager_attention_and_trains() -> None:
 def test_defaults_keep_todays_alignment_and_reach_the_run() -> None:
     cfg = StudentConfig()
     assert cfg.align_last_blocks is None and cfg.align_rows == "cls"
-    params = TrainParams(dataset="sample", align_last_blocks=2, align_rows="all")
-    student = params.student_config(num_classes=10)
-    assert student.align_last_blocks == 2 and student.align_rows == "all"
+    # The flat names (the CLI's --align-last-blocks / --align-rows, spec keys) reach the student.
+    params = TrainParams.model_validate(
+        {"dataset": "sample", "align_last_blocks": 2, "align_rows": "all"}
+    )
+    assert params.student.align_last_blocks == 2 and params.student.align_rows == "all"
     with pytest.raises(ValueError):
         StudentConfig(align_last_blocks=0)

@@ -23,7 +23,7 @@ def test_backbone_file_loads_as_a_runs_frozen_backbone(tmp_path: Path) -> None:
     params = TrainParams(
         model=bb.MODEL, weights=str(out), img_size=bb.IMG_SIZE, model_kwargs=bb.MODEL_KWARGS
     )
-    model, _ = build(params.student_config(num_classes=4))
+    model, _ = build(params.student.model_copy(update={"num_classes": 4}))
     vit = model.vit
     for name in ("patch_embed.proj.weight", "pos_embed", "cls_token", "blocks.2.mlp.fc1.weight"):
         assert torch.equal(vit.state_dict()[name], saved[name]), name

@@ -209,9 +209,9 @@ def test_detection_step_under_torchrun_then_resume(shards: Path, tmp_path: Path)
 
 def test_dense_loader_yields_detr_targets_with_masks(shards: Path) -> None:
     from student.dense.loader import build_dense_loader
+    from student.loader import LoaderConfig
 
-    loader = build_dense_loader(shards, None, "val", 32, 8, 4, False, 0, masks=True,
-                                mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))  # fmt: skip
+    loader = build_dense_loader(LoaderConfig(shard_dir=shards, cache_entry=None, split='val', img_size=32, patch_size=8, batch_size=4, train=False, num_workers=0, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)), masks=True)  # fmt: skip
     (batch,) = list(loader)
     assert batch["image"].shape == (4, 3, 32, 32) and len(batch["targets"]) == 4
     gt, ids = ground_truth(shards / "val")

@@ -28,15 +28,19 @@ WORKER = textwrap.dedent(
     import json, sys
     import torch
     from student.distributed import cleanup, init_distributed, is_main_process, sum_over_ranks, wrap_ddp
-    from student.loader import build_loader
+    from student.loader import LoaderConfig, build_loader
 
     shard_dir, small_dir, out_dir = sys.argv[1], sys.argv[2], sys.argv[3]
     torch.set_num_threads(1)
     context = init_distributed()
-    common = dict(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
-    evaluation = build_loader(shard_dir, None, "train", 16, 4, 4, False, 1, **common)
+    common = dict(img_size=16, patch_size=4, num_workers=1, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    def loader(shards, split, batch_size, train):
+        return build_loader(LoaderConfig(
+            shard_dir=shards, split=split, batch_size=batch_size, train=train, **common
+        ))
+    evaluation = loader(shard_dir, "train", 4, False)
     eval_keys = [k for batch in evaluation for k in batch["key"]]
-    training = build_loader(shard_dir, None, "train", 16, 4, 5, True, 1, **common)
+    training = loader(shard_dir, "train", 5, True)
     train_batches = list(training)
 
     torch.manual_seed(0)  # the same initial weights everywhere, as DDP also broadcasts them
@@ -47,10 +51,10 @@ WORKER = textwrap.dedent(
     count = sum_over_ranks({"n": len(eval_keys)})["n"]
 
     # one shard for two ranks: evaluation leaves rank 1 idle, training refuses
-    small = build_loader(small_dir, None, "val", 16, 4, 4, False, 1, **common)
+    small = loader(small_dir, "val", 4, False)
     small_keys = [k for batch in small for k in batch["key"]]
     try:
-        build_loader(small_dir, None, "val", 16, 4, 4, True, 1, **common)
+        loader(small_dir, "val", 4, True)
         small_train_error = ""
     except ValueError as err:
         small_train_error = str(err)

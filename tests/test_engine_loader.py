@@ -12,7 +12,7 @@ from loader_fixtures import write_toy_cache, write_toy_split
 from student.build import build, build_optimizer, build_scheduler
 from student.config import StudentConfig, TrainConfig
 from student.engine import fit
-from student.loader import build_loader
+from student.loader import LoaderConfig, build_loader
 
 torch.set_num_threads(1)
 
@@ -35,16 +35,18 @@ def test_fit_consumes_the_loaders_batches_and_resumes(tmp_path) -> None:
     data = model.data_config
     loaders = [
         build_loader(
-            split.split_dir,
-            entry.path,
-            split.index.split,
-            model.img_size,
-            model.patch_size,
-            4,
-            train=split is train_split,
-            num_workers=0,
-            mean=data["mean"],
-            std=data["std"],
+            LoaderConfig(
+                shard_dir=split.split_dir,
+                cache_entry=entry.path,
+                split=split.index.split,
+                img_size=model.img_size,
+                patch_size=model.patch_size,
+                batch_size=4,
+                train=split is train_split,
+                num_workers=0,
+                mean=data["mean"],
+                std=data["std"],
+            )
         )
         for split, entry in ((train_split, train_entry), (val_split, val_entry))
     ]

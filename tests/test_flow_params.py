@@ -43,12 +43,59 @@ def test_train_flags_reach_the_student_config() -> None:
         "--no-gate", "--kl-direction", "agt||vlm", "--kl-eps", "1e-4", "--gate-hidden", "8",
         "--model-kwargs", '{"depth": 2}', "--weights", "none", "--align-lambda", "0.5",
     ])  # fmt: skip
-    student = params.student_config(num_classes=7)
+    student = params.student
     assert student.gate is False and student.kl_direction == "agt||vlm"
     assert student.kl_eps == 1e-4 and student.gate_hidden == 8 and student.align_lambda == 0.5
     assert student.model_kwargs == {"depth": 2} and student.weights == "none"
-    assert student.num_classes == 7
-    assert parse(TrainParams, ["--weights", ""]).student_config(3).weights is None  # timm's hub
+    assert parse(TrainParams, ["--weights", ""]).student.weights is None  # timm's hub
+
+
+def test_flat_names_and_sections_are_one_parameter() -> None:
+    """`--epochs 3`, `{"epochs": 3}` and `{"train": {"epochs": 3}}` are the same run; a flat key
+    set next to its section wins; `seed` seeds both the init and the data order."""
+    flags = parse(TrainParams, ["--epochs", "3", "--batch", "8", "--seed", "5", "--lr", "0.01"])
+    flat = TrainParams.model_validate({"epochs": 3, "batch": 8, "seed": 5, "lr": 0.01})
+    nested = TrainParams.model_validate(
+        {"train": {"epochs": 3, "seed": 5, "lr": 0.01}, "student": {"seed": 5},
+         "data": {"batch_size": 8}}
+    )  # fmt: skip
+    assert flags == flat == nested
+    assert (flat.train.epochs, flat.data.batch_size, flat.train.lr) == (3, 8, 0.01)
+    assert flat.student.seed == flat.train.seed == 5
+    mixed = TrainParams.model_validate({"train": {"epochs": 9, "lr": 0.5}, "epochs": 2})
+    assert (mixed.train.epochs, mixed.train.lr) == (2, 0.5)
+    # What the Prefect form sends back (every section in full) validates to the same params.
+    assert TrainParams.model_validate(flat.model_dump(mode="json")) == flat
+    extract = ExtractParams.model_validate({"teacher": "tiny", "dataset": "sample-coco"})
+    assert extract.teacher.model == "tiny" and extract.shards.dataset == "sample-coco"
+    assert extract.resolved_prompt() == "dense"  # detection datasets default to Eq. 12
+    assert ExtractParams.model_validate(extract.model_dump(mode="json")) == extract
+
+
+def test_defaults_have_one_source() -> None:
+    """The flow's form shows the stage configs' own defaults, not copies of them."""
+    from pipeline.shards.config import ShardsConfig
+    from student.config import LoaderOptions, StudentConfig, TrainConfig
+    from teacher.config import TeacherConfig
+
+    train = TrainParams()
+    assert train.train == TrainConfig() and train.data == LoaderOptions()
+    assert train.student == StudentConfig()
+    extract = ExtractParams()
+    assert extract.teacher.model_dump(exclude={"prompt"}) == TeacherConfig().model_dump(
+        exclude={"prompt"}
+    )
+    assert extract.shards == ShardsConfig()
+
+
+def test_unknown_and_resolved_names_are_refused() -> None:
+    """A typo, or a field the flow resolves itself (the class count, the run folder), is a
+    user error naming the flag."""
+    for bad in ({"epoch": 3}, {"num_classes": 10}, {"run_dir": "x"}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            TrainParams.model_validate(bad)
+    with pytest.raises(ValueError, match="--align-lambda"):
+        parse(TrainParams, ["--align-lambda", "-1"])
 
 
 def test_bad_flag_values_are_named() -> None:

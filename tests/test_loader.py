@@ -14,12 +14,23 @@ import zarr
 from loader_fixtures import is_invalid_row, write_toy_cache, write_toy_split
 
 from pipeline.cache import CacheMismatchError
-from student.loader import build_loader
+from student.loader import LoaderConfig, build_loader
 
 torch.set_num_threads(1)
 
 IMG, PATCH = 16, 4  # student grid 4x4; teacher grid 8x8 -> each student cell is 2x2 teacher cells
 PLAIN = {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
+
+
+def make_loader(shard_dir, cache_entry, *, batch_size, train, num_workers, **options):
+    """The loader under test on the train split at IMG/PATCH, plain normalisation unless given."""
+    config = {"split": "train", "img_size": IMG, "patch_size": PATCH, **PLAIN, **options}
+    return build_loader(
+        LoaderConfig(
+            shard_dir=shard_dir, cache_entry=cache_entry, batch_size=batch_size, train=train,
+            num_workers=num_workers, **config,
+        )
+    )  # fmt: skip
 
 
 def plain_cache_rows(entry_path: str) -> dict[str, tuple[np.ndarray, bool]]:
@@ -66,10 +77,9 @@ def toy(tmp_path):
 
 def test_every_sample_gets_its_own_map_across_workers(tmp_path, toy, caplog):
     entry = write_toy_cache(tmp_path / "cache", toy, commit=3)  # the 4th shard stays pending
-    loader = build_loader(
-        tmp_path / "shards" / "toy", entry.path, "train", IMG, PATCH, batch_size=4,
-        train=False, num_workers=2, **PLAIN,
-    )  # fmt: skip
+    loader = make_loader(
+        tmp_path / "shards" / "toy", entry.path, batch_size=4, train=False, num_workers=2
+    )
     assert "1 of 4 shards have no committed maps" in caplog.text  # said once, at build time
     seen = collect(loader)
     reference = plain_cache_rows(entry.path)
@@ -99,7 +109,7 @@ def test_padded_teacher_view_on_wide_images_reaches_the_right_pixels(tmp_path):
     # 8x8 grid has 6 px cells. The eval view is the centered 32x32 square (x 8..40).
     toy = write_toy_split(tmp_path / "shards", shards=2, per_shard=4, width=48, height=32)
     entry = write_toy_cache(tmp_path / "cache", toy, geometry={"mode": "pad", "size": 48})
-    loader = build_loader(toy.split_dir, entry.path, "train", IMG, PATCH, 4, False, 0, **PLAIN)
+    loader = make_loader(toy.split_dir, entry.path, batch_size=4, train=False, num_workers=0)
     seen = collect(loader)
     reference = plain_cache_rows(entry.path)
     for key, sample in seen.items():
@@ -116,10 +126,15 @@ def test_padded_teacher_view_on_wide_images_reaches_the_right_pixels(tmp_path):
 
 def test_batch_format(tmp_path, toy):
     entry = write_toy_cache(tmp_path / "cache", toy)
-    loader = build_loader(
-        toy.split_dir, entry.path, "train", IMG, PATCH, 5, train=False, num_workers=0,
-        mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
-    )  # fmt: skip
+    loader = make_loader(
+        toy.split_dir,
+        entry.path,
+        batch_size=5,
+        train=False,
+        num_workers=0,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.25, 0.25, 0.25),
+    )
     batch = next(iter(loader))
     assert batch["image"].shape == (5, 3, IMG, IMG) and batch["image"].dtype == torch.float32
     assert batch["label"].dtype == torch.long and batch["label"].shape == (5,)
@@ -134,10 +149,15 @@ def test_batch_format(tmp_path, toy):
 def test_training_flip_moves_map_and_image_together(tmp_path, toy):
     entry = write_toy_cache(tmp_path / "cache", toy)
     reference = plain_cache_rows(entry.path)
-    loader = build_loader(
-        toy.split_dir, entry.path, "train", IMG, PATCH, batch_size=4, train=True, num_workers=2,
-        crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), **PLAIN,  # whole image: only flips vary
-    )  # fmt: skip
+    loader = make_loader(
+        toy.split_dir,
+        entry.path,
+        batch_size=4,
+        train=True,
+        num_workers=2,
+        crop_scale=(1.0, 1.0),
+        crop_ratio=(1.0, 1.0),
+    )
     flips = Counter()
     batches = 0
     for batch in loader:
@@ -159,9 +179,7 @@ def test_training_flip_moves_map_and_image_together(tmp_path, toy):
 
 def test_training_epochs_reshuffle_and_set_epoch_is_deterministic(tmp_path, toy):
     def keys_of(epoch: int) -> list[str]:
-        loader = build_loader(
-            toy.split_dir, None, "train", IMG, PATCH, 4, train=True, num_workers=0, **PLAIN
-        )
+        loader = make_loader(toy.split_dir, None, batch_size=4, train=True, num_workers=0)
         loader.set_epoch(epoch)
         return [k for batch in loader for k in batch["key"]]
 
@@ -172,7 +190,7 @@ def test_training_epochs_reshuffle_and_set_epoch_is_deterministic(tmp_path, toy)
 
 
 def test_without_cache_maps_are_absent_not_invented(tmp_path, toy):
-    loader = build_loader(toy.split_dir, None, "train", IMG, PATCH, 6, False, 0, **PLAIN)
+    loader = make_loader(toy.split_dir, None, batch_size=6, train=False, num_workers=0)
     for batch in loader:
         assert not batch["map_valid"].any()
         assert (batch["c_vlm"] == 0).all()
@@ -182,17 +200,22 @@ def test_refuses_cache_built_from_other_shards(tmp_path, toy):
     other = write_toy_split(tmp_path / "other", shards=4, per_shard=6, key_prefix="x")
     entry = write_toy_cache(tmp_path / "cache", other)
     with pytest.raises(CacheMismatchError, match=toy.index.fingerprint):
-        build_loader(toy.split_dir, entry.path, "train", IMG, PATCH, 4, False, 0, **PLAIN)
+        make_loader(toy.split_dir, entry.path, batch_size=4, train=False, num_workers=0)
 
 
 def test_fraction_is_a_fixed_seeded_nested_subset(tmp_path):
     toy = write_toy_split(tmp_path / "shards", shards=4, per_shard=50)
 
     def keys(fraction: float, seed: int, train: bool = False, workers: int = 0) -> list[str]:
-        loader = build_loader(
-            toy.split_dir, None, "train", IMG, PATCH, 8, train, workers,
-            fraction=fraction, seed=seed, **PLAIN,
-        )  # fmt: skip
+        loader = make_loader(
+            toy.split_dir,
+            None,
+            batch_size=8,
+            train=train,
+            num_workers=workers,
+            fraction=fraction,
+            seed=seed,
+        )
         got = [k for batch in loader for k in batch["key"]]
         assert len(got) == (len(loader) * 8 if train else len(set(got)))
         return got
@@ -210,7 +233,7 @@ def test_fraction_is_a_fixed_seeded_nested_subset(tmp_path):
 
 def test_eval_length_counts_partial_batches_per_worker(tmp_path):
     toy = write_toy_split(tmp_path / "shards", shards=3, per_shard=5)
-    loader = build_loader(toy.split_dir, None, "train", IMG, PATCH, 4, False, 2, **PLAIN)
+    loader = make_loader(toy.split_dir, None, batch_size=4, train=False, num_workers=2)
     sizes = [len(batch["key"]) for batch in loader]
     # worker 0 reads shards 0 and 2 (10 samples: 4+4+2), worker 1 shard 1 (5: 4+1)
     assert sorted(sizes) == [1, 2, 4, 4, 4]
@@ -219,14 +242,14 @@ def test_eval_length_counts_partial_batches_per_worker(tmp_path):
 
 def test_split_folder_and_errors(tmp_path, toy):
     # the split folder itself works too
-    loader = build_loader(toy.split_dir, None, "train", IMG, PATCH, 4, False, 0, **PLAIN)
+    loader = make_loader(toy.split_dir, None, batch_size=4, train=False, num_workers=0)
     assert len(loader) == 6
     with pytest.raises(ValueError, match="not 'val'"):
-        build_loader(toy.split_dir, None, "val", IMG, PATCH, 4, False, 0, **PLAIN)
+        make_loader(toy.split_dir, None, split="val", batch_size=4, train=False, num_workers=0)
     with pytest.raises(FileNotFoundError, match=r"index\.json"):
-        build_loader(tmp_path / "nowhere", None, "train", IMG, PATCH, 4, False, 0, **PLAIN)
+        make_loader(tmp_path / "nowhere", None, batch_size=4, train=False, num_workers=0)
     with pytest.raises(ValueError, match="multiple of patch_size"):
-        build_loader(toy.split_dir, None, "train", 18, PATCH, 4, False, 0, **PLAIN)
+        make_loader(toy.split_dir, None, img_size=18, batch_size=4, train=False, num_workers=0)
 
 
 def test_image_size_disagreeing_with_record_is_named(tmp_path):
@@ -239,6 +262,6 @@ def test_image_size_disagreeing_with_record_is_named(tmp_path):
         for key in toy.keys:
             record = {"label": 0, "class_name": "c", "width": 99, "height": 32, "source": "x"}
             sink.write({"__key__": key, "png": toy_image(key), "json": json.dumps(record)})
-    loader = build_loader(toy.split_dir, None, "train", IMG, PATCH, 2, False, 0, **PLAIN)
+    loader = make_loader(toy.split_dir, None, batch_size=2, train=False, num_workers=0)
     with pytest.raises(ValueError, match=f"{toy.keys[0]}.*record says"):
         next(iter(loader))

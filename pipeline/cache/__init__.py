@@ -55,14 +55,8 @@ S3 and other object stores: pass `storage_options` (for example
 (`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, ...). Exclusive creation uses `If-None-Match: *`.
 """
 
-from pipeline.cache.entry import (
-    DEFAULT_LEASE_S,
-    CacheEntry,
-    ShardNotCommittedError,
-    list_entries,
-    open_entry,
-    scan_root,
-)
+from pipeline.cache.entry import DEFAULT_LEASE_S, CacheEntry, ShardNotCommittedError
+from pipeline.cache.lookup import list_entries, open_entry, scan_root
 from pipeline.cache.rows import ShardMaps
 from pipeline.cache.spec import (
     CACHE_FORMAT_VERSION,

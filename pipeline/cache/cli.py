@@ -10,7 +10,8 @@ import argparse
 import json
 import sys
 
-from pipeline.cache.entry import CacheEntry, ShardNotCommittedError, open_entry, scan_root
+from pipeline.cache.entry import CacheEntry, ShardNotCommittedError
+from pipeline.cache.lookup import open_entry, scan_root
 from pipeline.cache.spec import CacheMismatchError, teacher_brief
 from pipeline.cache.verify import Problem, verify_entry
 from pipeline.shards.records import read_index

@@ -18,7 +18,7 @@ import torch
 from pipeline.geometry import Rect
 from pipeline.shards.masks import decode
 from pipeline.shards.records import SampleRecord
-from student.loader import Collate, DecodeAndView, LoaderConfig, ShardMapLoader, loader_config
+from student.loader import Collate, DecodeAndView, LoaderConfig, ShardMapLoader
 from student.maps import PairedTransform
 
 
@@ -97,6 +97,6 @@ class DenseShardLoader(ShardMapLoader):
         return DenseCollate(self.config.grid)
 
 
-def build_dense_loader(*args: Any, masks: bool, **kwargs: Any) -> DenseShardLoader:
-    """The dense loader for one split, from `loader_config`'s arguments; `masks` for segmentation."""
-    return DenseShardLoader(loader_config(*args, **kwargs), masks)
+def build_dense_loader(config: LoaderConfig, masks: bool) -> DenseShardLoader:
+    """The dense loader for one split; `masks` for segmentation."""
+    return DenseShardLoader(config, masks)

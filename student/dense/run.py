@@ -23,6 +23,7 @@ from student.dense.model import DenseStudent
 from student.dense.plots import plot_dense_curves
 from student.distributed import cleanup, init_distributed, wrap_ddp
 from student.engine import fit
+from student.run import split_loader_config, write_run_config
 
 if TYPE_CHECKING:
     from student.run import RunConfig
@@ -34,12 +35,8 @@ def _detr(cfg: RunConfig) -> DetrConfig:
 
 
 def _loader(cfg: RunConfig, model: DenseStudent, split: str, cache: str | None, train: bool):
-    mean, std = model.data_config["mean"], model.data_config["std"]
-    return build_dense_loader(
-        cfg.data.shard_dir, cache, split, model.img_size, model.patch_size, cfg.data.batch_size,
-        train, cfg.data.num_workers, masks=cfg.task == "segment", mean=tuple(mean),
-        std=tuple(std), fraction=cfg.data.fraction if train else 1.0, seed=cfg.train.seed,
-    )  # fmt: skip
+    config = split_loader_config(cfg, model, split, cache, train)
+    return build_dense_loader(config, masks=cfg.task == "segment")
 
 
 def write_model_summary(model: DenseStudent, cfg: RunConfig, run_dir: Path) -> str:
@@ -56,6 +53,7 @@ def run_dense_training(cfg: RunConfig) -> list[dict]:
     try:
         model, criterion = build_dense(cfg.student, _detr(cfg))
         if context.is_main:
+            write_run_config(cfg)
             write_model_summary(model, cfg, cfg.train.run_dir)
         train_loader = _loader(cfg, model, cfg.data.train_split, cfg.data.train_cache, True)
         val_loader = None
@@ -71,8 +69,7 @@ def run_dense_training(cfg: RunConfig) -> list[dict]:
         trained = wrap_ddp(model, unused) if context.world_size > 1 else model
         return fit(
             trained, criterion, optimizer, scheduler, train_loader, val_loader, cfg.train,
-            context.device, resolved_config=cfg.model_dump(mode="json"),
-            epoch_fn=train_one_epoch_dense, evaluate_fn=evaluate_dense,
+            context.device, epoch_fn=train_one_epoch_dense, evaluate_fn=evaluate_dense,
             overlay_fn=partial(save_dense_overlays, class_names=classes),
             curves_fn=plot_dense_curves,
         )  # fmt: skip
