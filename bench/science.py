@@ -73,7 +73,12 @@ def extract_entry(teacher: str, split: str, shards_root: Path, cache_root: Path)
 
 def load_split(shards_root: Path, split: str, entry: str | None) -> list[dict]:
     """Every batch of a split, in order, through the student loader (no augmentation)."""
-    loader = build_loader(LoaderConfig(shard_dir=shards_root / DATASET, cache_entry=entry, split=split, img_size=bb.IMG_SIZE, patch_size=bb.MODEL_KWARGS['patch_size'], batch_size=100, train=False, num_workers=0, mean=MEAN, std=STD))  # fmt: skip
+    config = LoaderConfig(
+        shard_dir=shards_root / DATASET, cache_entry=entry, split=split, img_size=bb.IMG_SIZE,
+        patch_size=bb.MODEL_KWARGS["patch_size"], batch_size=100, train=False, num_workers=0,
+        mean=MEAN, std=STD,
+    )  # fmt: skip
+    loader = build_loader(config)
     return [
         {k: v for k, v in b.items() if k in ("image", "label", "c_vlm", "map_valid")}
         for b in loader
