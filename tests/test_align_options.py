@@ -127,3 +127,14 @@ def test_defaults_keep_todays_alignment_and_reach_the_run() -> None:
     assert params.student.align_last_blocks == 2 and params.student.align_rows == "all"
     with pytest.raises(ValueError):
         StudentConfig(align_last_blocks=0)
+
+
+def test_flags_are_on_the_command_line_and_help_renders() -> None:
+    import argparse
+
+    from flows.cli_args import add_model_arguments
+
+    parser = argparse.ArgumentParser()
+    add_model_arguments(parser, TrainParams)
+    text = parser.format_help()  # raised on descriptions with a literal '%' ("100 %")
+    assert "--align-last-blocks" in text and "--align-rows" in text and "100 %" in text
