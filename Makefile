@@ -120,7 +120,8 @@ experiment: $(STAMP) ## run the grid of experiments/specs/$(EXP).yaml (resumable
 
 BACKBONE   ?= data/models/shift-vit.safetensors
 backbone: $(STAMP) ## pretrain the stand-in foundation ViT of bench-science (shapes x backgrounds) -> BACKBONE
-	$(PY) -m experiments.backbone --out $(BACKBONE)
+	$(PY) -m experiments.backbone --out $(basename $(BACKBONE))-stage1.safetensors
+	$(PY) -m experiments.backbone --init $(basename $(BACKBONE))-stage1.safetensors --epochs 14 --lr 1.5e-3 --seed 1 --out $(BACKBONE)
 
 DENSE_BACKBONE ?= data/models/dense-vit.safetensors
 dense-backbone: $(STAMP) ## pretrain the stand-in foundation ViT of demo-detect/bench-dense (per-patch shape classes) -> DENSE_BACKBONE

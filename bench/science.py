@@ -2,7 +2,7 @@
 
     python -m bench.science                       (what `make bench-science` runs)
 
-sample-shift's background names the class 90 % of the time in train and val and is independent
+sample-shift's background names the class 95 % of the time in train and val and is independent
 of it in test_shift; the box teacher's map covers exactly the evidence (the shape). On a frozen
 backbone that knows shapes and backgrounds apart (`make backbone`), at equal budget, over seeds:
 
@@ -36,7 +36,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.science_plots import plot_map_fitting, sweep_label
 from experiments import backbone as bb
+from pipeline.datasets.shift import CORRELATION, write_shift_dataset
 from pipeline.paths import data_dir
 from pipeline.shards.build import ensure_shards
 from pipeline.shards.config import ShardsConfig
@@ -72,7 +74,12 @@ def extract_entry(teacher: str, split: str, shards_root: Path, cache_root: Path)
 
 def load_split(shards_root: Path, split: str, entry: str | None) -> list[dict]:
     """Every batch of a split, in order, through the student loader (no augmentation)."""
-    loader = build_loader(LoaderConfig(shard_dir=shards_root / DATASET, cache_entry=entry, split=split, img_size=bb.IMG_SIZE, patch_size=bb.MODEL_KWARGS['patch_size'], batch_size=100, train=False, num_workers=0, mean=MEAN, std=STD))  # fmt: skip
+    config = LoaderConfig(
+        shard_dir=shards_root / DATASET, cache_entry=entry, split=split, img_size=bb.IMG_SIZE,
+        patch_size=bb.MODEL_KWARGS["patch_size"], batch_size=100, train=False, num_workers=0,
+        mean=MEAN, std=STD,
+    )  # fmt: skip
+    loader = build_loader(config)
     return [
         {k: v for k, v in b.items() if k in ("image", "label", "c_vlm", "map_valid")}
         for b in loader
@@ -174,8 +181,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lambdas", type=json.loads, default=[0.3, 3.0, 10.0], help="sweep (JSON)")
     parser.add_argument("--lrs", type=json.loads, default=[1e-3], help="sweep (JSON)")
     parser.add_argument(
-        "--shards-root", type=Path, default=data_dir() / "bench" / "science" / "shards"
+        "--sweep-blocks", type=json.loads, default=[None],
+        help="sweep of align_last_blocks (JSON; null = every block)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--sweep-rows", type=json.loads, default=["cls"], help="sweep of align_rows (JSON)"
     )
+    parser.add_argument(
+        "--correlation", type=float, default=CORRELATION,
+        help="P(background == class) in train/val (the shortcut's strength, fixed by the "
+        "baseline alone: README)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--threads", type=int, default=1,
+        help="torch threads: this tiny ViT's matmuls gain little from a second thread, and on a "
+        "shared machine spin-waiting threads cost several times the CPU (measured: README); with "
+        "one thread the CPU time printed is the wall time of an idle core",
+    )  # fmt: skip
+    parser.add_argument(
+        "--shards-root", type=Path, default=data_dir() / "bench" / "science",
+        help="raw data and shards go to <this>/correlation-<level>/",
+    )  # fmt: skip
     parser.add_argument(
         "--cache-root", type=Path, default=data_dir() / "bench" / "science" / "cache"
     )
@@ -191,19 +217,31 @@ def main(argv: list[str] | None = None) -> int:
     if not args.weights.is_file():
         print(f"no backbone at {args.weights}: run `make backbone` first", file=sys.stderr)
         return 2
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     sys.stdout.reconfigure(line_buffering=True)  # progress lines appear as they happen
     start, cpu0 = time.perf_counter(), cpu_seconds()
 
+    # One raw copy and shards per correlation, so that a calibration run never meets another
+    # level's files (the cache keys follow the shards' content, so one cache root serves all).
+    folder = args.shards_root / f"correlation-{args.correlation:g}"
+    raw_root, args.shards_root = folder / "raw", folder / "shards"
+    if not raw_root.exists():
+        write_shift_dataset(raw_root, correlation=args.correlation)
+    print(f"sample-shift with P(background == class) = {args.correlation:g} in train and val")
+    roots = (args.shards_root, args.cache_root)
     for split in SPLITS:
         ensure_shards(
-            ShardsConfig(dataset=DATASET, split=split, shards=args.shards_root, shard_size=1000)
-        )
-    box = {s: extract_entry("box", s, args.shards_root, args.cache_root) for s in ("train",)}
+            ShardsConfig(
+                dataset=DATASET, split=split, root=raw_root, shards=args.shards_root,
+                shard_size=1000,
+            )
+        )  # fmt: skip
+    # The baseline and the ceiling need no maps: the calibration never extracts any.
+    box = {} if args.baseline_only else {"train": extract_entry("box", "train", *roots)}
     data = {s: load_split(args.shards_root, s, box.get(s)) for s in SPLITS}
     train_maps = {"ivit-box": data["train"]}
-    if not args.skip_tiny:
-        tiny = extract_entry("tiny", "train", args.shards_root, args.cache_root)
+    if not (args.skip_tiny or args.baseline_only):
+        tiny = extract_entry("tiny", "train", *roots)
         train_maps["ivit-tiny"] = with_maps(
             data["train"], load_split(args.shards_root, "train", tiny)
         )
@@ -211,7 +249,10 @@ def main(argv: list[str] | None = None) -> int:
     prep = time.perf_counter() - start
     print(f"data: {[(s, sum(len(b['label']) for b in data[s])) for s in SPLITS]}; prep {prep:.0f}s")
     budget = {"epochs": args.epochs, "lr": args.lr, "batch": args.batch}
-    results: dict = {"budget": budget, "weights": str(args.weights), "seeds": args.seeds}
+    results: dict = {
+        "budget": budget, "weights": str(args.weights), "seeds": args.seeds,
+        "correlation": args.correlation,
+    }  # fmt: skip
 
     # 1. Ceiling and baseline, before any I-ViT result (they fix the shortcut's cost).
     rows: dict[str, list[dict]] = {}
@@ -225,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"ceiling {100 * ceiling:.1f}; ViT val {100 * vit_val:.1f} shift {100 * vit_shift:.1f}: "
           f"the shortcut costs the baseline {100 * (ceiling - vit_shift):.1f} points of its ceiling")  # fmt: skip
     if args.baseline_only:
+        print(f"RESULT_BASELINE correlation={args.correlation:g} ceiling={100 * ceiling:.1f} "
+              f"vit_val={100 * vit_val:.1f} vit_shift={100 * vit_shift:.1f} "
+              f"cost={100 * (ceiling - vit_shift):.1f} cpu_min={(cpu_seconds() - cpu0) / 60:.1f}")  # fmt: skip
         return 0
 
     # 2. Map fitting: can the queries reach the box maps at all?
@@ -233,15 +277,23 @@ def main(argv: list[str] | None = None) -> int:
     print(f"map fitting: KL(box || uniform) {references['uniform']:.3f}, "
           f"KL(box || frozen attention) {references['frozen_attention']:.3f}")  # fmt: skip
     sweep = []
-    for lam in args.lambdas:
-        for lr in args.lrs:
-            run = train_variant(student(args.weights, 0, align_lambda=lam), data["train"], evals,
-                                epochs=args.epochs, lr=lr, batch=args.batch, seed=0)  # fmt: skip
-            kl = [round(c["align"], 3) for c in run["curve"]]
-            sweep.append({"lambda": lam, "lr": lr, "align_kl": kl, "val": run["val"],
-                          "test_shift": run["test_shift"]})  # fmt: skip
-            print(f"sweep lambda {lam:g} lr {lr:g}: align KL per epoch {kl}; val "
-                  f"{100 * run['val']:.1f} shift {100 * run['test_shift']:.1f}")  # fmt: skip
+    grid = [(lam, lr, blocks, which) for lam in args.lambdas for lr in args.lrs
+            for blocks in args.sweep_blocks for which in args.sweep_rows]  # fmt: skip
+    for lam, lr, blocks, which in grid:
+        cfg = student(args.weights, 0, align_lambda=lam, align_last_blocks=blocks, align_rows=which)
+        run = train_variant(cfg, data["train"], evals, epochs=args.epochs, lr=lr,
+                            batch=args.batch, seed=0)  # fmt: skip
+        kl = [round(c["align"], 3) for c in run["curve"]]
+        member = {"lambda": lam, "lr": lr, "blocks": blocks, "rows": which, "align_kl": kl,
+                  "val": run["val"], "test_shift": run["test_shift"]}  # fmt: skip
+        sweep.append(member)
+        print(f"sweep {sweep_label(member)}: align KL per epoch {kl}; val "
+              f"{100 * run['val']:.1f} shift {100 * run['test_shift']:.1f}")  # fmt: skip
+    if sweep:
+        figure = plot_map_fitting(
+            sweep, references, args.out.with_name(f"{args.out.stem}-map_fitting.png")
+        )
+        print(f"map-fitting curve: {figure}")
 
     # 3. The comparison at the default budget (lambda 1), 3 seeds.
     for seed in range(args.seeds):

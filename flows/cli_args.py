@@ -22,16 +22,16 @@ def add_model_arguments(parser: argparse.ArgumentParser, model: type[BaseModel])
     lists, tuples, dicts and unflattened models take JSON); unset flags keep the defaults."""
     for name, info in _flag_fields(model).items():
         flag = "--" + name.replace("_", "-")
+        # argparse %-formats help strings: a literal '%' in a description ("100 %") must be '%%'.
+        text = (info.description or "").replace("%", "%%") or None
         if info.annotation is bool:
             parser.add_argument(
-                flag, action=argparse.BooleanOptionalAction, default=None, help=info.description
+                flag, action=argparse.BooleanOptionalAction, default=None, help=text
             )
         elif _is_json_field(info.annotation):
-            parser.add_argument(
-                flag, type=json.loads, default=None, help=f"{info.description} (JSON)"
-            )
+            parser.add_argument(flag, type=json.loads, default=None, help=f"{text} (JSON)")
         else:
-            parser.add_argument(flag, default=None, help=info.description)
+            parser.add_argument(flag, default=None, help=text)
 
 
 def _flag_fields(model: type[BaseModel]) -> dict[str, FieldInfo]:

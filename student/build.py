@@ -23,6 +23,7 @@ def build(cfg: StudentConfig) -> tuple[IViT, InteractionCriterion]:
         kl_direction=cfg.kl_direction,
         kl_eps=cfg.kl_eps,
         alignment=cfg.aligns,
+        last_blocks=cfg.align_last_blocks,
     )
     return model, criterion
 

@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 KlDirection = Literal["vlm||agt", "agt||vlm"]
+AlignRows = Literal["cls", "all"]
 
 
 class StudentConfig(BaseModel):
@@ -62,6 +63,21 @@ class StudentConfig(BaseModel):
         ),
     )
     align_lambda: float = Field(default=1.0, ge=0.0, description="weight of the alignment term")
+    align_last_blocks: int | None = Field(
+        default=None,
+        gt=0,
+        description=(
+            "align only the last k blocks' rows (the deepest ones, whose keys know the objects "
+            "best); None aligns every block, as the paper does"
+        ),
+    )
+    align_rows: AlignRows = Field(
+        default="cls",
+        description=(
+            "'cls': only the CLS query's row meets C_VLM (paper Eq. 13); 'all': every query row "
+            "(CLS and patches) meets the same C_VLM, a denser signal for the interaction queries"
+        ),
+    )
     kl_direction: KlDirection = Field(
         default="vlm||agt",
         description=(

@@ -25,9 +25,13 @@ class InteractionRecord:
     """
 
     num_prefix_tokens: int
+    # Also keep every query row (StudentConfig.align_rows='all'): [B, N, P] per block.
+    every_row: bool = False
     vfm_cls: list[torch.Tensor] = field(default_factory=list)  # [B, P] each
     agt_cls: list[torch.Tensor] = field(default_factory=list)  # [B, P] each (IQ only)
     gates: list[torch.Tensor] = field(default_factory=list)  # [B, 2] mean g1, g2 each (gate only)
+    vfm_rows: list[torch.Tensor] = field(default_factory=list)  # [B, N, P] each (every_row)
+    agt_rows: list[torch.Tensor] = field(default_factory=list)  # [B, N, P] each (every_row, IQ)
 
 
 class GateNetwork(nn.Module):
@@ -178,3 +182,7 @@ class InteractionAttention(nn.Module):
             rec.agt_cls.append(c_agt[:, :, 0, p0:].mean(dim=1))  # [B, P]
         if gates is not None:
             rec.gates.append(gates.mean(dim=(1, 2)))  # [B, 2]
+        if rec.every_row:
+            rec.vfm_rows.append(c_vfm[:, :, :, p0:].mean(dim=1))  # [B, N, P]
+            if c_agt is not None:
+                rec.agt_rows.append(c_agt[:, :, :, p0:].mean(dim=1))  # [B, N, P]

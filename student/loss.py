@@ -1,5 +1,6 @@
 """The student's criterion (paper Eq. 13-14, DESIGN 5): cross-entropy plus the alignment of each
-block's CLS interaction row to the teacher's C_VLM.
+block's CLS interaction row to the teacher's C_VLM (or of the last k blocks only, or of every
+query row: StudentConfig.align_last_blocks / align_rows).
 """
 
 from __future__ import annotations
@@ -24,11 +25,14 @@ def kl_divergence(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 
 
 class InteractionCriterion(nn.Module):
-    """loss = CE + lambda * mean over blocks and valid rows of KL (named terms, DETR-style).
+    """loss = CE + lambda * mean over aligned blocks, valid images and query rows of KL (named
+    terms, DETR-style).
 
-    `outputs` is IViT.forward_with_interactions's dict; `batch` is the loader's dict with
-    c_vlm [B, g, g] and map_valid [B]. Rows whose map is invalid in the cache carry no
-    alignment signal; a batch without any valid row has align = 0 (never NaN).
+    `outputs` is IViT.forward_with_interactions's dict, whose align_rows are [L, B, P] (the CLS
+    row) or [L, B, N, P] (every query row, each meeting the image's one C_VLM); `batch` is the
+    loader's dict with c_vlm [B, g, g] and map_valid [B]. With `last_blocks` = k only the last k
+    of the L blocks count. Rows whose map is invalid in the cache carry no alignment signal; a
+    batch without any valid row has align = 0 (never NaN).
     """
 
     def __init__(
@@ -37,12 +41,16 @@ class InteractionCriterion(nn.Module):
         kl_direction: KlDirection = "vlm||agt",
         kl_eps: float = 1e-6,
         alignment: bool = True,
+        last_blocks: int | None = None,
     ) -> None:
         super().__init__()
+        if last_blocks is not None and last_blocks <= 0:
+            raise ValueError(f"align_last_blocks: must be positive or None, got {last_blocks}")
         self.align_lambda = align_lambda
         self.kl_direction = kl_direction
         self.kl_eps = kl_eps
         self.alignment = alignment and align_lambda > 0
+        self.last_blocks = last_blocks
 
     def forward(
         self, outputs: dict[str, torch.Tensor | None], batch: dict
@@ -63,7 +71,15 @@ class InteractionCriterion(nn.Module):
             )
         c_vlm = batch["c_vlm"]  # [B, g, g]
         valid = batch["map_valid"].to(device=device, dtype=torch.bool)  # [B]
-        _, batch_size, num_patches = rows.shape  # [L, B, P]
+        if rows.dim() == 3:
+            rows = rows.unsqueeze(2)  # [L, B, 1, P]: the CLS row as a one-row case
+        num_blocks, batch_size, _, num_patches = rows.shape  # [L, B, R, P]
+        if self.last_blocks is not None:
+            if self.last_blocks > num_blocks:
+                raise ValueError(
+                    f"align_last_blocks={self.last_blocks} but the model has {num_blocks} blocks"
+                )
+            rows = rows[-self.last_blocks :]  # [k, B, R, P]
         if c_vlm.shape[0] != batch_size or c_vlm[0].numel() != num_patches:
             raise ValueError(
                 f"batch['c_vlm'] has shape {tuple(c_vlm.shape)} but the student has "
@@ -72,12 +88,12 @@ class InteractionCriterion(nn.Module):
             )
         if not bool(valid.any()):
             return rows.sum() * 0.0  # keeps the graph, no NaN from an empty mean
-        student = renormalize(rows[:, valid].float())  # [L, V, P]
-        teacher = c_vlm[valid].reshape(1, -1, num_patches).float()  # [1, V, P]
+        student = renormalize(rows[:, valid].float())  # [L, V, R, P]
+        teacher = c_vlm[valid].reshape(1, -1, 1, num_patches).float()  # [1, V, 1, P]
         if self.kl_direction == "vlm||agt":
-            kl = kl_divergence(teacher.expand_as(student), student)  # [L, V]
+            kl = kl_divergence(teacher.expand_as(student), student)  # [L, V, R]
         else:
             # The paper's literal KL(C_AGT || C_VLM): C_VLM's zeros would make it infinite.
-            smoothed = (teacher + self.kl_eps) / (1.0 + num_patches * self.kl_eps)  # [1, V, P]
-            kl = kl_divergence(student, smoothed.expand_as(student))  # [L, V]
-        return kl.mean()  # mean over blocks and valid rows
+            smoothed = (teacher + self.kl_eps) / (1.0 + num_patches * self.kl_eps)  # [1, V, 1, P]
+            kl = kl_divergence(student, smoothed.expand_as(student))  # [L, V, R]
+        return kl.mean()  # mean over blocks, valid images and query rows

@@ -157,22 +157,12 @@ class IViT(nn.Module):
         """
         with self._recording() as rec:
             logits = self.vit(x)  # [B, K]
-        vfm = torch.stack(rec.vfm_cls)  # [L, B, P]
-        agt = torch.stack(rec.agt_cls) if rec.agt_cls else None  # [L, B, P]
-        gates = torch.stack(rec.gates) if rec.gates else None  # [L, B, 2]
-        aligned = vfm if self.cfg.align_on_original else agt
-        align = aligned if self.cfg.aligns else None
-        return {
-            "logits": logits,
-            "vfm_cls": vfm,
-            "agt_cls": agt,
-            "gates": gates,
-            "align_rows": align,
-        }
+        return {"logits": logits, **interaction_outputs(rec, self.cfg)}
 
     @contextlib.contextmanager
     def _recording(self) -> Iterator[InteractionRecord]:
-        rec = InteractionRecord(num_prefix_tokens=self.num_prefix_tokens)
+        every_row = self.cfg.aligns and self.cfg.align_rows == "all"
+        rec = InteractionRecord(num_prefix_tokens=self.num_prefix_tokens, every_row=every_row)
         layers = self.interaction_layers
         for layer in layers:
             layer.recorder = rec
@@ -181,6 +171,28 @@ class IViT(nn.Module):
         finally:
             for layer in layers:
                 layer.recorder = None
+
+
+def interaction_outputs(rec: InteractionRecord, cfg: StudentConfig) -> dict:
+    """A finished recording as the outputs every I-ViT head shares: vfm_cls, agt_cls [L, B, P]
+    (agt None without IQ), gates [L, B, 2] or None, and align_rows: what the alignment
+    constrains (agt, or vfm with align_on_original), [L, B, P] for the CLS row or [L, B, N, P]
+    with align_rows='all'; None when nothing aligns."""
+    vfm = torch.stack(rec.vfm_cls)  # [L, B, P]
+    agt = torch.stack(rec.agt_cls) if rec.agt_cls else None  # [L, B, P]
+    align = None
+    if cfg.aligns:
+        if rec.every_row:
+            rows = rec.vfm_rows if cfg.align_on_original else rec.agt_rows
+            align = torch.stack(rows)  # [L, B, N, P]
+        else:
+            align = vfm if cfg.align_on_original else agt  # [L, B, P]
+    return {
+        "vfm_cls": vfm,
+        "agt_cls": agt,
+        "gates": torch.stack(rec.gates) if rec.gates else None,  # [L, B, 2]
+        "align_rows": align,
+    }
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

@@ -8,14 +8,16 @@ import torch
 from safetensors.torch import load_file
 
 from experiments import backbone as bb
+from experiments.backbone_probe import linear_probe
 from flows.train import TrainParams
 from student.build import build
 
 
 def test_backbone_file_loads_as_a_runs_frozen_backbone(tmp_path: Path) -> None:
     out = tmp_path / "vit.safetensors"
-    card = bb.pretrain(out, images=32, epochs=1, batch=16, heldout=16)
+    card = bb.pretrain(out, images=32, epochs=1, batch=16, heldout=16, probe_images=24)
     assert card["model_kwargs"] == bb.MODEL_KWARGS and out.with_suffix(".json").is_file()
+    assert set(card["linear_probe_top1"]) == {"shape", "background"}
     saved = load_file(str(out))
     # What `make train WEIGHTS=<file>` builds (the CLI's fields -> StudentConfig -> build).
     params = TrainParams(
@@ -47,3 +49,16 @@ def test_science_spec_uses_the_backbone_architecture() -> None:
         bb.MODEL_KWARGS,
     )
     assert Path(base["weights"]).name == bb.DEFAULT_OUT.name
+
+
+def test_linear_probe_reads_what_the_features_hold() -> None:
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(4, (400,), generator=g)
+    informative = torch.nn.functional.one_hot(labels, 4).float() + 0.3 * torch.randn(
+        400, 4, generator=g
+    )
+    noise = torch.randn(400, 8, generator=g)
+    features = torch.cat([informative, noise], dim=1)  # the class lives in 4 of 12 dimensions
+    assert linear_probe(features[:200], labels[:200], features[200:], labels[200:]) > 0.9
+    # Features that know nothing of the labels: near chance (0.25) on held-out images.
+    assert linear_probe(noise[:200], labels[:200], noise[200:], labels[200:]) < 0.45

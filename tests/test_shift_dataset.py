@@ -43,7 +43,7 @@ def test_train_keeps_the_correlation_and_test_shift_breaks_it(shift_root: Path) 
     assert len(train) == len(shifted) == 160
     agree_train = np.mean([label == bg for label, bg in train])
     agree_shift = np.mean([label == bg for label, bg in shifted])
-    # Expected 0.9 and 0.25 (chance with 4 backgrounds); 160 draws: std about 0.024 and 0.034.
+    # Expected 0.95 and 0.25 (chance with 4 backgrounds); 160 draws: std about 0.024 and 0.034.
     assert agree_train > 0.8
     assert agree_shift < 0.4
     # Independence: every class meets every background in the shifted split.
@@ -68,3 +68,11 @@ def test_registry_entry_lists_the_shifted_split(shift_root: Path) -> None:
     assert entry.generated and "test_shift" in entry.splits
     adapter, _ = open_adapter("sample-shift", "val", shift_root)
     assert adapter.splits() == ["train", "val", "test_shift", "train_indep"]
+
+
+def test_correlation_is_a_parameter(tmp_path: Path) -> None:
+    sizes = {"train": 10, "val": 2, "test_shift": 2, "train_indep": 2}
+    root = write_shift_dataset(tmp_path / "c1", per_class=sizes, correlation=1.0)
+    assert all(label == bg for label, bg in pairs(root, "train"))  # no exception at all
+    with pytest.raises(ValueError, match="correlation"):
+        write_shift_dataset(tmp_path / "bad", per_class=sizes, correlation=1.5)

@@ -25,7 +25,7 @@ from transformers.models.conditional_detr.modeling_conditional_detr import (
 
 from student.config import StudentConfig
 from student.dense.config import DetrConfig
-from student.model import IViT
+from student.model import IViT, interaction_outputs
 
 
 def _placeholder_backbone(levels: int) -> ResNetConfig:
@@ -75,15 +75,7 @@ class ViTFeatureEncoder(nn.Module):
             return self.vit.forward_features(pixel_values)
         with self.body._recording() as rec:
             tokens = self.vit.forward_features(pixel_values)  # [B, N, C]
-        vfm = torch.stack(rec.vfm_cls)  # [L, B, P]
-        agt = torch.stack(rec.agt_cls) if rec.agt_cls else None  # [L, B, P]
-        cfg = self.body.cfg
-        self.interactions = {
-            "vfm_cls": vfm,
-            "agt_cls": agt,
-            "gates": torch.stack(rec.gates) if rec.gates else None,  # [L, B, 2]
-            "align_rows": (vfm if cfg.align_on_original else agt) if cfg.aligns else None,
-        }
+        self.interactions = interaction_outputs(rec, self.body.cfg)
         return tokens
 
     def forward(
