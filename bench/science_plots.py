@@ -14,6 +14,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from pipeline.figures import save_figure
+
 
 def sweep_label(member: dict) -> str:
     blocks = "all blocks" if member.get("blocks") is None else f"last {member['blocks']}"
@@ -35,8 +37,4 @@ def plot_map_fitting(sweep: list[dict], references: dict, out: Path) -> Path:
     ax.set_title("map fitting on sample-shift (box teacher)")
     ax.set_ylim(bottom=0)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, dpi=110)

@@ -12,6 +12,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from pipeline.figures import save_figure
+
 
 def _pct(stat: dict | None) -> str:
     if not stat:
@@ -183,11 +185,7 @@ def plot_convergence(results: dict, out_path: Path) -> Path:
     if curves:
         ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path, dpi=120)
-    plt.close(fig)
-    return out_path
+    return save_figure(fig, out_path, dpi=120)
 
 
 def write_report(results: dict, out_dir: Path) -> dict[str, Path]:

@@ -14,14 +14,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-
-def _save(fig: plt.Figure, out_path: str | Path, dpi: int) -> Path:
-    fig.tight_layout()
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=dpi)
-    plt.close(fig)  # figures are made per epoch: keep pyplot from accumulating them
-    return out
+from pipeline.figures import save_figure
 
 
 def read_metrics(path: str | Path) -> list[dict]:
@@ -51,7 +44,7 @@ def plot_curves(metrics_path: str | Path, out_path: str | Path) -> Path:
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.legend()
-    return _save(fig, out_path, dpi=100)
+    return save_figure(fig, out_path, dpi=100)
 
 
 def denormalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
@@ -86,7 +79,7 @@ def plot_overlays(
             axes[i, j].set_title(name, fontsize=8)
         for ax in axes[i]:
             ax.axis("off")
-    return _save(fig, out_path, dpi=80)
+    return save_figure(fig, out_path, dpi=80)
 
 
 def plot_human_alignment(result: dict, out_path: str | Path, title: str) -> Path:
@@ -106,4 +99,4 @@ def plot_human_alignment(result: dict, out_path: str | Path, title: str) -> Path
     ax.set_xticks(range(len(names)), [n.replace(" ", "\n", 1) for n in names], fontsize=8)
     ax.set(ylabel=f"cosine to {result['reference']}", ylim=(0, 1.25), title=title)
     ax.grid(axis="y", alpha=0.3)
-    return _save(fig, out_path, dpi=100)
+    return save_figure(fig, out_path, dpi=100)
