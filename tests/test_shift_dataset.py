@@ -76,3 +76,25 @@ def test_correlation_is_a_parameter(tmp_path: Path) -> None:
     assert all(label == bg for label, bg in pairs(root, "train"))  # no exception at all
     with pytest.raises(ValueError, match="correlation"):
         write_shift_dataset(tmp_path / "bad", per_class=sizes, correlation=1.5)
+
+
+def test_a_default_folder_from_older_settings_is_refused(tmp_path, monkeypatch) -> None:
+    """`data/raw/sample-shift` written at another correlation (or before the settings were
+    recorded) is refused with how to regenerate, not silently used for the benchmark."""
+    import json
+
+    from pipeline.datasets import registry
+    from pipeline.errors import BadInputDataError
+
+    stale = tmp_path / "sample-shift"
+    entry = get_entry("sample-shift")
+    monkeypatch.setattr(type(entry), "default_root", lambda self: stale)
+    stale.mkdir()
+    with pytest.raises(BadInputDataError, match=r"no readable GENERATOR\.json"):
+        registry.open_adapter("sample-shift", "train")
+    (stale / "GENERATOR.json").write_text(json.dumps({"correlation": 0.9, "seed": 0}))
+    with pytest.raises(BadInputDataError, match=r"'correlation': 0\.9.*delete it"):
+        registry.open_adapter("sample-shift", "train")
+    from pipeline.datasets.shift import check_shift_dataset
+
+    check_shift_dataset(write_shift_dataset(tmp_path / "fresh"))  # this code's own: accepted

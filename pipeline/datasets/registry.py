@@ -11,7 +11,7 @@ from pydantic import BaseModel
 
 from pipeline.datasets.adapters import ADAPTERS, DatasetAdapter
 from pipeline.datasets.generated import write_sample_dataset
-from pipeline.datasets.shift import write_shift_dataset
+from pipeline.datasets.shift import check_shift_dataset, write_shift_dataset
 from pipeline.errors import UserError
 from pipeline.paths import PROJECT_ROOT, data_dir, resolve
 
@@ -70,6 +70,10 @@ def get_entry(name: str) -> DatasetEntry:
 def open_adapter(name: str, split: str, root: Path | None = None) -> tuple[DatasetAdapter, Path]:
     """The adapter for `name` reading `root` (default: the registry's location)."""
     entry = get_entry(name)
+    if root is None and entry.generator == "sample-shift" and entry.default_root().exists():
+        # The default folder may hold an older generator's data; a given root is the caller's
+        # own variant (tests and bench.science write smaller or other-correlation copies).
+        check_shift_dataset(entry.default_root())
     root = Path(root) if root else entry.default_root()
     if not root.exists():
         if entry.generated and entry.generator == "sample-shift":

@@ -14,12 +14,14 @@ user can audit the pairing.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from pipeline.datasets.generated import SHAPES, draw_shape, wnid
+from pipeline.errors import BadInputDataError
 
 IMAGE_SIZE = 64
 # Indices into sample_dataset.SHAPES: four shapes that stay distinct at 32 px.
@@ -37,6 +39,7 @@ RADIUS = (10.0, 16.0)  # shape radius at 64 px: 5-8 px at the student's 32 px, 2
 # Images per class, and whether the split carries the shortcut. `train_indep` (no shortcut) is
 # what the benchmark's ceiling head trains on.
 SPLITS = {"train": 150, "val": 50, "test_shift": 100, "train_indep": 150}
+STAMP_FILE = "GENERATOR.json"  # the settings a folder was written with (check_shift_dataset)
 CORRELATED = {"train": True, "val": True, "test_shift": False, "train_indep": False}
 
 
@@ -101,6 +104,9 @@ def write_shift_dataset(
     per_class = per_class or SPLITS
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
+    stamp = {"generator": "sample-shift", "correlation": correlation, "seed": seed,
+             "per_class": per_class}  # fmt: skip
+    (root / STAMP_FILE).write_text(json.dumps(stamp, indent=1) + "\n")
     wnids = [wnid(label) for label in range(len(SHIFT_SHAPES))]
     (root / "wnids.txt").write_text("".join(f"{w}\n" for w in wnids))
     (root / "words.txt").write_text(
@@ -137,3 +143,21 @@ def write_shift_dataset(
             (root / split / "val_annotations.txt").write_text("".join(lines))
         (root / split / "backgrounds.txt").write_text("".join(backgrounds))
     return root
+
+
+def check_shift_dataset(root: Path) -> None:
+    """A sample-shift folder written with other settings than this code's defaults (an older
+    correlation) would silently change the benchmark: refuse it, saying how to regenerate."""
+    stamp_path = root / STAMP_FILE
+    try:
+        stamp = json.loads(stamp_path.read_text())
+    except (OSError, ValueError):
+        stamp = None
+    wanted = {"correlation": CORRELATION, "seed": 0, "per_class": SPLITS}
+    found = {k: stamp.get(k) for k in wanted} if isinstance(stamp, dict) else None
+    if found != wanted:
+        raise BadInputDataError(
+            f"{root} was generated with other settings than sample-shift's ({found or f'no readable {STAMP_FILE}'}, "
+            f"expected {wanted}); delete it and its shards (data/shards/sample-shift) and rerun: "
+            "it is regenerated deterministically"
+        )
