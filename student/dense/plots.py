@@ -8,7 +8,8 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from student.plots import _save, read_metrics  # student.plots selects the Agg backend
+from pipeline.figures import save_figure  # selects the Agg backend
+from student.plots import read_metrics
 
 
 def plot_dense_curves(metrics_path: str | Path, out_path: str | Path) -> Path:
@@ -28,7 +29,7 @@ def plot_dense_curves(metrics_path: str | Path, out_path: str | Path) -> Path:
     for ax in (ax_loss, ax_map):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    return _save(fig, out_path, dpi=100)
+    return save_figure(fig, out_path, dpi=100)
 
 
 def plot_dense_overlays(
@@ -76,4 +77,4 @@ def plot_dense_overlays(
             axes[i, j].set_title(name, fontsize=8)
         for a in axes[i]:
             a.axis("off")
-    return _save(fig, out_path, dpi=80)
+    return save_figure(fig, out_path, dpi=80)
