@@ -82,9 +82,14 @@ def optimizer_step(
         optimizer.step()
 
 
+def classifier_forward(model: nn.Module, batch: dict, with_interactions: bool) -> dict:
+    """The classifier's training forward: logits, and the interaction rows when aligning."""
+    return forward_outputs(model, batch["image"], with_interactions)
+
+
 def train_one_epoch(
     model: nn.Module,
-    criterion: InteractionCriterion,
+    criterion: nn.Module,
     loader: Iterable[dict],
     optimizer: torch.optim.Optimizer,
     scheduler,
@@ -96,20 +101,23 @@ def train_one_epoch(
     scaler: torch.amp.GradScaler | None = None,
     amp_dtype: torch.dtype = torch.bfloat16,
     grad_clip: float | None = None,
+    forward: Callable[[nn.Module, dict, bool], dict] = classifier_forward,
 ) -> dict:
     """One pass over `loader`; `step` is the global optimizer step at the start (for the
-    per-update schedule). Returns sample-weighted means of the loss terms, top-1, the last lr
-    and the global step at the end."""
+    per-update schedule). Returns sample-weighted means of the loss terms, the last lr, the
+    global step at the end, and top-1 where the model outputs class logits. `forward` runs the
+    model on a batch (dense students pass their detector's; see student.dense.engine)."""
     model.train()
     criterion.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     sums: dict[str, float] = defaultdict(float)
     seen = correct = 0
+    classifies = False  # a detector's outputs have no image-level logits, so no top-1
     bar = tqdm(loader, desc=f"train {epoch}", leave=False, dynamic_ncols=True)
     for batch in bar:
         batch = to_device(batch, device)
         with autocast(device, amp, amp_dtype):
-            outputs = forward_outputs(model, batch["image"], criterion.alignment)
+            outputs = forward(model, batch, criterion.alignment)
             losses = criterion(outputs, batch)
         loss = losses["loss"]
         optimizer_step(
@@ -118,9 +126,11 @@ def train_one_epoch(
         step += 1
         scheduler.step_update(num_updates=step)
 
-        n = batch["label"].shape[0]
+        n = batch["image"].shape[0]
         seen += n
-        correct += (outputs["logits"].argmax(-1) == batch["label"]).sum().item()
+        classifies = "logits" in outputs
+        if classifies:
+            correct += (outputs["logits"].argmax(-1) == batch["label"]).sum().item()
         for name, value in losses.items():
             sums[name] += value.item() * n
         bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
@@ -128,7 +138,7 @@ def train_one_epoch(
         raise ValueError(f"train loader yielded no batches in epoch {epoch}")
     return {
         **{name: total / seen for name, total in sums.items()},
-        "top1": correct / seen,
+        **({"top1": correct / seen} if classifies else {}),
         "lr": optimizer.param_groups[0]["lr"],
         "step": step,
         "samples": seen,

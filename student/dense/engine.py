@@ -4,7 +4,6 @@ runs them epoch by epoch with the classifier's resume, checkpoints and metrics."
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,7 @@ from student.dense.loss import DenseCriterion
 from student.dense.model import DenseStudent
 from student.dense.plots import plot_dense_overlays
 from student.distributed import is_distributed, unwrap
-from student.engine import autocast, optimizer_step, to_device
+from student.engine import autocast, to_device, train_one_epoch
 from student.loss import renormalize
 from student.model import count_forward_flops, count_parameters
 from student.plots import denormalize
@@ -27,54 +26,16 @@ def detr_targets(batch: dict, device: torch.device) -> list[dict]:
     return [{k: v.to(device) for k, v in t.items()} for t in batch["targets"]]
 
 
-def train_one_epoch_dense(
-    model: nn.Module,
-    criterion: DenseCriterion,
-    loader: Iterable[dict],
-    optimizer: torch.optim.Optimizer,
-    scheduler,
-    device: torch.device,
-    epoch: int,
-    amp: bool,
-    *,
-    step: int = 0,
-    scaler: torch.amp.GradScaler | None = None,
-    amp_dtype: torch.dtype = torch.bfloat16,
-    grad_clip: float | None = None,
-) -> dict:
-    """One pass; sample-weighted means of every named loss term, the last lr and the step."""
-    model.train()
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    sums: dict[str, float] = defaultdict(float)
-    seen = 0
-    bar = tqdm(loader, desc=f"train {epoch}", leave=False, dynamic_ncols=True)
-    for batch in bar:
-        batch = to_device(batch, device)
-        with autocast(device, amp, amp_dtype):
-            outputs = model(
-                batch["image"], labels=detr_targets(batch, device),
-                with_interactions=criterion.alignment,
-            )  # fmt: skip
-            losses = criterion(outputs, batch)
-        loss = losses["loss"]
-        optimizer_step(
-            losses, optimizer, trainable, scaler, grad_clip, f"epoch {epoch} step {step}"
-        )
-        step += 1
-        scheduler.step_update(num_updates=step)
-        n = batch["image"].shape[0]
-        seen += n
-        for name, value in losses.items():
-            sums[name] += float(value.detach()) * n
-        bar.set_postfix(loss=f"{loss.item():.3f}")
-    if seen == 0:
-        raise ValueError(f"train loader yielded no batches in epoch {epoch}")
-    return {
-        **{name: total / seen for name, total in sums.items()},
-        "lr": optimizer.param_groups[0]["lr"],
-        "step": step,
-        "samples": seen,
-    }
+def detr_forward(model: nn.Module, batch: dict, with_interactions: bool) -> dict:
+    """The detector's training forward: DETR's losses need the targets."""
+    targets = detr_targets(batch, batch["image"].device)
+    return model(batch["image"], labels=targets, with_interactions=with_interactions)
+
+
+def train_one_epoch_dense(*args, **kwargs) -> dict:
+    """The classifier's epoch (student.engine.train_one_epoch) with the detector's forward:
+    sample-weighted means of every named loss term, the last lr and the step."""
+    return train_one_epoch(*args, forward=detr_forward, **kwargs)
 
 
 @torch.no_grad()
