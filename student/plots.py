@@ -62,15 +62,25 @@ def plot_overlays(
 ) -> Path:
     """One row per image: the image, then each map ([B, g, g], None when absent) upsampled
     over it. Maps are shown as given (each already a distribution over the grid)."""
+    fig, axes = map_overlay_grid(images, maps, panel_inches=2.2)
+    for i in range(images.shape[0]):
+        axes[i, 0].imshow(images[i])
+        axes[i, 0].set_title(titles[i] if titles else "image", fontsize=8)
+    return save_figure(fig, out_path, dpi=80)
+
+
+def map_overlay_grid(
+    images: np.ndarray, maps: dict[str, np.ndarray | None], panel_inches: float
+) -> tuple[plt.Figure, np.ndarray]:
+    """One row per image ([B, H, W, 3]) and a column per map ([B, g, g], None when absent)
+    upsampled over it, axes off; column 0 is left for the caller's own picture of the image."""
     columns = [(name, m) for name, m in maps.items() if m is not None]
-    n = images.shape[0]
+    n, cols = images.shape[0], 1 + len(columns)
     fig, axes = plt.subplots(
-        n, 1 + len(columns), figsize=(2.2 * (1 + len(columns)), 2.2 * n), squeeze=False
+        n, cols, figsize=(panel_inches * cols, panel_inches * n), squeeze=False
     )
     h, w = images.shape[1:3]
     for i in range(n):
-        axes[i, 0].imshow(images[i])
-        axes[i, 0].set_title(titles[i] if titles else "image", fontsize=8)
         for j, (name, grid_maps) in enumerate(columns, start=1):
             axes[i, j].imshow(images[i])
             axes[i, j].imshow(
@@ -79,7 +89,7 @@ def plot_overlays(
             axes[i, j].set_title(name, fontsize=8)
         for ax in axes[i]:
             ax.axis("off")
-    return save_figure(fig, out_path, dpi=80)
+    return fig, axes
 
 
 def plot_human_alignment(result: dict, out_path: str | Path, title: str) -> Path:

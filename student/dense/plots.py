@@ -9,7 +9,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from pipeline.figures import save_figure  # selects the Agg backend
-from student.plots import read_metrics
+from student.plots import map_overlay_grid, read_metrics
 
 
 def plot_dense_curves(metrics_path: str | Path, out_path: str | Path) -> Path:
@@ -44,14 +44,10 @@ def plot_dense_overlays(
 ) -> Path:
     """Per row: the image with predicted boxes (solid, score >= min_score; masks tinted) and
     ground-truth boxes (dashed), then each map. Boxes are in the shown image's pixels."""
-    columns = [(name, m) for name, m in maps.items() if m is not None]
-    n = images.shape[0]
-    fig, axes = plt.subplots(
-        n, 1 + len(columns), figsize=(2.6 * (1 + len(columns)), 2.6 * n), squeeze=False
-    )
+    fig, axes = map_overlay_grid(images, maps, panel_inches=2.6)
     h, w = images.shape[1:3]
     colors = plt.get_cmap("tab10")
-    for i in range(n):
+    for i in range(images.shape[0]):
         ax = axes[i, 0]
         ax.imshow(images[i])
         for x0, y0, x1, y1 in truths[i]["boxes"]:
@@ -69,12 +65,4 @@ def plot_dense_overlays(
                 tint[pred["masks"][k] > 0] = (*color[:3], 0.35)
                 ax.imshow(tint)
         ax.set_title(titles[i] if titles else "predictions", fontsize=8)
-        for j, (name, grid_maps) in enumerate(columns, start=1):
-            axes[i, j].imshow(images[i])
-            axes[i, j].imshow(
-                grid_maps[i], cmap="jet", alpha=0.5, extent=(0, w, h, 0), interpolation="nearest"
-            )
-            axes[i, j].set_title(name, fontsize=8)
-        for a in axes[i]:
-            a.axis("off")
     return save_figure(fig, out_path, dpi=80)
