@@ -115,13 +115,56 @@ def render_sample(
     cx, cy = rng.uniform(r + 1, IMAGE_SIZE - r - 1, size=2)
     base = np.array(SHAPES[label][2])
     color = tuple(int(v) for v in np.clip(base + rng.integers(-25, 26, 3), 0, 255))
+    return image, paste_shape(image, label, cx, cy, r, color)
+
+
+def paste_shape(
+    image: Image.Image, shape: int, cx: float, cy: float, r: float, color: tuple[int, ...]
+) -> tuple[int, int, int, int]:
+    """Paint shape `shape` onto `image` in place; returns its true box [x0, y0, x1, y1).
+    Drawn on a mask first: the box is the extent of the pixels the shape really covers."""
     mask = Image.new("L", image.size, 0)
-    draw_shape(ImageDraw.Draw(mask), label, cx, cy, r, fill=255)
-    # Drawn on a mask first: the box is the extent of the pixels the shape really covers.
+    draw_shape(ImageDraw.Draw(mask), shape, cx, cy, r, fill=255)
     image.paste(Image.new("RGB", image.size, color), mask=mask)
     bbox = mask.getbbox()
     assert bbox is not None, "a shape always covers pixels"
-    return image, bbox
+    return bbox
+
+
+class TinyImageNetLayout:
+    """Writes generated images and their boxes in TinyImageNet's layout (what
+    adapters/tinyimagenet.py reads): train/<wnid>/images + <wnid>_boxes.txt for "train",
+    <split>/images + val_annotations.txt for every other split."""
+
+    def __init__(self, root: Path, wnids: list[str], words: list[str]) -> None:
+        self.root, self.wnids = root, wnids
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "wnids.txt").write_text("".join(f"{w}\n" for w in wnids))
+        (root / "words.txt").write_text(
+            "".join(f"{w}\t{t}\n" for w, t in zip(wnids, words, strict=True))
+        )
+        self._lines: dict[Path, list[str]] = {}
+
+    def add(self, split: str, label: int, n: int, image: Image.Image, box: tuple[int, ...]) -> str:
+        """Save sample `n` of `split` (numbered per class in train, per split elsewhere);
+        returns its file name."""
+        w = self.wnids[label]
+        coords = "\t".join(str(v) for v in box[:4])
+        if split == "train":
+            folder, name = self.root / "train" / w, f"{w}_{n}.JPEG"
+            listing, line = folder / f"{w}_boxes.txt", f"{name}\t{coords}\n"
+        else:
+            folder, name = self.root / split, f"{split}_{n}.JPEG"
+            listing, line = folder / "val_annotations.txt", f"{name}\t{w}\t{coords}\n"
+        (folder / "images").mkdir(parents=True, exist_ok=True)
+        image.save(folder / "images" / name, quality=92)
+        self._lines.setdefault(listing, []).append(line)
+        return name
+
+    def close(self) -> None:
+        """Write the box listings of everything added."""
+        for listing, lines in self._lines.items():
+            listing.write_text("".join(lines))
 
 
 def write_sample_dataset(
@@ -129,29 +172,14 @@ def write_sample_dataset(
 ) -> Path:
     """Write the dataset under `root` (TinyImageNet layout). Deterministic for a given seed."""
     rng = np.random.default_rng(seed)
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "wnids.txt").write_text("".join(f"{wnid(i)}\n" for i in range(len(SHAPES))))
-    (root / "words.txt").write_text(
-        "".join(f"{wnid(i)}\t{name}, {synonym}\n" for i, (name, synonym, _) in enumerate(SHAPES))
+    layout = TinyImageNetLayout(
+        root, [wnid(i) for i in range(len(SHAPES))], [f"{a}, {b}" for a, b, _ in SHAPES]
     )
     for label in range(len(SHAPES)):
-        image_dir = root / "train" / wnid(label) / "images"
-        image_dir.mkdir(parents=True, exist_ok=True)
-        lines = []
         for n in range(train_per_class):
-            image, box = render_sample(label, rng)
-            name = f"{wnid(label)}_{n}.JPEG"
-            image.save(image_dir / name, quality=92)
-            lines.append(f"{name}\t{box[0]}\t{box[1]}\t{box[2]}\t{box[3]}\n")
-        (root / "train" / wnid(label) / f"{wnid(label)}_boxes.txt").write_text("".join(lines))
-    val_dir = root / "val" / "images"
-    val_dir.mkdir(parents=True, exist_ok=True)
-    lines = []
+            layout.add("train", label, n, *render_sample(label, rng))
     for n in range(val_per_class * len(SHAPES)):
         label = n % len(SHAPES)
-        image, box = render_sample(label, rng)
-        name = f"val_{n}.JPEG"
-        image.save(val_dir / name, quality=92)
-        lines.append(f"{name}\t{wnid(label)}\t{box[0]}\t{box[1]}\t{box[2]}\t{box[3]}\n")
-    (root / "val" / "val_annotations.txt").write_text("".join(lines))
+        layout.add("val", label, n, *render_sample(label, rng))
+    layout.close()
     return root

@@ -18,9 +18,9 @@ import json
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
-from pipeline.datasets.generated import SHAPES, draw_shape, wnid
+from pipeline.datasets.generated import SHAPES, TinyImageNetLayout, paste_shape, wnid
 from pipeline.errors import BadInputDataError
 
 IMAGE_SIZE = 64
@@ -71,12 +71,7 @@ def render_pair(
     r = float(rng.uniform(*RADIUS)) * scale
     cx, cy = rng.uniform(r + 1, size - r - 1, size=2)
     color = tuple(int(v) for v in rng.integers(0, 256, 3))
-    mask = Image.new("L", image.size, 0)
-    draw_shape(ImageDraw.Draw(mask), shape, cx, cy, r, fill=255)
-    image.paste(Image.new("RGB", image.size, color), mask=mask)
-    bbox = mask.getbbox()
-    assert bbox is not None, "a shape always covers pixels"
-    return image, bbox
+    return image, paste_shape(image, shape, cx, cy, r, color)
 
 
 def draw_background(label: int, correlation: float | None, rng: np.random.Generator) -> int:
@@ -107,41 +102,27 @@ def write_shift_dataset(
     stamp = {"generator": "sample-shift", "correlation": correlation, "seed": seed,
              "per_class": per_class}  # fmt: skip
     (root / STAMP_FILE).write_text(json.dumps(stamp, indent=1) + "\n")
-    wnids = [wnid(label) for label in range(len(SHIFT_SHAPES))]
-    (root / "wnids.txt").write_text("".join(f"{w}\n" for w in wnids))
-    (root / "words.txt").write_text(
-        "".join(f"{wnids[i]}\t{SHAPES[s][0]}, {SHAPES[s][1]}\n" for i, s in enumerate(SHIFT_SHAPES))
+    layout = TinyImageNetLayout(
+        root,
+        [wnid(label) for label in range(len(SHIFT_SHAPES))],
+        [f"{SHAPES[s][0]}, {SHAPES[s][1]}" for s in SHIFT_SHAPES],
     )
+    classes = len(SHIFT_SHAPES)
     for split, count in per_class.items():
         split_correlation = correlation if CORRELATED[split] else None
+        # train: `count` per class, class by class; other splits: classes interleaved.
+        order = (
+            [(label, n) for label in range(classes) for n in range(count)]
+            if split == "train"
+            else [(n % classes, n) for n in range(count * classes)]
+        )
         backgrounds = []
-        if split == "train":
-            for label, w in enumerate(wnids):
-                image_dir = root / "train" / w / "images"
-                image_dir.mkdir(parents=True, exist_ok=True)
-                lines = []
-                for n in range(count):
-                    background = draw_background(label, split_correlation, rng)
-                    image, box = render_pair(SHIFT_SHAPES[label], background, rng)
-                    name = f"{w}_{n}.JPEG"
-                    image.save(image_dir / name, quality=92)
-                    lines.append(f"{name}\t{box[0]}\t{box[1]}\t{box[2]}\t{box[3]}\n")
-                    backgrounds.append(f"{name}\t{background}\n")
-                (root / "train" / w / f"{w}_boxes.txt").write_text("".join(lines))
-        else:
-            image_dir = root / split / "images"
-            image_dir.mkdir(parents=True, exist_ok=True)
-            lines = []
-            for n in range(count * len(wnids)):
-                label = n % len(wnids)
-                background = draw_background(label, split_correlation, rng)
-                image, box = render_pair(SHIFT_SHAPES[label], background, rng)
-                name = f"{split}_{n}.JPEG"
-                image.save(image_dir / name, quality=92)
-                lines.append(f"{name}\t{wnids[label]}\t{box[0]}\t{box[1]}\t{box[2]}\t{box[3]}\n")
-                backgrounds.append(f"{name}\t{background}\n")
-            (root / split / "val_annotations.txt").write_text("".join(lines))
+        for label, n in order:
+            background = draw_background(label, split_correlation, rng)
+            name = layout.add(split, label, n, *render_pair(SHIFT_SHAPES[label], background, rng))
+            backgrounds.append(f"{name}\t{background}\n")
         (root / split / "backgrounds.txt").write_text("".join(backgrounds))
+    layout.close()
     return root
 
 
