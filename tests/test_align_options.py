@@ -3,18 +3,16 @@ against hand computations (explicit loops) and timm's eager attention."""
 
 from __future__ import annotations
 
-import copy
 import math
-import warnings
 
 import pytest
 import torch
+from ivit_fixtures import block0_attention, build_pair
 
 from flows.train import TrainParams
 from student.build import build
 from student.config import StudentConfig
 from student.loss import InteractionCriterion
-from student.model import IViT, create_backbone
 
 torch.set_num_threads(1)
 
@@ -82,19 +80,11 @@ def tiny_cfg(**overrides) -> StudentConfig:
 
 def test_every_row_recording_matches_eager_attention_and_trains() -> None:
     cfg = tiny_cfg(align_rows="all", align_last_blocks=1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        vit = create_backbone(cfg)
-    plain = copy.deepcopy(vit).eval()
-    ivit = IViT(vit, cfg).eval()
+    plain, ivit = build_pair(cfg)
     images = torch.randn(2, 3, 32, 32)
+    attention = block0_attention(plain, images)  # [B, H, N, N]
+    expected = attention[:, :, :, 1:].mean(dim=1)  # [B, N, P] every query row, head mean
     with torch.no_grad():
-        x = plain.norm_pre(plain._pos_embed(plain.patch_embed(images)))  # [B, N, C]
-        block = plain.blocks[0]
-        qkv = block.attn.qkv(block.norm1(x)).reshape(2, x.shape[1], 3, 2, 16)  # [B, N, 3, H, d]
-        q, k = qkv[:, :, 0].transpose(1, 2), qkv[:, :, 1].transpose(1, 2)  # [B, H, N, d]
-        attention = torch.softmax(q @ k.transpose(-1, -2) / 16**0.5, dim=-1)  # [B, H, N, N]
-        expected = attention[:, :, :, 1:].mean(dim=1)  # [B, N, P] every query row, head mean
         outputs = ivit.forward_with_interactions(images)
     assert outputs["align_rows"].shape == (3, 2, 17, 16)  # [L, B, N, P]
     # At init W_q' = W_q, so block 0's interaction rows are its frozen attention's rows.

@@ -3,12 +3,12 @@ changes exactly what it names, and its cost is what hand counting says."""
 
 from __future__ import annotations
 
-import copy
 import warnings
 
 import pytest
 import timm
 import torch
+from ivit_fixtures import block0_attention, build_pair
 from safetensors.torch import save_file
 
 from student.build import build
@@ -37,17 +37,6 @@ def tiny_cfg(**overrides) -> StudentConfig:
     }
     base.update(overrides)
     return StudentConfig(**base)
-
-
-def build_pair(cfg: StudentConfig) -> tuple[torch.nn.Module, IViT]:
-    """(the plain timm ViT with eager attention, the I-ViT built from an identical copy)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        vit = create_backbone(cfg)
-    plain = copy.deepcopy(vit).eval()
-    for block in plain.blocks:
-        block.attn.fused_attn = False  # the reference is timm's eager attention, not SDPA
-    return plain, IViT(vit, cfg).eval()
 
 
 def trainable_names(model: torch.nn.Module) -> set[str]:
@@ -82,13 +71,9 @@ def test_init_logits_equal_the_frozen_vit(overrides: dict) -> None:
 def test_recorded_cls_row_matches_hand_computed_attention() -> None:
     plain, ivit = build_pair(tiny_cfg())
     images = torch.randn(2, 3, 32, 32)
+    attention = block0_attention(plain, images)  # [B, H, N, N]
+    expected = attention[:, :, 0, 1:].mean(dim=1)  # [B, P] CLS row over patches, head mean
     with torch.no_grad():
-        x = plain.norm_pre(plain._pos_embed(plain.patch_embed(images)))  # [B, N, C]
-        block = plain.blocks[0]
-        qkv = block.attn.qkv(block.norm1(x)).reshape(2, x.shape[1], 3, 2, 16)  # [B, N, 3, H, d]
-        q, k = qkv[:, :, 0].transpose(1, 2), qkv[:, :, 1].transpose(1, 2)  # [B, H, N, d]
-        attention = torch.softmax(q @ k.transpose(-1, -2) / 16**0.5, dim=-1)  # [B, H, N, N]
-        expected = attention[:, :, 0, 1:].mean(dim=1)  # [B, P] CLS row over patches, head mean
         rows = ivit.forward_with_interactions(images)["vfm_cls"]  # [L, B, P]
     assert rows.shape == (2, 2, 16)
     assert torch.allclose(rows[0], expected, atol=1e-6)
