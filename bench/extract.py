@@ -166,7 +166,7 @@ def time_worker(args: argparse.Namespace, teacher: Teacher, items: list[TeacherI
             Path(args.out).with_name(f"{name}.npz"),
             **{k: np.stack([getattr(r, k) for r in rs]) for k in ("c_fore", "c_back", "c_vlm")},
         )
-    prompts = [teacher.prompt(item)[0] for item in items]
+    prompts = [teacher.description.prompt(item)[0] for item in items]
     text_tokens = [len(teacher.tokenizer(p)["input_ids"]) for p in prompts]
     return {
         "seconds": {name: float(np.median(s)) for name, s in seconds.items()},
