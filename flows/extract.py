@@ -19,15 +19,19 @@ from flows.extract_entry import entry_location
 from flows.extract_outcome import committed_summary, print_outcome
 from flows.extract_params import ExtractParams
 from flows.inputs import check_shards_obtainable
+from teacher import BASELINES
 
 
 def check_teacher(params: ExtractParams) -> None:
     """Before the flow: the teacher's checkpoint can be had (the hub's reachability is decided
     here, once; offline, the local Hugging Face cache must hold it), else TeacherWeightsError
     says how to supply it, in seconds, instead of a task failing under retries."""
+    cfg = params.teacher_config()
+    if cfg.model in BASELINES:
+        return  # box and uniform have no checkpoint (and are valid hub ids: never ask the hub)
     from teacher.loading import load_config_and_processor
 
-    load_config_and_processor(params.teacher_config())
+    load_config_and_processor(cfg)
 
 
 def main(argv: list[str] | None = None) -> int:

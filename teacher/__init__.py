@@ -33,8 +33,8 @@ def describe_teacher(cfg: TeacherConfig, vocabulary: list[str]) -> TeacherSpec |
     if cfg.model in BASELINES:
         return BaselineTeacher(cfg, vocabulary)
     cfg = resolve_config(cfg)  # the dtype `auto` decides: the spec records the real one
-    facts, tokenizer = read_checkpoint(cfg)
-    return TeacherSpec(cfg, vocabulary, facts, tokenizer)
+    checkpoint = read_checkpoint(cfg)
+    return TeacherSpec(cfg, vocabulary, checkpoint.facts, checkpoint.tokenizer, checkpoint.identity)
 
 
 def load_teacher(cfg: TeacherConfig, vocabulary: list[str]) -> Teacher | BaselineTeacher:

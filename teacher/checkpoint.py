@@ -1,7 +1,7 @@
 """What a checkpoint's files say about the teacher, read without transformers or torch.
 
 The cache key needs a few facts of the checkpoint (image size, image tokens, layers, context
-length, a fingerprint of the files) and token counts of the prompts. They are read here from
+length), its identity by content (teacher.identity) and token counts of the prompts. They are read here from
 config.json, the processor's JSON and tokenizer.json (the `tokenizers` library is what
 transformers' fast tokenizers run), so finding out that every shard is committed costs
 milliseconds. A checkpoint whose files leave a fact to transformers' defaults (llava-hf's
@@ -11,22 +11,16 @@ the loaded model will read it; `Teacher` checks that the loaded model agrees wit
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.hub import hub_access
 from pipeline.paths import data_dir
 from teacher.config import TeacherConfig
-from teacher.hub_weights import (
-    CONFIG_FILE,
-    TeacherWeightsError,
-    cached_file,
-    ensure_teacher_files,
-    is_hub_id,
-)
+from teacher.hub_weights import CONFIG_FILE, TeacherWeightsError, ensure_teacher_files, is_hub_id
+from teacher.identity import DigestMemo, checkpoint_identity, checkpoint_patterns
 
 TINY_ALIAS = "tiny"
 TINY_LLAMA_ALIAS = "tiny-llama"  # the tiny teacher with the real LLaVA-1.5 vocabulary
@@ -72,7 +66,44 @@ class CheckpointFacts:
     num_layers: int  # decoder layers of the language model
     num_heads: int  # attention heads per decoder layer
     max_positions: int  # the language model's context (max_position_embeddings)
-    commit: str | None = None  # the hub commit, when transformers recorded one
+
+
+@dataclass(frozen=True)
+class CheckpointFiles:
+    """Where a teacher's checkpoint is: what from_pretrained is given (`source`: a folder, or a
+    hub id) and the folder on this disk that holds its files (the folder itself, or the hub
+    id's snapshot in the local Hugging Face cache). Resolved once, by `resolve_checkpoint`."""
+
+    source: str
+    folder: Path
+    revision: str | None
+
+    def file(self, name: str) -> Path | None:
+        path = self.folder / name
+        return path if path.is_file() else None
+
+
+def resolve_checkpoint(model: str, revision: str | None) -> CheckpointFiles:
+    """The one resolver of a teacher name (`tiny`, `tiny-llama`, a folder, a hub id) to its
+    files. A hub id is fetched the way from_pretrained would (online: downloaded into the local
+    Hugging Face cache, weights included, since the maps need them anyway; offline: the cached
+    snapshot, or TeacherWeightsError saying how to supply it)."""
+    source = resolve_model(model)
+    if not is_hub_id(source):
+        return CheckpointFiles(source, Path(source), revision)
+    ensure_teacher_files(source, revision)  # offline: complete in the local cache, or the fix
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = snapshot_download(
+            source,
+            revision=revision,
+            allow_patterns=checkpoint_patterns(),
+            local_files_only=not hub_access().online,
+        )
+    except (OSError, ValueError) as err:  # no such repo or revision, or a network failure
+        raise TeacherWeightsError(f"teacher {source!r}: could not fetch its files ({err})") from err
+    return CheckpointFiles(source, Path(folder), revision)
 
 
 def facts_from_config(source: str, config: Any, image_size: int) -> CheckpointFacts:
@@ -86,17 +117,7 @@ def facts_from_config(source: str, config: Any, image_size: int) -> CheckpointFa
         num_layers=int(text.num_hidden_layers),
         num_heads=int(text.num_attention_heads),
         max_positions=int(text.max_position_embeddings),
-        commit=getattr(config, "_commit_hash", None),
     )
-
-
-def checkpoint_file(source: str, name: str, revision: str | None) -> Path | None:
-    """A file of the checkpoint on this disk (its folder, or the local Hugging Face cache)."""
-    if is_hub_id(source):
-        found = cached_file(source, name, revision)
-        return Path(found) if found else None
-    path = Path(source) / name
-    return path if path.is_file() else None
 
 
 def _read_json(path: Path | None) -> dict | None:
@@ -106,9 +127,9 @@ def _read_json(path: Path | None) -> dict | None:
         return None  # unreadable here: transformers reads it, and says what is wrong
 
 
-def _crop_height(source: str, revision: str | None) -> int | None:
+def _crop_height(files: CheckpointFiles) -> int | None:
     for name in PROCESSOR_FILES:
-        data = _read_json(checkpoint_file(source, name, revision))
+        data = _read_json(files.file(name))
         if data is None:
             continue
         crop = data.get("image_processor", data).get("crop_size")
@@ -116,17 +137,17 @@ def _crop_height(source: str, revision: str | None) -> int | None:
     return None
 
 
-def facts_from_files(source: str, revision: str | None) -> CheckpointFacts | None:
+def facts_from_files(files: CheckpointFiles) -> CheckpointFacts | None:
     """The facts as the checkpoint's JSON states them, or None when any is left to defaults
     (then only transformers knows the value)."""
-    config = _read_json(checkpoint_file(source, CONFIG_FILE, revision))
+    config = _read_json(files.file(CONFIG_FILE))
     if config is None or config.get("model_type") != "llava":
         return None
     text = config.get("text_config") or {}
     # transformers 5 writes image_token_id as image_token_index (LlavaConfig.attribute_map).
     image_token = config.get("image_token_id", config.get("image_token_index"))
     values = {
-        "image_size": _crop_height(source, revision),
+        "image_size": _crop_height(files),
         "num_image_tokens": config.get("image_seq_length"),
         "image_token_id": image_token,
         "num_layers": text.get("num_hidden_layers"),
@@ -135,7 +156,7 @@ def facts_from_files(source: str, revision: str | None) -> CheckpointFacts | Non
     }
     if any(not isinstance(v, int) or isinstance(v, bool) for v in values.values()):
         return None
-    return CheckpointFacts(source=source, **values)
+    return CheckpointFacts(source=files.source, **values)
 
 
 class FileTokenizer:
@@ -154,13 +175,27 @@ class FileTokenizer:
         return {"input_ids": encoding.ids}
 
 
-def read_checkpoint(cfg: TeacherConfig) -> tuple[CheckpointFacts, Any]:
-    """(facts, a tokenizer for token counts) of cfg.model, from its files where they suffice,
-    else through transformers (which also turns a missing checkpoint into TeacherWeightsError)."""
-    source = resolve_model(cfg.model)
-    ensure_teacher_files(source, cfg.revision)  # offline: the local HF cache, or a clear error
-    facts = facts_from_files(source, cfg.revision)
-    tokenizer_file = checkpoint_file(source, TOKENIZER_FILE, cfg.revision)
+@dataclass(frozen=True)
+class Checkpoint:
+    """What describing a teacher needs of its checkpoint: the facts, a tokenizer for token
+    counts, and its identity by content (teacher.identity), which the cache key hashes."""
+
+    facts: CheckpointFacts
+    tokenizer: Any
+    identity: dict
+
+
+def digest_memo() -> DigestMemo:
+    """Where local weight files' sha256 are remembered (see teacher.identity.DigestMemo)."""
+    return DigestMemo(data_dir() / "models" / "sha256-memo.json")
+
+
+def read_checkpoint(cfg: TeacherConfig) -> Checkpoint:
+    """cfg.model's facts, tokenizer and identity, from its files where they suffice, else
+    through transformers (which also turns a missing checkpoint into TeacherWeightsError)."""
+    files = resolve_checkpoint(cfg.model, cfg.revision)
+    facts = facts_from_files(files)
+    tokenizer_file = files.file(TOKENIZER_FILE)
     tokenizer = FileTokenizer(tokenizer_file) if tokenizer_file is not None else None
     if facts is None or tokenizer is None:
         from teacher.loading import load_config_and_processor  # transformers (and torch)
@@ -170,36 +205,4 @@ def read_checkpoint(cfg: TeacherConfig) -> tuple[CheckpointFacts, Any]:
             crop = processor.image_processor.crop_size["height"]
             facts = facts_from_config(source, config, crop)
         tokenizer = tokenizer or processor.tokenizer
-    if facts.commit is None:  # after transformers' load, which may have just downloaded it
-        facts = dataclasses.replace(facts, commit=snapshot_commit(facts.source, cfg.revision))
-    return facts, tokenizer
-
-
-def snapshot_commit(source: str, revision: str | None) -> str | None:
-    """The hub commit that `source` at `revision` resolves to in the local Hugging Face cache:
-    the name of the snapshot folder holding its config.json (the cache's layout is
-    snapshots/<commit>/). transformers 5 no longer records it on the config, and without it two
-    revisions of one hub id would share a cache key. None for a folder on disk."""
-    if not is_hub_id(source):
-        return None
-    found = cached_file(source, CONFIG_FILE, revision)
-    return Path(found).parent.name if found else None
-
-
-def weights_fingerprint(facts: CheckpointFacts) -> dict:
-    """What identifies the weights: the hub commit when known, else hashes of local files."""
-    fingerprint: dict = {"source": facts.source, "commit": facts.commit}
-    path = Path(facts.source)
-    if path.is_dir():
-        # The folder's name only: the same files under /a/llava and /b/llava are one teacher,
-        # so teams on different mounts of a shared cache land on the same entry.
-        fingerprint["source"] = path.resolve().name
-        digest = hashlib.sha256()
-        for file in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.json")):
-            # Header + size is enough to tell checkpoints apart without reading 14 GB.
-            with file.open("rb") as fh:
-                digest.update(file.name.encode() + fh.read(1 << 20))
-            digest.update(str(file.stat().st_size).encode())
-        fingerprint["files_sha256"] = digest.hexdigest()
-    fingerprint["text_layers"] = facts.num_layers
-    return fingerprint
+    return Checkpoint(facts, tokenizer, checkpoint_identity(files.folder, digest_memo()))

@@ -13,13 +13,15 @@ from typing import Any
 
 from pipeline.geometry import MapGeometry
 from teacher.budget import answer_budget, check_context, longest_name
-from teacher.checkpoint import CheckpointFacts, weights_fingerprint
+from teacher.checkpoint import CheckpointFacts
 from teacher.config import TeacherConfig
 from teacher.filters import filter_name
 from teacher.prompts import CHAT_FORM, PROMPTS, chat_text, forced_answer_text, question_text
 from teacher.results import TeacherInput
 
-SPEC_FORMAT = 1
+# 2: the checkpoint is named by its content (teacher.identity), no longer by folder name or hub
+# commit; every entry of a real teacher got a new key once.
+SPEC_FORMAT = 2
 ROW_RULE = (
     "query p-1 for each answer token p of a word; word = mean of its rows; "
     "background = mean of its words; punctuation and joining words skipped"
@@ -30,7 +32,7 @@ class TeacherSpec:
     """A LLaVA teacher described by its config, vocabulary and checkpoint facts (no weights).
 
     `tokenizer` counts tokens (called like a transformers tokenizer: text -> {"input_ids"});
-    `weights` identifies the checkpoint (default: teacher.checkpoint.weights_fingerprint).
+    `weights` identifies the checkpoint by content (teacher.identity.checkpoint_identity).
     Raises ValueError for layers/heads the model lacks and PromptTooLongError when the longest
     class name's prompt cannot fit the context: before any image is processed.
     """
@@ -41,12 +43,12 @@ class TeacherSpec:
         vocabulary: list[str],
         facts: CheckpointFacts,
         tokenizer: Any,
-        weights: dict | None = None,
+        weights: dict,
     ) -> None:
         self.cfg = cfg
         self.vocabulary = list(vocabulary)
         self.facts = facts
-        self.weights = weights if weights is not None else weights_fingerprint(facts)
+        self.weights = weights
         self.template = PROMPTS[cfg.prompt]
         self.image_size = facts.image_size
         self.num_image_tokens = facts.num_image_tokens

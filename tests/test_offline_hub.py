@@ -30,6 +30,7 @@ from safetensors.torch import load_file, save_file
 
 import pipeline.hub
 from pipeline.hub import HubAccess, probe
+from teacher import TeacherConfig, describe_teacher
 from teacher.hub_weights import TeacherWeightsError, ensure_teacher_files
 
 tiny_dir = teacher_fixtures.tiny_dir  # session fixture
@@ -161,8 +162,13 @@ def test_checkpoints_in_local_hf_cache_load_without_network(tiny_dir, tmp_path):
     assert f"teacher {TINY_TEACHER_ID}: the hub is not used" in result.stderr, output
     assert f"{TIMM_ID}/model.safetensors from the local Hugging Face cache" in result.stderr, output
     loaded = json.loads(result.stdout.strip().splitlines()[-1])
-    assert loaded["weights"]["source"] == TINY_TEACHER_ID  # the same spec as an online load
-    assert loaded["weights"]["commit"] == COMMIT  # the key pins the snapshot's hub revision
+    # Named by content: the hub id's snapshot and the local folder are one teacher, one key.
+    weights_bytes = (tiny_dir / "model.safetensors").read_bytes()
+    assert loaded["weights"]["weights_sha256"] == {
+        "model.safetensors": hashlib.sha256(weights_bytes).hexdigest()
+    }
+    local = describe_teacher(TeacherConfig(model=str(tiny_dir), device="cpu"), ["circle"])
+    assert loaded["weights"] == local.spec()["weights"]
     saved = load_file(tiny_dir / "model.safetensors")
     projector = next(v for k, v in saved.items() if k.endswith(PROJECTOR)).double().sum().item()
     assert loaded["projector"] == pytest.approx(projector, rel=1e-6)

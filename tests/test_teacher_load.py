@@ -83,7 +83,7 @@ def test_spec_records_what_changes_a_map(tiny_dir):
     assert json.loads(json.dumps(spec)) == spec  # JSON-able
     assert spec["vocabulary"] == VOCABULARY
     assert spec["prompt"]["question"].startswith("If you are doing an image classification task")
-    assert spec["weights"]["files_sha256"]
+    assert spec["weights"]["weights_sha256"]["model.safetensors"]
     assert make_teacher(tiny_dir, batch_size=1, device="cpu").spec() == spec
     for change in ({"prompt": "prompt2"}, {"box_width": 5}, {"view": "crop"}, {"layers": [0]},
                    {"answer_mode": "generate"}, {"box_color": (0, 255, 0)}):  # fmt: skip

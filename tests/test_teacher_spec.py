@@ -15,32 +15,28 @@ from teacher_fixtures import VOCABULARY, built_tiny_dir
 
 from pipeline.cache import CacheSpec, cache_key
 from teacher import TeacherConfig, describe_teacher
-from teacher.checkpoint import FileTokenizer, facts_from_files
+from teacher.checkpoint import FileTokenizer, facts_from_files, resolve_checkpoint
 from teacher.prompts import PROMPTS, chat_text, forced_answer_text, question_text
 
-# Regression guard, not values copied from the code under test: these keys were computed once on
-# main at f4a0b13 (before teacher/extract.py was split), by building each tiny teacher with
-# `teacher.tiny.build_tiny_teacher(<tmp>/tiny-llava, vocab)` (deterministic: seed 0, checked by
-# building twice) and printing cache_key(CacheSpec(dataset="sample", split="train",
-# dataset_fingerprint="fp-0", teacher=describe_teacher(TeacherConfig(model=<dir>, device="cpu",
-# **change), VOCABULARY).spec())). They change only when what a map depends on changes, or when
-# the tiny teacher's files do (a transformers release that writes config.json differently).
-# The llama teacher's tokenizer_config.json records transformers' `local_files_only`, which
-# follows HF_HUB_OFFLINE when it is built, so its keys were computed both ways (conftest sets
-# HF_HUB_OFFLINE=1 unless the environment says otherwise).
+# Regression guard, not values copied from the code under test: these keys were computed once,
+# when keys became content identities (teacher.identity, SPEC_FORMAT 2), by building each tiny
+# teacher with `teacher.tiny.build_tiny_teacher(<tmp>/<any name>, vocab)` (deterministic: seed 0)
+# under the packages of requirements.lock, and printing cache_key(CacheSpec(dataset="sample",
+# split="train", dataset_fingerprint="fp-0", teacher=describe_teacher(TeacherConfig(model=<dir>,
+# device="cpu", **change), VOCABULARY).spec())). They change only when what a map depends on
+# changes: the spec, or the tiny teacher's files' values (a locked release that writes other
+# config values or other random weights: then `make lock` says so, and these are recomputed).
+# The folder's name and HF_HUB_OFFLINE (recorded by the llama tokenizer's config as
+# `local_files_only`) no longer matter.
 TINY_KEYS = {
-    ("bpe", "default"): "9f82d47d1ce12141",
-    ("bpe", "generate"): "9612d44cfce4f1ff",
-    ("bpe", "dense"): "9fd62a16326cd761",
-    ("bpe", "layers"): "45062f14b36aae0a",
-    ("llama-offline", "default"): "a12b30d5f2e6ace0",
-    ("llama-offline", "generate"): "11a5e28908012665",
-    ("llama-offline", "dense"): "f9da241cf6b6af17",
-    ("llama-offline", "layers"): "a795ea176d5011a2",
-    ("llama-online", "default"): "8e7c76fdf03d8de7",
-    ("llama-online", "generate"): "0188a1c4bef28964",
-    ("llama-online", "dense"): "73bca169124b146c",
-    ("llama-online", "layers"): "d84fa60c14b82dec",
+    ("bpe", "default"): "950e9feae3d2b8db",
+    ("bpe", "generate"): "6355dd46c4809942",
+    ("bpe", "dense"): "5cf89c7355c7dbfe",
+    ("bpe", "layers"): "c7dfea9c9192f1d6",
+    ("llama", "default"): "eb99e093dd08b5ba",
+    ("llama", "generate"): "11a0529703b7d1d0",
+    ("llama", "dense"): "4a807b8c212b4a2c",
+    ("llama", "layers"): "464fadfad200d4c6",
 }
 CHANGES = {
     "default": {},
@@ -68,17 +64,14 @@ def key_of(teacher_spec: dict) -> str:
 
 @pytest.fixture(scope="module", params=["bpe", "llama"])
 def named_tiny(request, tmp_path_factory) -> tuple[str, Path]:
-    """The session's tiny teacher under the folder name the keys were computed with."""
-    folder = tmp_path_factory.mktemp(f"named-{request.param}") / "tiny-llava"
+    """The session's tiny teacher, copied under a folder name of its own."""
+    folder = tmp_path_factory.mktemp(f"named-{request.param}") / "some-teacher"
     shutil.copytree(built_tiny_dir(request.param, tmp_path_factory), folder)
     return request.param, folder
 
 
-def test_cache_keys_are_those_of_main_before_the_split(named_tiny):
+def test_cache_keys_are_pinned(named_tiny):
     vocab, folder = named_tiny
-    if vocab == "llama":
-        offline = json.loads((folder / "tokenizer_config.json").read_text())["local_files_only"]
-        vocab = "llama-offline" if offline else "llama-online"
     for change, extra in CHANGES.items():
         cfg = TeacherConfig(model=str(folder), device="cpu", **extra)
         assert key_of(describe_teacher(cfg, VOCABULARY).spec()) == TINY_KEYS[vocab, change]
@@ -128,9 +121,9 @@ def test_a_config_silent_on_a_fact_is_read_through_transformers(tiny_dir, tmp_pa
     config = json.loads((folder / "config.json").read_text())
     del config["text_config"]["num_hidden_layers"]
     (folder / "config.json").write_text(json.dumps(config))
-    assert facts_from_files(str(folder), None) is None
+    assert facts_from_files(resolve_checkpoint(str(folder), None)) is None
     described = describe_teacher(TeacherConfig(model=str(folder), device="cpu"), VOCABULARY)
-    assert described.spec()["weights"]["text_layers"] == 32  # LlamaConfig's default
+    assert described.facts.num_layers == 32  # LlamaConfig's default
 
 
 def test_a_loaded_model_that_disagrees_with_the_files_is_refused(tiny_dir):
@@ -143,6 +136,8 @@ def test_a_loaded_model_that_disagrees_with_the_files_is_refused(tiny_dir):
     loaded = teacher_fixtures.make_teacher(tiny_dir)
     described = loaded.description
     facts = dataclasses.replace(described.facts, max_positions=4096)
-    other = TeacherSpec(described.cfg, described.vocabulary, facts, loaded.tokenizer)
+    other = TeacherSpec(
+        described.cfg, described.vocabulary, facts, loaded.tokenizer, described.weights
+    )
     with pytest.raises(RuntimeError, match=r"max_positions.*4096, 2048"):
         Teacher(other, loaded.model, loaded.processor)

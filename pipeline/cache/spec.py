@@ -69,9 +69,17 @@ def teacher_brief(spec: dict[str, Any]) -> str:
     teacher = spec.get("teacher", {})
     weights, prompt = teacher.get("weights"), teacher.get("prompt")
     parts = [
-        weights.get("source") if isinstance(weights, dict) else teacher.get("model"),
+        checkpoint_brief(weights) if isinstance(weights, dict) else teacher.get("model"),
         teacher.get("quant"),
         prompt.get("name") if isinstance(prompt, dict) else prompt,
         teacher.get("answer_mode"),
     ]
     return " ".join(str(p) for p in parts if p) or "-"
+
+
+def checkpoint_brief(weights: dict[str, Any]) -> str:
+    """A checkpoint named by content (teacher.identity) has no name: show a short digest of it
+    (`weights:3f2a9c0d1e4b`); entries from before that kept the folder name or hub id."""
+    if "source" in weights:
+        return str(weights["source"])
+    return "weights:" + hashlib.sha256(canonical_json(weights).encode()).hexdigest()[:12]
