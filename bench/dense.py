@@ -31,7 +31,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from pipeline.paths import data_dir
+from pipeline.paths import cache_root, runs_root, shards_root
 
 # Keep in step with the Makefile's DEMO_DETR / DEMO_DETECT_STUDENT (the demo's detector).
 DETR = {"num_queries": 12, "d_model": 64, "encoder_layers": 1, "decoder_layers": 2,
@@ -104,13 +104,13 @@ def main(argv: list[str] | None = None) -> int:
     from experiments.dense_backbone import DEFAULT_OUT
 
     parser = argparse.ArgumentParser(prog="python -m bench.dense", description=__doc__)
-    parser.add_argument("--shards-root", default=str(data_dir() / "shards"))
-    parser.add_argument("--cache-root", default=str(data_dir() / "cache"))
-    parser.add_argument("--runs-root", default=str(data_dir() / "runs"))
+    parser.add_argument("--shards-root", default=str(shards_root()))
+    parser.add_argument("--cache-root", default=str(cache_root()))
+    parser.add_argument("--runs-root", default=str(runs_root()))
     parser.add_argument("--weights", default=str(DEFAULT_OUT),
                         help="frozen backbone (make dense-backbone); 'none': random")  # fmt: skip
     parser.add_argument("--epochs", type=int, default=12)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     args = parser.parse_args(argv)
     if args.weights != "none" and not Path(args.weights).is_file():
         parser.error(f"--weights {args.weights}: no such file; run `make dense-backbone` first")

@@ -39,7 +39,7 @@ import torch
 from bench.science_plots import plot_map_fitting, sweep_label
 from experiments import backbone as bb
 from pipeline.datasets.shift import CORRELATION, write_shift_dataset
-from pipeline.paths import data_dir
+from pipeline.paths import bench_dir
 from pipeline.shards.build import ensure_shards
 from pipeline.shards.config import ShardsConfig
 from student.build import build, build_optimizer, build_scheduler
@@ -199,15 +199,11 @@ def main(argv: list[str] | None = None) -> int:
         "one thread the CPU time printed is the wall time of an idle core",
     )  # fmt: skip
     parser.add_argument(
-        "--shards-root", type=Path, default=data_dir() / "bench" / "science",
+        "--shards-root", type=Path, default=bench_dir() / "science",
         help="raw data and shards go to <this>/correlation-<level>/",
     )  # fmt: skip
-    parser.add_argument(
-        "--cache-root", type=Path, default=data_dir() / "bench" / "science" / "cache"
-    )
-    parser.add_argument(
-        "--out", type=Path, default=data_dir() / "bench" / "science" / "result.json"
-    )
+    parser.add_argument("--cache-root", type=Path, default=bench_dir() / "science" / "cache")
+    parser.add_argument("--out", type=Path, default=bench_dir() / "science" / "result.json")
     parser.add_argument("--skip-tiny", action="store_true", help="leave out the tiny-LLaVA row")
     parser.add_argument(
         "--baseline-only", action="store_true",

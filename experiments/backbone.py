@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 
 from pipeline.datasets.generated import SHAPES
 from pipeline.datasets.shift import BACKGROUNDS
-from pipeline.paths import data_dir
+from pipeline.paths import models_dir
 
 # The benchmark student: 32 px, 4 px patches (an 8x8 grid), 3 blocks of width 64 (2 heads):
 # small enough that 3 seeds of every variant train in minutes on 2 CPU cores.
@@ -43,7 +43,7 @@ PRETRAIN_BACKGROUNDS = [rgb for _, rgb in BACKGROUNDS] + [
     (60, 150, 160),
     (180, 180, 60),
 ]
-DEFAULT_OUT = data_dir() / "models" / "shift-vit.safetensors"
+DEFAULT_OUT = models_dir() / "shift-vit.safetensors"
 # Pretraining budget (README, "sample-shift benchmark": how the probe chose it).
 IMAGES = 8000
 EPOCHS = 14

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from pycocotools import mask as mask_utils
 
 from pipeline.datasets.sample_coco import CLASSES, IMAGE_SIZE, render_image
-from pipeline.paths import data_dir
+from pipeline.paths import models_dir
 
 # The dense demo's student (Makefile DEMO_DETECT_STUDENT, bench.dense): 64 px, 8 px patches (an
 # 8x8 grid), 4 blocks of half ViT-Tiny's width. The detector's head, not the backbone, is what
@@ -41,7 +41,7 @@ IMG_SIZE = 64
 MODEL_KWARGS = {"patch_size": 8, "depth": 4, "embed_dim": 96, "num_heads": 3}
 GRID = IMG_SIZE // MODEL_KWARGS["patch_size"]
 SEED = 1  # sample-coco itself is generated with seed 0
-DEFAULT_OUT = data_dir() / "models" / "dense-vit.safetensors"
+DEFAULT_OUT = models_dir() / "dense-vit.safetensors"
 
 
 def visible_mask(annotation: dict) -> np.ndarray:

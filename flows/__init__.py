@@ -9,9 +9,9 @@ console shows warnings and errors only; `PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL=
 
 import os
 
-from pipeline.paths import data_dir
+from pipeline.paths import prefect_home
 
-os.environ.setdefault("PREFECT_HOME", str(data_dir() / "prefect"))
+os.environ.setdefault("PREFECT_HOME", str(prefect_home()))
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")  # what reaches the API (the UI)
 os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")  # the terminal

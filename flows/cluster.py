@@ -32,8 +32,8 @@ from pathlib import Path
 import psutil
 
 import flows  # noqa: F401  (Prefect settings)
-from flows.server import start_prefect_server, wait_until_healthy
-from pipeline.paths import data_dir
+from flows.server import DEFAULT_PORT, start_prefect_server, wait_until_healthy
+from pipeline.paths import prefect_home
 
 PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
 
@@ -166,11 +166,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1, help="workers on GPUs 0..N-1")
     parser.add_argument("--gpus", help="comma-separated CUDA_VISIBLE_DEVICES, one worker each")
     parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0: reachable by others")
-    parser.add_argument("--port", type=int, default=4200)
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
     parser.add_argument("--pool", default="gpus", help="the process work pool's name")
-    parser.add_argument("--home", type=Path, default=data_dir() / "prefect",
+    parser.add_argument("--home", type=Path, default=prefect_home(),
                         help="the server's PREFECT_HOME (its database)")  # fmt: skip
-    parser.add_argument("--auth-file", type=Path, default=data_dir() / "prefect" / "api-auth")
+    parser.add_argument("--auth-file", type=Path, default=prefect_home() / "api-auth")
     args = parser.parse_args(argv)
     gpus = args.gpus.split(",") if args.gpus else [str(i) for i in range(args.workers)]
     if not gpus or any(not g.strip() for g in gpus):
@@ -191,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
             server, _ = start_prefect_server(args.host, args.port, args.home, sink, secret)
         members.append(Member("server", server, logs / "server.log"))
         wait_until_healthy(api, server)
+        # `make launch` finds the cluster here (PREFECT_API_URL), the way it finds the auth string.
+        (args.home / "api-url").write_text(api + "\n")
         # Everything below (and every worker) is a client of that server: before prefect loads.
         os.environ.update({"PREFECT_API_URL": api, "PREFECT_API_AUTH_STRING": secret})
         create_process_pool(args.pool)

@@ -24,7 +24,7 @@ from flows.command import prefect_session, run_command
 from flows.inputs import check_shards_obtainable
 from flows.orphans import record_process
 from pipeline.errors import MissingInputError
-from pipeline.paths import data_dir
+from pipeline.paths import runs_root, shards_root
 from pipeline.shards.build import ensure_shards
 from pipeline.shards.config import ShardsConfig
 from student.run import evaluate_run
@@ -34,8 +34,8 @@ class EvalParams(BaseModel):
     run: str = Field(description="run name under runs_root (or a path)")
     dataset: str = Field("sample", description="dataset whose split is evaluated")
     split: str = Field("val", description="split (a domain, or 'all', on domain sets)")
-    shards_root: str = Field(str(data_dir() / "shards"))
-    runs_root: str = Field(str(data_dir() / "runs"))
+    shards_root: str = Field(str(shards_root()))
+    runs_root: str = Field(str(runs_root()))
     device: str = "auto"
     cache_entry: str | None = Field(
         None, description="map-cache entry of this split for C_VLM (default: the run's own)"

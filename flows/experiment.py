@@ -25,7 +25,7 @@ from experiments.aggregate import DONE, aggregate, is_done, member_dir
 from experiments.report import results_markdown, write_report
 from experiments.spec import ExperimentSpec, Member, TeacherEntry, load_spec, members
 from flows.cli_args import add_model_arguments, parse_model
-from pipeline.paths import data_dir
+from pipeline.paths import cache_root, experiments_root, shards_root
 
 
 class ExperimentParams(BaseModel):
@@ -36,9 +36,9 @@ class ExperimentParams(BaseModel):
         default_factory=dict,
         description="deep-merged into the spec, e.g. {'base': {'epochs': 2}, 'seeds': [0]}",
     )
-    out_root: str = Field(str(data_dir() / "experiments"), description="reports and member runs")
-    shards_root: str = Field(str(data_dir() / "shards"))
-    cache_root: str = Field(str(data_dir() / "cache"), description="local path or s3:// URL")
+    out_root: str = Field(str(experiments_root()), description="reports and member runs")
+    shards_root: str = Field(str(shards_root()))
+    cache_root: str = Field(str(cache_root()), description="local path or s3:// URL")
     device: str = Field("auto", description="auto | cpu | cuda (members and their evaluations)")
 
 

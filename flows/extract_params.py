@@ -13,7 +13,7 @@ from typing import ClassVar
 from pydantic import ConfigDict, Field
 
 from flows.sections import SectionedParams
-from pipeline.paths import data_dir
+from pipeline.paths import cache_root
 from pipeline.shards.config import ShardsConfig
 from teacher.config import Prompt, TeacherConfig
 from teacher.numerics import DEFAULT_MAX_NON_FINITE
@@ -45,7 +45,7 @@ class ExtractParams(SectionedParams):
     teacher: TeacherParams = Field(
         default_factory=TeacherParams, description="the VLM, its prompt and its attention"
     )
-    cache_root: str = Field(str(data_dir() / "cache"), description="local path or s3:// URL")
+    cache_root: str = Field(str(cache_root()), description="local path or s3:// URL")
     concurrency: int = Field(0, ge=0, description="shards at once; 0 = one per GPU (1 on CPU)")
     previews: int = Field(6, ge=0, description="overlay PNGs saved in the entry")
     max_non_finite: float = Field(

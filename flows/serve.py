@@ -15,14 +15,14 @@ import os
 import sys
 
 import flows  # noqa: F401  (Prefect settings)
-from flows.server import start_prefect_server, stop, wait_until_healthy
+from flows.server import DEFAULT_PORT, start_prefect_server, stop, wait_until_healthy
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows.serve", description=__doc__)
-    parser.add_argument("--port", type=int, default=4200)
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
     parser.add_argument("--host", default="127.0.0.1")
     args = parser.parse_args(argv)
     if args.host not in LOOPBACK:

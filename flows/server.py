@@ -10,6 +10,9 @@ import urllib.request
 from pathlib import Path
 from typing import IO
 
+# `make ui` and `make cluster` (their --port); Prefect's own default as well.
+DEFAULT_PORT = 4200
+
 
 def start_prefect_server(
     host: str,

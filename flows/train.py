@@ -32,7 +32,7 @@ from flows.sections import SectionedParams
 from pipeline.cache import list_entries, open_entry
 from pipeline.cache.spec import teacher_brief
 from pipeline.errors import AmbiguousInputError, MissingInputError
-from pipeline.paths import data_dir
+from pipeline.paths import cache_root, runs_root, shards_root
 from pipeline.shards.build import ensure_shards
 from pipeline.shards.config import ShardsConfig
 from pipeline.shards.records import ShardIndex
@@ -61,12 +61,12 @@ class TrainParams(SectionedParams):
     )
     train_split: str = "train"
     val_split: str | None = Field("val", description="None: no validation")
-    shards_root: str = Field(str(data_dir() / "shards"))
+    shards_root: str = Field(str(shards_root()))
     shard_size: int = Field(1000, ge=1, description="used only when shards must be written")
-    cache_root: str = Field(str(data_dir() / "cache"), description="local path or s3:// URL")
+    cache_root: str = Field(str(cache_root()), description="local path or s3:// URL")
     cache_entry: str | None = Field(None, description="an entry to use when the root has several")
     run: str | None = Field(None, description="run name under data/runs; default: a new one")
-    runs_root: str = Field(str(data_dir() / "runs"))
+    runs_root: str = Field(str(runs_root()))
     nproc: int = Field(1, ge=1, description="processes (GPUs) under torchrun; 1: in-process")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     student: StudentConfig = Field(

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.hub import hub_access
-from pipeline.paths import data_dir
+from pipeline.paths import models_dir
 from teacher.config import TeacherConfig
 from teacher.hub_weights import CONFIG_FILE, TeacherWeightsError, ensure_teacher_files, is_hub_id
 from teacher.identity import DigestMemo, checkpoint_identity, checkpoint_patterns
@@ -32,7 +32,7 @@ PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
 
 def default_tiny_dir(vocab: str = "bpe") -> Path:
     """Where `TEACHER=tiny` (`tiny-llama`) lives: data/models/tiny-llava(-llama)."""
-    return data_dir() / "models" / ("tiny-llava-llama" if vocab == "llama" else "tiny-llava")
+    return models_dir() / ("tiny-llava-llama" if vocab == "llama" else "tiny-llava")
 
 
 def resolve_model(model: str) -> str:
@@ -187,7 +187,7 @@ class Checkpoint:
 
 def digest_memo() -> DigestMemo:
     """Where local weight files' sha256 are remembered (see teacher.identity.DigestMemo)."""
-    return DigestMemo(data_dir() / "models" / "sha256-memo.json")
+    return DigestMemo(models_dir() / "sha256-memo.json")
 
 
 def read_checkpoint(cfg: TeacherConfig) -> Checkpoint:

@@ -31,7 +31,7 @@ from filelock import FileLock
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import AutoTokenizer, LlamaTokenizerFast, PreTrainedTokenizerFast
 
-from pipeline.paths import data_dir
+from pipeline.paths import models_dir
 
 NPM_PACKAGE = "llama-tokenizer-js@1.2.2"
 # sha256 of the package's llama-tokenizer.js: the data we convert, whoever served the tarball.
@@ -48,7 +48,7 @@ class LlamaVocabularyError(RuntimeError):
 
 
 def default_tokenizer_dir() -> Path:
-    return data_dir() / "models" / "llama-tokenizer"
+    return models_dir() / "llama-tokenizer"
 
 
 def fetch_npm_js(workdir: Path) -> str:

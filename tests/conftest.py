@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
+import sysconfig
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +27,41 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def modules_from_outside() -> list[str]:
+    """Modules loaded from neither the virtual environment, the repository, the standard
+    library nor a temporary folder: a package that a fresh machine's `make setup` would not
+    give (the base interpreter's site-packages, a stray PYTHONPATH)."""
+    stdlib = Path(sysconfig.get_paths()["stdlib"]).resolve()
+    allowed = [
+        Path(sys.prefix).resolve(),
+        REPO_ROOT,
+        stdlib,
+        Path(sysconfig.get_paths()["platstdlib"]).resolve(),
+        Path(tempfile.gettempdir()).resolve(),
+    ]
+    refused = [stdlib / "site-packages", stdlib / "dist-packages"]
+    outside = []
+    for name, module in list(sys.modules.items()):
+        file = getattr(module, "__file__", None)
+        if not file:
+            continue
+        path = Path(file).resolve()
+        inside = any(path.is_relative_to(root) for root in allowed)
+        if not inside or any(path.is_relative_to(root) for root in refused):
+            outside.append(f"{name} ({path})")
+    return sorted(outside)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    outside = modules_from_outside()
+    if outside:
+        print("\nerror: imported from outside .venv and the repository:\n  " + "\n  ".join(outside))
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def free_port() -> int:

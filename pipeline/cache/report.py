@@ -31,7 +31,7 @@ from pipeline.cache.entry import CacheEntry
 from pipeline.geometry import box_coverage, image_rect, teacher_view_rect
 from pipeline.io import pretty_json
 from pipeline.map_quality import localization, summarize
-from pipeline.paths import data_dir
+from pipeline.paths import shards_root
 from pipeline.shards.reader import iter_shard
 from pipeline.shards.records import read_index
 
@@ -65,7 +65,7 @@ class ReportRows:
 
 def default_shard_dir(entry: CacheEntry) -> Path:
     spec = entry.manifest["spec"]
-    return data_dir() / "shards" / spec["dataset"] / spec["split"]
+    return shards_root() / spec["dataset"] / spec["split"]
 
 
 def collect_rows(entry: CacheEntry, shard_dir: Path) -> ReportRows:

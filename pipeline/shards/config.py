@@ -6,11 +6,11 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from pipeline.paths import data_dir
+from pipeline.paths import shards_root
 
 
 def default_shards_root() -> Path:
-    return data_dir() / "shards"
+    return shards_root()
 
 
 class ShardsConfig(BaseModel):
