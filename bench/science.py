@@ -190,12 +190,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--correlation", type=float, default=CORRELATION,
         help="P(background == class) in train/val (the shortcut's strength, fixed by the "
-        "baseline alone: README)",
+        "baseline alone: docs/science.md)",
     )  # fmt: skip
     parser.add_argument(
         "--threads", type=int, default=1,
         help="torch threads: this tiny ViT's matmuls gain little from a second thread, and on a "
-        "shared machine spin-waiting threads cost several times the CPU (measured: README); with "
+        "shared machine spin-waiting threads cost several times the CPU (docs/science.md); with "
         "one thread the CPU time printed is the wall time of an idle core",
     )  # fmt: skip
     parser.add_argument(

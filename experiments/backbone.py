@@ -44,7 +44,7 @@ PRETRAIN_BACKGROUNDS = [rgb for _, rgb in BACKGROUNDS] + [
     (180, 180, 60),
 ]
 DEFAULT_OUT = models_dir() / "shift-vit.safetensors"
-# Pretraining budget (README, "sample-shift benchmark": how the probe chose it).
+# Pretraining budget (docs/science.md: how the probe chose it).
 IMAGES = 8000
 EPOCHS = 14
 LR = 3e-3
@@ -125,7 +125,7 @@ def pretrain(
     # The dense head (which shape, if any, covers each patch) is thrown away after pretraining:
     # it makes the patch tokens, hence the keys the interaction queries will attend over, tell
     # object from background, as a foundation model's patch features do; it also speeds up
-    # learning the shapes (measured in the README).
+    # learning the shapes (measured in docs/science.md).
     dense_head = torch.nn.Linear(MODEL_KWARGS["embed_dim"], 1 + len(SHAPES))
     params = [*model.parameters(), *dense_head.parameters()]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)

@@ -1,4 +1,4 @@
-"""An experiment as data (DESIGN 8): a grid of student variants, teacher entries, data fractions
+"""An experiment as data (docs/experiments.md): a grid of student variants, teachers, data fractions
 and seeds, expanded into member runs.
 
 A spec is a YAML (or JSON) file under experiments/specs/. Each member is one training run of the

@@ -1,4 +1,4 @@
-"""Thin Prefect flows over the packages below (DESIGN 6): extraction and training.
+"""Thin Prefect flows over the packages below (docs/design.md): extraction and training.
 
 Prefect reads its settings at import time, so the project's defaults (a Prefect home inside
 `data/`, no analytics, logs) are set here, before any flow module imports prefect.

@@ -1,4 +1,4 @@
-"""`make cluster`: the README's scale-out recipe on one machine, in one command.
+"""`make cluster`: the scale-out recipe of docs/scale-out.md on one machine, in one command.
 
     python -m flows.cluster --workers 2                 # GPUs 0 and 1, server on 127.0.0.1:4200
     python -m flows.cluster --gpus 0,1,2,3 --host 0.0.0.0   # reachable by other machines

@@ -1,4 +1,4 @@
-"""The experiment flow (DESIGN 8): a spec's grid of member runs, each its own Prefect flow run,
+"""The experiment flow (docs/experiments.md): a spec's grid of member runs, each its own flow run,
 then the paper-style tables and the convergence figure under data/experiments/<name>/.
 
     python -m flows.experiment --spec table1                      (what `make experiment` runs)

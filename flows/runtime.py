@@ -1,6 +1,6 @@
 """Per-process state of flow workers: loaded teachers and the accelerator each task may use.
 
-Tasks receive paths and keys, never models (DESIGN 6); a worker process loads a teacher once
+Tasks receive paths and keys, never models (docs/scale-out.md); a worker process loads a teacher
 and keeps it for every shard it is given, whichever task runner placed the task there.
 """
 

@@ -1,6 +1,6 @@
 """The view geometry: where the teacher's square view (and its G x G grid) lies over an image.
 
-Part of the cache contract (DESIGN 3.3): the manifest's `geometry` is a `MapGeometry` (mode,
+Part of the cache contract (docs/design.md): the manifest's `geometry` is a `MapGeometry` (mode,
 view size, grid), and the per-image placement follows from it and the image size alone. The
 teacher renders its view with `view_geometry` (teacher/view.py) and the student places the cached
 maps with `view_rect` (student/maps.py): one module, so the two cannot drift apart. The

@@ -1,4 +1,4 @@
-"""Checkpoints as safetensors + a JSON sidecar (DESIGN 3.4): loading never unpickles anything.
+"""Checkpoints as safetensors + a JSON sidecar (docs/design.md): loading never unpickles anything.
 
 `<stem>.safetensors` holds the trainable weights, the optimizer's tensor state and the torch RNG
 states; `<stem>.json` holds everything else (epoch, step, optimizer hyper-parameters, scheduler

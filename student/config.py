@@ -1,4 +1,4 @@
-"""Typed configuration of the student stage (DESIGN 5): the I-ViT, its loss and its training.
+"""Typed configuration of the student stage (docs/maps.md): the I-ViT, its loss and its training.
 
 `build.py` is the only place these meet the modules; every run writes the resolved config next
 to its outputs, so a default here is part of every result it produced.

@@ -1,4 +1,4 @@
-"""Multi-GPU (and multi-process CPU) training under `torchrun` with DDP (DESIGN 6).
+"""Multi-GPU (and multi-process CPU) training under `torchrun` with DDP (docs/scale-out.md).
 
 Launch any training entry point with torchrun instead of python; nothing else changes:
 

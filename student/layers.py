@@ -1,4 +1,4 @@
-"""The I-ViT's attention (paper Sec. 4.1, DESIGN 5): a frozen timm Attention plus Interaction
+"""The I-ViT's attention (paper Sec. 4.1, docs/maps.md): a frozen timm Attention plus Interaction
 Queries and a Gated Control Network.
 
 One InteractionAttention replaces `block.attn` in a timm VisionTransformer and reuses the frozen

@@ -1,4 +1,4 @@
-"""The student's input pipeline: WebDataset shards joined with cached C_VLM maps (DESIGN 3, 5).
+"""The student's input pipeline: WebDataset shards joined with cached C_VLM maps (docs/design.md).
 
 Per worker, the stages are:
 

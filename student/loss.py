@@ -1,4 +1,4 @@
-"""The student's criterion (paper Eq. 13-14, DESIGN 5): cross-entropy plus the alignment of each
+"""The student's criterion (paper Eq. 13-14, docs/maps.md): cross-entropy plus the alignment of each
 block's CLS interaction row to the teacher's C_VLM (or of the last k blocks only, or of every
 query row: StudentConfig.align_last_blocks / align_rows).
 """

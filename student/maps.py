@@ -1,4 +1,4 @@
-"""Map geometry: move a cached C_VLM map with the image's geometric augmentation (DESIGN 5).
+"""Map geometry: move a cached C_VLM map with the image's geometric augmentation (docs/maps.md).
 
 The cache holds C_VLM on the teacher's G x G grid over the teacher's *view* of the image (the
 original image padded to a square, resized, or center-cropped: the manifest's `geometry`). The

@@ -1,4 +1,4 @@
-"""The I-ViT (DESIGN 5): a timm ViT, frozen, whose every block attends through an
+"""The I-ViT (docs/maps.md): a timm ViT, frozen, whose every block attends through an
 InteractionAttention; plus backbone loading and the parameter/FLOP summary.
 """
 

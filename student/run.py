@@ -50,7 +50,7 @@ class RunConfig(BaseModel):
     data: DataConfig
     device: str = Field("auto", description="auto | cpu | cuda")
     task: Literal["classify", "detect", "segment"] = Field(
-        "classify", description="detect/segment: the I-ViT inside Conditional DETR (DESIGN 9)"
+        "classify", description="detect/segment: the I-ViT inside Conditional DETR (docs/dense.md)"
     )
     detr: DetrConfig | None = Field(None, description="the detector's size (dense tasks)")
 

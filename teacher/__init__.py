@@ -1,4 +1,4 @@
-"""Teacher stage: quantized LLaVA-1.5 interaction maps (C_VLM), paper Sec. 4.2 / DESIGN 4.
+"""Teacher stage: quantized LLaVA-1.5 interaction maps (C_VLM), paper Sec. 4.2 / docs/maps.md.
 
 teacher = load_teacher(TeacherConfig(model="tiny"), vocabulary=index.classes)
 results = teacher.extract([TeacherInput(key, image, boxes, class_name, label), ...])

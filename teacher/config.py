@@ -1,4 +1,4 @@
-"""Teacher configuration (DESIGN 4): every field that changes a map is recorded by Teacher.spec()."""
+"""Teacher configuration (docs/teacher.md): every field that changes a map is in Teacher.spec()."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The running teacher: a loaded LLaVA-1.5 that turns TeacherInputs into MapResults (DESIGN 4).
+"""The running teacher: a loaded LLaVA-1.5 that turns TeacherInputs into MapResults (docs/maps.md).
 
 Per batch: prepare each item (teacher.prepared: boxes checked, view drawn, prompt written),
 encode the chat text with the forced answer prefix (teacher.encoding), generate greedily while

@@ -1,4 +1,4 @@
-"""One shard -> one ShardMaps (the unit of teacher work, DESIGN 3.2): what flows call per task."""
+"""One shard -> one ShardMaps (the unit of teacher work, docs/design.md): what a flow task calls."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The teacher without its weights: what determines its maps, and so its cache key (DESIGN 3.3).
+"""The teacher without its weights: what determines its maps, and so its cache key (docs/design.md).
 
 `TeacherSpec` holds the config, the class vocabulary and the checkpoint's facts (teacher.checkpoint),
 and answers what a cache lookup and the prompts need: spec() (hashed into the key), the grid, the

@@ -1,4 +1,4 @@
-"""A word's map: the mean of its tokens' attention rows, as a G x G grid (DESIGN 4).
+"""A word's map: the mean of its tokens' attention rows, as a G x G grid (docs/maps.md).
 
 The token at position p was produced by the query at p - 1, so a word spanning answer tokens
 [s, e) uses rows s-1 .. e-2. teacher.filters then turns the words' maps into C_fore, C_back and

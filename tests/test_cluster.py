@@ -1,4 +1,4 @@
-"""The README's scale-out recipe as a user runs it, on 127.0.0.1: `python -m flows.cluster`
+"""docs/scale-out.md's recipe as a user runs it, on 127.0.0.1: `python -m flows.cluster`
 (what `make cluster` runs) starts a Prefect server with an auth string, a process work pool, the
 deployments of `flows.deploy` and two workers (CUDA_VISIBLE_DEVICES 0 and 1); `python -m
 flows.launch` starts extract runs from the deployment; caches are read back with plain zarr and

@@ -506,7 +506,7 @@ def test_two_runs_started_together_commit_each_shard_once(
 def test_a_run_moves_past_a_shard_a_live_writer_holds_and_takes_it_when_that_dies(
     flow_env: FlowEnv, reference: Reference, tmp_path: Path
 ) -> None:
-    # Two extractors split the work (DESIGN 6: one worker per GPU on one entry): a shard that
+    # Two extractors split the work (docs/scale-out.md: a worker per GPU on one entry): a shard that
     # another live writer is computing is left for last, and its claim is taken over as soon as
     # that writer dies, by the run already under way.
     cache_root = tmp_path / "cache"

@@ -1,4 +1,4 @@
-"""Multi-node training as the README tells it, on one machine: `python -m flows.train
+"""Multi-node training as docs/scale-out.md tells it, on one machine: `python -m flows.train
 --config-only` writes the run's config, then two `torchrun --nnodes 2 --node-rank 0|1` with a
 c10d rendezvous on 127.0.0.1 (gloo, one process each) run `student.run` on it, twice (the second
 time with more epochs, so it resumes).
@@ -73,7 +73,7 @@ WRAPPER = textwrap.dedent(
 
 
 def two_nodes(config: Path, out_dir: Path, wrapper: Path) -> None:
-    """The README's two torchrun commands, one per 'node', against one c10d endpoint."""
+    """The two torchrun commands of docs/scale-out.md, one per 'node', against one c10d endpoint."""
     out_dir.mkdir(parents=True, exist_ok=True)
     endpoint = f"127.0.0.1:{free_port()}"
     env = {

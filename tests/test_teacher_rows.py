@@ -1,4 +1,4 @@
-"""The fast path's maps equal brute-force eager attention (DESIGN 4), in every answer mode.
+"""The fast path's maps equal brute-force eager attention (docs/maps.md), in every answer mode.
 
 References used here: teacher.naive (eager `generate(output_attentions=True)`, one image at a
 time, rows picked afterwards), and an eager forward over the audit's token ids with the map

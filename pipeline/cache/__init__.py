@@ -1,4 +1,4 @@
-"""The map cache (DESIGN 3.3): content-addressed Zarr v3 entries of teacher maps, one commit per shard.
+"""The map cache (docs/design.md): content-addressed Zarr v3 entries of teacher maps, shard commits.
 
 Format (format_version 1), readable with plain `json` and `zarr` (no code from this project):
 

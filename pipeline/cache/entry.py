@@ -1,4 +1,4 @@
-"""The map-cache entry (DESIGN 3.3): Zarr v3 arrays row-aligned with the shards, one commit per shard.
+"""The map-cache entry (docs/design.md): Zarr v3 arrays row-aligned with the shards, shard commits.
 
 See `pipeline/cache/__init__.py` for the on-disk format. This module is the only code that writes it.
 
@@ -70,7 +70,7 @@ def _zarr_store(
 
 
 class CacheEntry:
-    """One content-addressed entry: `<root>/<cache_key>/` (DESIGN 3.3)."""
+    """One content-addressed entry: `<root>/<cache_key>/` (docs/design.md)."""
 
     def __init__(
         self,

@@ -1,4 +1,4 @@
-"""The entry's manifest (DESIGN 3.3): its layout on disk, how it is built from a spec and a shard
+"""The entry's manifest (docs/design.md): its layout on disk, how it is made from a spec and a shard
 index, and the checks that make an entry refuse a request or a hand-edited manifest.
 
 See `pipeline/cache/__init__.py` for the format. `pipeline.cache.entry` is the only writer.

@@ -1,4 +1,4 @@
-"""What identifies a map-cache entry (DESIGN 3.3): the spec, its content key, and the mismatch error.
+"""What identifies a map-cache entry (docs/design.md): the spec, content key and mismatch error.
 
 Everything that changes a map goes into `CacheSpec`, so two runs that would produce different
 maps can never share an entry, and two that would produce the same maps always do.

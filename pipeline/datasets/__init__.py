@@ -1,2 +1,2 @@
-"""Datasets (DESIGN 3.1): the registry (`data/registry.json`), one adapter per raw layout, and the
+"""Datasets (docs/design.md): the registry (`data/registry.json`), an adapter per raw layout, the
 generated offline sample dataset."""

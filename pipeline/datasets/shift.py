@@ -7,7 +7,7 @@ background colours. In train and val the background agrees with the class with p
 well on val and near chance on test_shift; the shape's box is exactly where the evidence is.
 
 The shortcut's strength (CORRELATION, the shape size) was fixed by the ViT baseline alone before
-any I-ViT ran (README, "sample-shift benchmark"). Layout: TinyImageNet's, plus a `test_shift/`
+any I-ViT ran (docs/science.md). Layout: TinyImageNet's, plus a `test_shift/`
 folder laid out like `val/`, and per split a backgrounds.txt (file -> background index) so that a
 user can audit the pairing.
 """
@@ -33,7 +33,7 @@ BACKGROUNDS: list[tuple[str, tuple[int, int, int]]] = [
     ("purple dusk", (130, 60, 140)),
 ]
 CORRELATION = (
-    0.95  # P(background == class's own) in train and val: fixed by the ViT baseline alone (README)
+    0.95  # P(background == class's own) in train and val: fixed by the ViT alone (docs/science.md)
 )
 RADIUS = (10.0, 16.0)  # shape radius at 64 px: 5-8 px at the student's 32 px, 2-4 patches wide
 # Images per class, and whether the split carries the shortcut. `train_indep` (no shortcut) is

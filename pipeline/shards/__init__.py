@@ -1,2 +1,2 @@
-"""WebDataset shards (DESIGN 3.2): sample records and the index, checks of raw images and boxes,
+"""WebDataset shards (docs/design.md): sample records and the index, checks of raw images and boxes,
 the writer, the reader, and `ensure_shards` (build a split's shards unless they are current)."""

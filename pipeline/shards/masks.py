@@ -1,4 +1,4 @@
-"""Instance masks in shards: COCO compressed RLE, as pycocotools writes it (DESIGN 3.2, 9).
+"""Instance masks in shards: COCO compressed RLE, as pycocotools writes it (docs/design.md).
 
 A mask is `{"size": [height, width], "counts": "<COCO compressed RLE string>"}`, one per box, in
 box order. That is COCO's own RLE (column-major run lengths, LEB128-like ASCII), so any COCO tool

@@ -1,4 +1,4 @@
-"""Reading shards back (DESIGN 3.2) with webdataset's own tar reader.
+"""Reading shards back (docs/design.md) with webdataset's own tar reader.
 
 A sample in a shard is `<key>.<img ext>` (the original image bytes) plus `<key>.json`
 (a SampleRecord). Consumers that stream (the student loader) use webdataset pipelines directly;

@@ -1,4 +1,4 @@
-"""Typed records of the shard contract (DESIGN 3.2): one sample's metadata and the shard index.
+"""Typed records of the shard contract (docs/design.md): one sample's metadata and the shard index.
 
 These are the only shapes that cross from the dataset adapters into the teacher and student
 stages, so they live here, below every other package.

@@ -1,4 +1,4 @@
-"""Writing a dataset split as fixed-size WebDataset shards plus `index.json` (DESIGN 3.2).
+"""Writing a dataset split as fixed-size WebDataset shards plus `index.json` (docs/design.md).
 
 Every file appears atomically (written under a temporary name, then renamed), and `index.json`
 is written last, so a reader never sees a half-written shard and an interrupted run is simply

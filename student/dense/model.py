@@ -1,4 +1,4 @@
-"""The I-ViT as the backbone of transformers' Conditional DETR (DESIGN 9).
+"""The I-ViT as the backbone of transformers' Conditional DETR (docs/dense.md).
 
 `ViTFeatureEncoder` takes the place of `ConditionalDetrConvEncoder` (`model.model.backbone`):
 same call (pixel_values, pixel_mask) -> [(feature_map, mask), ...], same

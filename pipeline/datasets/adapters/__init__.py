@@ -1,4 +1,4 @@
-"""Dataset adapters (DESIGN 3.1): each turns a raw dataset layout into `RawSample`s.
+"""Dataset adapters (docs/design.md): each turns a raw dataset layout into `RawSample`s.
 
 An adapter only reads annotations and lists files; checking and repairing image bytes is the
 job of `pipeline.shards.checks`, so every adapter gets the same bad-input policy.
