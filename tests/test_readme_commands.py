@@ -118,7 +118,7 @@ def test_make_shards(data, raw_root):
         split_dir = data / "shards" / "tinyimagenet" / split
         index = json.loads((split_dir / "index.json").read_text())
         count = 20 if split == "train" else 10
-        assert index["num_samples"] == count, out
+        assert sum(shard["count"] for shard in index["shards"]) == count, out
         images = [n for n in shard_members(split_dir) if n.endswith((".jpg", ".jpeg", ".png"))]
         assert len(images) == count
 
@@ -129,7 +129,7 @@ EXTRACT = ("extract", "DATASET=tinyimagenet", "QUANT=none")
 def committed_maps(entry: Path) -> np.ndarray:
     """Every committed row's C_VLM, read with plain zarr and the commit records."""
     manifest = json.loads((entry / "manifest.json").read_text())
-    c_vlm = zarr.open_group(str(entry / "maps.zarr"), mode="r")["c_vlm"][:]
+    c_vlm = zarr.open_group(str(entry / "maps.zarr"), mode="r")["c_vlm"][:].astype(np.float64)
     rows = []
     for shard in manifest["shards"]:
         assert (entry / "commits" / f"{shard['name']}.json").is_file(), shard
@@ -146,9 +146,10 @@ def test_make_extract_with_each_teacher_kind(data, tmp_path):
         maps = committed_maps(entries[teacher, "train"])
         assert maps.shape == (20, 24, 24)
         valid = maps.sum(axis=(1, 2)) > 0
-        np.testing.assert_allclose(maps[valid].sum(axis=(1, 2)), 1.0, atol=1e-4)
+        # Stored as float16: 576 roundings of at most 2**-11 relative each.
+        np.testing.assert_allclose(maps[valid].sum(axis=(1, 2)), 1.0, atol=2e-3)
     uniform = committed_maps(entries["uniform", "train"])
-    np.testing.assert_allclose(uniform, 1 / 576, atol=1e-7)  # the uniform map, by definition
+    np.testing.assert_allclose(uniform, 1 / 576, rtol=2**-11)  # the uniform map, by definition
     assert len({entries[t, "train"] for t in ("tiny", "box", "uniform", "tiny-llama")}) == 4
 
     # A folder of the same files is the same teacher: same entry, nothing to compute.
