@@ -113,6 +113,10 @@ def _matching_entry(
                 f"SPLIT={index.split}` first, or train without alignment (--no-alignment)"
             )
         return None
+    if not required:
+        # A run that does not align reads maps only for its overlays: with several teachers'
+        # entries to choose from (a shared cache), it takes none rather than failing.
+        return None
     listing = "\n  ".join(f"{e.path}  ({teacher_brief(e.manifest['spec'])})" for e in matches)
     raise AmbiguousInputError(
         f"several cache entries match {where} (one per teacher); choose one with "

@@ -171,6 +171,8 @@ def test_a_dense_run_refuses_maps_of_another_prompt(shards: Path, tmp_path: Path
     assert language_only.path != boxes.path
     with pytest.raises(ValueError, match="several cache entries"):
         _matching_entry(params, index, required=True)
+    # A run that does not align (maps only for its overlays) takes none rather than failing.
+    assert _matching_entry(params, index, required=False) is None
     explicit = params.model_copy(update={"cache_entry": classification.path})
     with pytest.raises(ValueError, match="prompt 'prompt1'"):
         _matching_entry(explicit, index, required=True)
