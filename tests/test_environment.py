@@ -81,3 +81,20 @@ def test_a_module_from_the_base_interpreter_is_caught(monkeypatch):
     stray.__file__ = str(Path(sysconfig.get_paths()["stdlib"]) / "site-packages" / "stray.py")
     monkeypatch.setitem(sys.modules, "stray", stray)
     assert [m.split(" ")[0] for m in modules_from_outside()] == ["stray"]
+
+
+def test_lock_changes_lists_added_removed_and_changed_pins(tmp_path):
+    import subprocess
+
+    old, new = tmp_path / "old.lock", tmp_path / "new.lock"
+    old.write_text("torch==2.14.1\n    # via x\nZarr==3.1.5\nsix==1.16.0\n")
+    new.write_text("torch==2.14.1\nzarr==3.1.6\nuv==0.13.9 ; python_version >= '3.8'\n")
+    out = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "tools" / "lock_changes.py"), str(old), str(new)],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert out.splitlines() == [
+        "  removed  six 1.16.0",
+        "  added    uv 0.13.9",
+        "  changed  zarr 3.1.5 -> 3.1.6",
+    ]
