@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 import pytest
 import teacher_fixtures
@@ -27,14 +26,14 @@ def test_extract_flags_reach_the_teacher_config() -> None:
         "--box-color", "[0, 255, 0]", "--box-width", "0", "--view", "crop", "--revision", "abc",
         "--max-new-tokens", "9", "--answer-mode", "generate", "--audit",
     ])  # fmt: skip
-    config = json.loads(params.teacher_config_json())
+    config = params.teacher_config().model_dump(mode="json")
     assert config["model"] == "tiny" and config["quant"] == "8bit"
     assert config["layers"] == [0, 2] and config["heads"] == [1]
     assert config["box_color"] == [0, 255, 0] and config["box_width"] == 0
     assert config["view"] == "crop" and config["revision"] == "abc"
     assert config["max_new_tokens"] == 9 and config["answer_mode"] == "generate"
     assert config["audit"] is True
-    defaults = json.loads(parse(ExtractParams, []).teacher_config_json())
+    defaults = parse(ExtractParams, []).teacher_config().model_dump(mode="json")
     assert defaults["model"] == "llava-hf/llava-1.5-7b-hf" and defaults["quant"] == "4bit"
 
 
