@@ -22,7 +22,7 @@ from prefect.artifacts import create_markdown_artifact
 from pydantic import ConfigDict, Field
 
 import flows  # noqa: F401  (Prefect settings)
-from flows.cli_args import add_model_arguments, parse_model
+from flows.cli_args import add_model_arguments, add_preset_argument, parse_model
 from flows.command import prefect_session, run_command
 from flows.dense_entries import check_entry_for_task, fits_task
 from flows.inputs import check_shards_obtainable
@@ -201,6 +201,7 @@ def train_flow(params: TrainParams) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows.train", description=__doc__)
     add_model_arguments(parser, TrainParams)
+    add_preset_argument(parser)
     parser.add_argument(
         "--config-only",
         action="store_true",
