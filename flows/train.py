@@ -34,7 +34,7 @@ from pipeline.cache.spec import teacher_brief
 from pipeline.errors import AmbiguousInputError, MissingInputError
 from pipeline.paths import cache_root, runs_root, shards_root
 from pipeline.shards.build import ensure_shards
-from pipeline.shards.config import ShardsConfig
+from pipeline.shards.config import DEFAULT_SHARD_SIZE, ShardsConfig
 from pipeline.shards.records import ShardIndex
 from student.backbone_weights import check_weights_source
 from student.config import LoaderOptions, StudentConfig, TrainConfig
@@ -62,7 +62,9 @@ class TrainParams(SectionedParams):
     train_split: str = "train"
     val_split: str | None = Field("val", description="None: no validation")
     shards_root: str = Field(str(shards_root()))
-    shard_size: int = Field(1000, ge=1, description="used only when shards must be written")
+    shard_size: int = Field(
+        DEFAULT_SHARD_SIZE, ge=1, description="used only when shards must be written"
+    )
     cache_root: str = Field(str(cache_root()), description="local path or s3:// URL")
     cache_entry: str | None = Field(None, description="an entry to use when the root has several")
     run: str | None = Field(None, description="run name under data/runs; default: a new one")
