@@ -194,8 +194,6 @@ bench-gpu: $(STAMP) ## one GPU, < 8 min on an H100: 7B architecture, real ids, f
 
 DEMO_EPOCHS ?= 6
 DEMO_QUANT ?= 4bit
-DEMO_STUDENT := --model vit_tiny_patch16_224 --weights none --img-size 64 \
-  --model-kwargs '{"patch_size": 8, "depth": 4}' --batch 32 --lr 3e-3 --num-workers 1
 DEMO_EXTRACT := --dataset sample $(call flag,--shards-root,$(SHARDS)) --shard-size 100 --teacher tiny \
   --quant $(DEMO_QUANT) --dtype float32 $(call flag,--cache-root,$(CACHE))
 demo: $(STAMP) ## the whole pipeline offline: sample shards -> tiny teacher maps -> a tiny I-ViT run
@@ -205,18 +203,13 @@ demo: $(STAMP) ## the whole pipeline offline: sample shards -> tiny teacher maps
 	@# The entry these maps went to: a cache root may also hold other teachers' maps of these shards.
 	entry=$$($(PY) -m flows.extract $(DEMO_EXTRACT) --split train --which-entry) && \
 	$(PY) -m flows.train --dataset sample $(call flag,--shards-root,$(SHARDS)) --shard-size 100 \
-	  $(call flag,--cache-root,$(CACHE)) --cache-entry $$entry $(DEMO_STUDENT) --epochs $(DEMO_EPOCHS) --run demo
+	  $(call flag,--cache-root,$(CACHE)) --cache-entry $$entry --preset demo --epochs $(DEMO_EPOCHS) --run demo
 	@echo "demo done: maps and their previews under $(or $(CACHE),$(DATA_DIR)/cache)/<key>/previews, the run under $(DATA_DIR)/runs/demo"
 
 DEMO_DETECT_EPOCHS ?= 30
 # 2 cores: the loader's worker process takes one, the model one intra-op thread. Two torch
 # threads on a busy 2-core machine made each tiny step 5-15x slower (OpenMP spinning), measured.
 DEMO_ENV := OMP_NUM_THREADS=1
-DEMO_DETR := '{"num_queries": 12, "d_model": 64, "encoder_layers": 1, "decoder_layers": 2, "attention_heads": 4, "ffn_dim": 128, "dropout": 0.0, "auxiliary_loss": true}'
-# The frozen ViT is the stand-in foundation model of `make dense-backbone` (per-patch shape
-# classes, other images than sample-coco's): on a random frozen ViT, DETR stays near 0.05 mAP.
-DEMO_DETECT_STUDENT := --model vit_tiny_patch16_224 --weights $(DENSE_BACKBONE) --img-size 64 \
-  --model-kwargs '{"patch_size": 8, "depth": 4, "embed_dim": 96, "num_heads": 3}' --batch 8 --lr 1e-3 --warmup-epochs 0.5 --num-workers 1
 DEMO_DETECT_EXTRACT := --dataset sample-coco $(call flag,--shards-root,$(SHARDS)) --shard-size 100 --teacher tiny \
   --quant $(DEMO_QUANT) --dtype float32 $(call flag,--cache-root,$(CACHE))
 demo-detect: $(STAMP) ## dense path offline: sample-coco -> tiny teacher's dense maps -> Conditional DETR on a small pretrained I-ViT -> COCO mAP
@@ -226,7 +219,7 @@ demo-detect: $(STAMP) ## dense path offline: sample-coco -> tiny teacher's dense
 	$(DEMO_ENV) $(PY) -m flows.extract $(DEMO_DETECT_EXTRACT) --split val
 	entry=$$($(PY) -m flows.extract $(DEMO_DETECT_EXTRACT) --split train --which-entry) && \
 	$(DEMO_ENV) $(PY) -m flows.train --dataset sample-coco --task detect $(call flag,--shards-root,$(SHARDS)) --shard-size 100 \
-	  $(call flag,--cache-root,$(CACHE)) --cache-entry $$entry $(DEMO_DETECT_STUDENT) --detr $(DEMO_DETR) \
+	  $(call flag,--cache-root,$(CACHE)) --cache-entry $$entry --preset demo-detect --weights $(DENSE_BACKBONE) \
 	  --epochs $(DEMO_DETECT_EPOCHS) --run demo-detect
 	$(DEMO_ENV) $(PY) -m flows.evaluate --run demo-detect --dataset sample-coco --split val $(call flag,--shards-root,$(SHARDS))
 	@echo "demo-detect done: $(DATA_DIR)/runs/demo-detect (eval-val.json, eval-val-overlays.png, model.txt, curves.png)"

@@ -31,14 +31,14 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+from experiments.presets import load_preset
 from pipeline.paths import cache_root, runs_root, shards_root
 
-# Keep in step with the Makefile's DEMO_DETR / DEMO_DETECT_STUDENT (the demo's detector).
-DETR = {"num_queries": 12, "d_model": 64, "encoder_layers": 1, "decoder_layers": 2,
-        "attention_heads": 4, "ffn_dim": 128, "dropout": 0.0, "auxiliary_loss": True}  # fmt: skip
-VIT = {"model": "vit_tiny_patch16_224", "img_size": 64,
-       "model_kwargs": {"patch_size": 8, "depth": 4, "embed_dim": 96, "num_heads": 3}}  # fmt: skip
-LR, BATCH, WARMUP_EPOCHS = 1e-3, 8, 0.5
+# The demo's detector (experiments/presets/demo-detect.yaml, also read by `make demo-detect`).
+PRESET = load_preset("demo-detect")
+DETR = PRESET["detr"]
+VIT = {k: PRESET[k] for k in ("model", "img_size", "model_kwargs")}
+LR, BATCH, WARMUP_EPOCHS = PRESET["lr"], PRESET["batch"], PRESET["warmup_epochs"]
 
 
 def extract(shards_root: str, cache_root: str) -> dict[str, str]:

@@ -44,8 +44,9 @@ from bench.llava7b import (
 )
 from pipeline.datasets.generated import SHAPES
 from teacher import TeacherConfig, TeacherInput, load_teacher
+from teacher.aliases import default_tiny_dir
 from teacher.capture import register_rows_attention
-from teacher.checkpoint import default_tiny_dir, facts_from_config
+from teacher.checkpoint import facts_from_config
 from teacher.model import Teacher
 from teacher.naive import extract_naive
 from teacher.spec import TeacherSpec

@@ -27,7 +27,7 @@ import torch
 from pipeline.cache import CacheEntry, CacheSpec, ShardMaps
 from pipeline.datasets.generated import write_sample_dataset
 from pipeline.shards.build import build_shards
-from pipeline.shards.config import ShardsConfig
+from pipeline.shards.config import DEFAULT_SHARD_SIZE, ShardsConfig
 from pipeline.shards.reader import iter_shard
 from pipeline.shards.records import ShardIndex
 from student.loader import LoaderConfig, build_loader
@@ -105,7 +105,10 @@ def main() -> None:
     parser.add_argument("--cache", help="cache entry path/URL (<root>/<cache_key>)")
     parser.add_argument("--images", type=int, default=2000, help="synthetic images")
     parser.add_argument(
-        "--shard-size", type=int, default=1000, help="synthetic shard size (the project default)"
+        "--shard-size",
+        type=int,
+        default=DEFAULT_SHARD_SIZE,
+        help="synthetic shard size (the project default)",
     )
     parser.add_argument("--img-size", type=int, default=224)
     parser.add_argument("--patch-size", type=int, default=16)

@@ -29,16 +29,14 @@ import torch
 import torch.nn.functional as F
 from pycocotools import mask as mask_utils
 
+from experiments.presets import load_preset
 from pipeline.datasets.sample_coco import CLASSES, IMAGE_SIZE, render_image
 from pipeline.paths import models_dir
 
-# The dense demo's student (Makefile DEMO_DETECT_STUDENT, bench.dense): 64 px, 8 px patches (an
-# 8x8 grid), 4 blocks of half ViT-Tiny's width. The detector's head, not the backbone, is what
-# needs optimizer steps on 2 cores (a random and a pretrained width-192 backbone both sat near
-# 0.04 mAP after 12 epochs), so the backbone is narrow to make each step cheap.
-MODEL = "vit_tiny_patch16_224"
-IMG_SIZE = 64
-MODEL_KWARGS = {"patch_size": 8, "depth": 4, "embed_dim": 96, "num_heads": 3}
+# The dense demo's student (experiments/presets/demo-detect.yaml: make demo-detect, bench.dense)
+# is the shape of this backbone.
+PRESET = load_preset("demo-detect")
+MODEL, IMG_SIZE, MODEL_KWARGS = PRESET["model"], PRESET["img_size"], PRESET["model_kwargs"]
 GRID = IMG_SIZE // MODEL_KWARGS["patch_size"]
 SEED = 1  # sample-coco itself is generated with seed 0
 DEFAULT_OUT = models_dir() / "dense-vit.safetensors"

@@ -53,11 +53,28 @@ def _is_json_field(annotation: object) -> bool:
     )
 
 
+def add_preset_argument(parser: argparse.ArgumentParser) -> None:
+    """`--preset NAME`: start from experiments/presets/NAME.yaml (flat names); flags override."""
+    parser.add_argument(
+        "--preset",
+        default=None,
+        help="a named set of parameters (experiments/presets/<name>.yaml or a .yaml path); "
+        "flags given beside it override its values",
+    )
+
+
 def parse_model(model: type[Params], args: argparse.Namespace) -> Params:
-    """The params model from the flags given; a value that does not validate is a user error
-    naming the flag."""
+    """The params model from the preset (if any) and the flags given; a value that does not
+    validate is a user error naming the flag."""
     names = _flag_fields(model)
     given = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    if getattr(args, "preset", None):
+        from experiments.presets import load_preset
+
+        try:
+            given = {**load_preset(args.preset), **given}
+        except ValueError as error:
+            raise BadParametersError(str(error)) from None
     try:
         return model.model_validate(given)
     except ValidationError as error:

@@ -1,8 +1,8 @@
-"""Which map-cache entry an extraction's parameters name: its spec, its location, opening it.
+"""Which map-cache entry an extraction's parameters name: its location, and opening it.
 
 Prefect-free on purpose: `python -m flows.extract` answers a fully committed rerun from here
 without importing Prefect or the flow (flows.extract_flow), and the flow's tasks open their
-entry through the same functions, so the two can never disagree about the key.
+entry through the same functions. The key itself is the teacher's business (teacher.entry).
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from flows.extract_params import ExtractParams
-from flows.runtime import describe
 from pipeline.cache import CacheEntry, CacheSpec, cache_key
 from pipeline.shards.records import ShardIndex, read_index
+from teacher.entry import entry_spec as teacher_entry_spec
 
 if TYPE_CHECKING:
     from teacher import BaselineTeacher, TeacherSpec
@@ -21,16 +21,10 @@ if TYPE_CHECKING:
 def entry_spec(
     params: ExtractParams,
 ) -> tuple[CacheSpec, ShardIndex, TeacherSpec | BaselineTeacher]:
-    """What these params' maps are: the cache spec, the shard index and the weightless teacher
-    (teacher.describe_teacher: the checkpoint's files, no weights, no torch)."""
+    """What these params' maps are: the cache spec, the shard index and the weightless
+    teacher (the checkpoint's files, no weights, no torch)."""
     index = read_index(params.shard_dir())
-    teacher = describe(params.teacher_config_json(), index.classes)
-    spec = CacheSpec(
-        dataset=index.dataset,
-        split=index.split,
-        dataset_fingerprint=index.fingerprint,
-        teacher=teacher.spec(),
-    )
+    spec, teacher = teacher_entry_spec(index, params.teacher_config())
     return spec, index, teacher
 
 

@@ -107,7 +107,7 @@ def _compute_shard(
     from teacher.shard_job import extract_shard_maps
 
     started = time.perf_counter()
-    teacher = get_teacher(params.teacher_config_json(), vocabulary, device)
+    teacher = get_teacher(params.teacher_config(), vocabulary, device)
     maps = extract_shard_maps(teacher, params.shard_dir() / shard_name, entry)
     written = entry.write_shard(shard_name, maps)
     return {

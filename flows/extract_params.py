@@ -58,9 +58,6 @@ class ExtractParams(SectionedParams):
         fields = self.teacher.model_dump(exclude={"prompt"})
         return TeacherConfig(**fields, prompt=self.resolved_prompt())
 
-    def teacher_config_json(self) -> str:
-        return self.teacher_config().model_dump_json()
-
     def resolved_prompt(self) -> Prompt:
         """The prompt asked for, else the dataset's own: dense for detection datasets."""
         if self.teacher.prompt is not None:

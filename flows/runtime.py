@@ -7,22 +7,20 @@ and keeps it for every shard it is given, whichever task runner placed the task 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import queue
 import threading
 from collections.abc import Iterator
-from functools import cache, lru_cache
+from functools import cache
 
-from pipeline.io import canonical_json
+from teacher.config import TeacherConfig
 
 
 @cache  # one teacher per (config, vocabulary, device): one per GPU, never evicted and reloaded
-def _teacher(config_json: str, vocabulary: tuple[str, ...], device: str):
-    from teacher import TeacherConfig, load_teacher
+def _teacher(config: TeacherConfig, vocabulary: tuple[str, ...], device: str):
+    from teacher import load_teacher
 
-    config = TeacherConfig.model_validate_json(config_json)
     # The pool hands out a GPU, or "cpu" when there is none: only a GPU overrides "auto", so a
     # real teacher on a GPU-less machine stops with an error instead of crawling on the CPU.
     if config.device == "auto" and device.startswith("cuda"):
@@ -47,26 +45,13 @@ def visible_gpus() -> str:
     return os.environ.get("CUDA_VISIBLE_DEVICES", "all")
 
 
-@lru_cache(maxsize=4)
-def _description(config_json: str, vocabulary: tuple[str, ...]):
-    from teacher import TeacherConfig, describe_teacher
-
-    return describe_teacher(TeacherConfig.model_validate_json(config_json), list(vocabulary))
-
-
-def describe(config_json: str, vocabulary: list[str]):
-    """The teacher's spec, grid and geometry without loading its weights (cheap, cached)."""
-    return _description(canonical_json(json.loads(config_json)), tuple(vocabulary))
-
-
 _load_lock = threading.Lock()
 
 
-def get_teacher(config_json: str, vocabulary: list[str], device: str = "auto"):
-    """This process's teacher for `config_json` (loaded on first use, then reused)."""
-    canonical = canonical_json(json.loads(config_json))
+def get_teacher(config: TeacherConfig, vocabulary: list[str], device: str = "auto"):
+    """This process's teacher for `config` (loaded on first use, then reused)."""
     with _load_lock:  # two threads must not load the same 7B model twice
-        return _teacher(canonical, tuple(vocabulary), device)
+        return _teacher(config, tuple(vocabulary), device)
 
 
 class DevicePool:

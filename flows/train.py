@@ -22,7 +22,7 @@ from prefect.artifacts import create_markdown_artifact
 from pydantic import ConfigDict, Field
 
 import flows  # noqa: F401  (Prefect settings)
-from flows.cli_args import add_model_arguments, parse_model
+from flows.cli_args import add_model_arguments, add_preset_argument, parse_model
 from flows.command import prefect_session, run_command
 from flows.dense_entries import check_entry_for_task, fits_task
 from flows.inputs import check_shards_obtainable
@@ -34,7 +34,7 @@ from pipeline.cache.spec import teacher_brief
 from pipeline.errors import AmbiguousInputError, MissingInputError
 from pipeline.paths import cache_root, runs_root, shards_root
 from pipeline.shards.build import ensure_shards
-from pipeline.shards.config import ShardsConfig
+from pipeline.shards.config import DEFAULT_SHARD_SIZE, ShardsConfig
 from pipeline.shards.records import ShardIndex
 from student.backbone_weights import check_weights_source
 from student.config import LoaderOptions, StudentConfig, TrainConfig
@@ -62,7 +62,9 @@ class TrainParams(SectionedParams):
     train_split: str = "train"
     val_split: str | None = Field("val", description="None: no validation")
     shards_root: str = Field(str(shards_root()))
-    shard_size: int = Field(1000, ge=1, description="used only when shards must be written")
+    shard_size: int = Field(
+        DEFAULT_SHARD_SIZE, ge=1, description="used only when shards must be written"
+    )
     cache_root: str = Field(str(cache_root()), description="local path or s3:// URL")
     cache_entry: str | None = Field(None, description="an entry to use when the root has several")
     run: str | None = Field(None, description="run name under data/runs; default: a new one")
@@ -205,6 +207,7 @@ def train_flow(params: TrainParams) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows.train", description=__doc__)
     add_model_arguments(parser, TrainParams)
+    add_preset_argument(parser)
     parser.add_argument(
         "--config-only",
         action="store_true",

@@ -18,41 +18,15 @@ from typing import Any
 
 from pipeline.hub import hub_access
 from pipeline.paths import models_dir
+from teacher.aliases import resolve_model
 from teacher.config import TeacherConfig
 from teacher.hub_weights import CONFIG_FILE, TeacherWeightsError, ensure_teacher_files, is_hub_id
 from teacher.identity import DigestMemo, checkpoint_identity, checkpoint_patterns
 
-TINY_ALIAS = "tiny"
-TINY_LLAMA_ALIAS = "tiny-llama"  # the tiny teacher with the real LLaVA-1.5 vocabulary
 TOKENIZER_FILE = "tokenizer.json"
 # transformers 5 saves the image processor inside processor_config.json; older checkpoints
 # (llava-hf's) keep it in preprocessor_config.json.
 PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
-
-
-def default_tiny_dir(vocab: str = "bpe") -> Path:
-    """Where `TEACHER=tiny` (`tiny-llama`) lives: data/models/tiny-llava(-llama)."""
-    return models_dir() / ("tiny-llava-llama" if vocab == "llama" else "tiny-llava")
-
-
-def resolve_model(model: str) -> str:
-    """The checkpoint's folder or hub id (`tiny`, `tiny-llama` name the local tiny teachers)."""
-    if model in (TINY_ALIAS, TINY_LLAMA_ALIAS):
-        vocab = "llama" if model == TINY_LLAMA_ALIAS else "bpe"
-        tiny_dir = default_tiny_dir(vocab)
-        if not (tiny_dir / CONFIG_FILE).exists():
-            make = "make tiny-teacher" + (" VOCAB=llama" if vocab == "llama" else "")
-            raise TeacherWeightsError(
-                f"TEACHER={model} but {tiny_dir} holds no checkpoint; build it with "
-                f"`{make}` (python -m teacher.tiny --vocab {vocab} --out {tiny_dir})"
-            )
-        return str(tiny_dir)
-    return model
-
-
-def is_tiny_checkpoint(source: str) -> bool:
-    """The tiny random teachers (teacher.tiny) run anywhere; real checkpoints need a GPU."""
-    return (Path(source) / "TINY_TEACHER.json").exists()
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 DEFAULT_MODEL = "llava-hf/llava-1.5-7b-hf"
 
@@ -12,6 +12,10 @@ Prompt = Literal["prompt1", "prompt2", "prompt3", "dense"]
 
 
 class TeacherConfig(BaseModel):
+    # Frozen, and so hashable: a worker keeps one described or loaded teacher per config
+    # (teacher.entry, flows.runtime), keyed by the config itself.
+    model_config = ConfigDict(frozen=True)
+
     model: str = Field(
         default=DEFAULT_MODEL,
         description=(
@@ -53,10 +57,10 @@ class TeacherConfig(BaseModel):
     pad_color: tuple[int, int, int] = Field(
         default=(122, 116, 104), description="CLIP mean * 255, as LLaVA-1.5 pads"
     )
-    layers: list[int] | None = Field(
+    layers: tuple[int, ...] | None = Field(
         default=None, description="decoder layers to average (None: all)"
     )
-    heads: list[int] | None = Field(
+    heads: tuple[int, ...] | None = Field(
         default=None, description="attention heads to average (None: all)"
     )
     dense_background_hint: str = Field(

@@ -12,6 +12,7 @@ import os
 import sys
 from pathlib import Path
 
+from teacher.aliases import is_tiny_checkpoint
 from teacher.config import TeacherConfig
 
 
@@ -53,8 +54,6 @@ def _no_cuda_reason() -> str:
 def resolve_device(device: str, source: str | None = None) -> str:
     """ "auto": the GPU, or the CPU for a tiny teacher; a real teacher never lands on the CPU
     without being asked (`--device cpu`): minutes per image instead of a clear stop."""
-    from teacher.checkpoint import is_tiny_checkpoint
-
     if device == "cpu":
         return device
     if not cuda_available():

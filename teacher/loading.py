@@ -19,8 +19,8 @@ from transformers import (
     LlavaProcessor,
 )
 
+from teacher.aliases import resolve_model
 from teacher.capture import ROWS_ATTENTION, register_rows_attention
-from teacher.checkpoint import resolve_model
 from teacher.config import TeacherConfig
 from teacher.devices import resolve_device
 from teacher.hub_weights import TeacherWeightsError, ensure_teacher_files

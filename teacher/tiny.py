@@ -28,7 +28,7 @@ from transformers import (
 )
 
 from teacher import tiny_llama
-from teacher.checkpoint import default_tiny_dir
+from teacher.aliases import default_tiny_dir
 from teacher.prompts import PROMPTS
 
 IMAGE_SIZE = 336  # LLaVA-1.5's CLIP ViT-L/14-336 input

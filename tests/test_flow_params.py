@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 import pytest
 import teacher_fixtures
 
-from flows.cli_args import add_model_arguments, parse_model
+from flows.cli_args import add_model_arguments, add_preset_argument, parse_model
 from flows.extract_params import ExtractParams
 from flows.train import TrainParams
+from pipeline.errors import BadParametersError
 
 tiny_dir = teacher_fixtures.tiny_dir  # session fixture: the tiny LLaVA, built once
 
@@ -27,14 +27,14 @@ def test_extract_flags_reach_the_teacher_config() -> None:
         "--box-color", "[0, 255, 0]", "--box-width", "0", "--view", "crop", "--revision", "abc",
         "--max-new-tokens", "9", "--answer-mode", "generate", "--audit",
     ])  # fmt: skip
-    config = json.loads(params.teacher_config_json())
+    config = params.teacher_config().model_dump(mode="json")
     assert config["model"] == "tiny" and config["quant"] == "8bit"
     assert config["layers"] == [0, 2] and config["heads"] == [1]
     assert config["box_color"] == [0, 255, 0] and config["box_width"] == 0
     assert config["view"] == "crop" and config["revision"] == "abc"
     assert config["max_new_tokens"] == 9 and config["answer_mode"] == "generate"
     assert config["audit"] is True
-    defaults = json.loads(parse(ExtractParams, []).teacher_config_json())
+    defaults = parse(ExtractParams, []).teacher_config().model_dump(mode="json")
     assert defaults["model"] == "llava-hf/llava-1.5-7b-hf" and defaults["quant"] == "4bit"
 
 
@@ -118,3 +118,29 @@ def test_which_entry_names_the_entry_a_run_writes(tiny_dir, tmp_path, capsys) ->
     printed = capsys.readouterr().out.strip()
     assert not (tmp_path / "cache").exists()  # it only names the entry
     assert _open_entry(parse(ExtractParams, argv)).path == printed
+
+
+def test_a_preset_is_the_flags_it_names_and_flags_override_it() -> None:
+    """`--preset demo-detect` (the Makefile's demo-detect, bench.dense) means the flags the
+    Makefile spelled out before the preset file existed; a flag beside it wins."""
+
+    def parse_with_preset(argv: list[str]) -> TrainParams:
+        parser = argparse.ArgumentParser()
+        add_model_arguments(parser, TrainParams)
+        add_preset_argument(parser)
+        return parse_model(TrainParams, parser.parse_args(argv))
+
+    spelled_out = parse(TrainParams, [
+        "--model", "vit_tiny_patch16_224", "--weights", "w.safetensors", "--img-size", "64",
+        "--model-kwargs", '{"patch_size": 8, "depth": 4, "embed_dim": 96, "num_heads": 3}',
+        "--batch", "8", "--lr", "1e-3", "--warmup-epochs", "0.5", "--num-workers", "1",
+        "--detr", '{"num_queries": 12, "d_model": 64, "encoder_layers": 1, "decoder_layers": 2, '
+        '"attention_heads": 4, "ffn_dim": 128, "dropout": 0.0, "auxiliary_loss": true}',
+    ])  # fmt: skip
+    assert (
+        parse_with_preset(["--preset", "demo-detect", "--weights", "w.safetensors"]) == spelled_out
+    )
+    demo = parse_with_preset(["--preset", "demo", "--lr", "0.01"])
+    assert demo.train.lr == 0.01 and demo.data.batch_size == 32  # the flag, the preset
+    with pytest.raises(BadParametersError, match="no such preset"):
+        parse_with_preset(["--preset", "nonesuch"])

@@ -28,9 +28,8 @@ def test_real_teacher_without_gpu_stops_unless_cpu_is_asked(tiny_dir, tmp_path):
     # The flow's device pool hands out "cpu" on this machine: it must not override "auto".
     from flows.runtime import get_teacher
 
-    config_json = TeacherConfig(model=str(real), quant="none").model_dump_json()
     with pytest.raises(TeacherDeviceError):
-        get_teacher(config_json, VOCABULARY, "cpu")
+        get_teacher(TeacherConfig(model=str(real), quant="none"), VOCABULARY, "cpu")
     explicit = load_teacher(TeacherConfig(model=str(real), quant="none", device="cpu"), VOCABULARY)
     assert explicit.model.device.type == "cpu"
     # Tiny teachers still run anywhere; "auto" dtype is float32 on a CPU, and the spec says so.

@@ -28,6 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.cache.entry import CacheEntry
+from pipeline.cache.report_rows import ReportRows
 from pipeline.geometry import box_coverage, image_rect, teacher_view_rect
 from pipeline.io import pretty_json
 from pipeline.map_quality import localization, summarize
@@ -40,27 +41,6 @@ REPORT_PNG = "report.png"
 MAP_KINDS = {"C_VLM": "c_vlm", "C_fore": "c_fore", "C_back": "c_back"}
 METRICS = ("box_mass", "pointing", "entropy")
 EXAMPLES = 4
-
-
-@dataclasses.dataclass
-class ReportRows:
-    """Every committed row of an entry, joined with its shard record (arrays row-aligned)."""
-
-    keys: list[str]
-    shards: list[str]
-    domains: list[str | None]
-    boxes: list[list[list[float]]]
-    sizes: np.ndarray  # int [N, 2] width, height
-    valid: np.ndarray  # bool [N]
-    reasons: list[str]
-    fg_correct: np.ndarray  # int8 [N]
-    maps: dict[str, np.ndarray]  # name -> float16 [N, G, G], as stored
-    coverage: np.ndarray  # float32 [N, G, G]: each cell's share inside the boxes
-    uniform: np.ndarray  # float32 [N, G, G]: each cell's share inside the image
-
-    @property
-    def has_boxes(self) -> np.ndarray:
-        return self.coverage.reshape(len(self.keys), -1).sum(1) > 0  # [N]
 
 
 def default_shard_dir(entry: CacheEntry) -> Path:

@@ -19,7 +19,7 @@ from pipeline.geometry import teacher_view_rect
 from pipeline.shards.reader import iter_shard
 
 if TYPE_CHECKING:
-    from pipeline.cache.report import ReportRows
+    from pipeline.cache.report_rows import ReportRows
 
 COLORS = {"C_VLM": "tab:red", "C_fore": "tab:orange", "C_back": "tab:blue", "uniform": "0.4"}
 

@@ -8,6 +8,10 @@ from pydantic import BaseModel, Field
 
 from pipeline.paths import shards_root
 
+# Samples per shard, and so per cache chunk and per teacher task: the one default every command
+# that writes shards uses (make shards, the extract and train flows, bench.loader).
+DEFAULT_SHARD_SIZE = 1000
+
 
 def default_shards_root() -> Path:
     return shards_root()
@@ -18,7 +22,9 @@ class ShardsConfig(BaseModel):
     split: str = Field("train", description="train | val (ImageFolder sets: a domain or 'all')")
     root: Path | None = Field(None, description="raw dataset folder; default: the registry's")
     shards: Path = Field(default_factory=default_shards_root, description="output root")
-    shard_size: int = Field(1000, ge=1, description="samples per shard (the last is shorter)")
+    shard_size: int = Field(
+        DEFAULT_SHARD_SIZE, ge=1, description="samples per shard (the last is shorter)"
+    )
 
     def shard_dir(self) -> Path:
         return self.shards / self.dataset / self.split

@@ -21,6 +21,7 @@ from pipeline.datasets.adapters import AdapterResult, RawSample
 from pipeline.errors import BadParametersError
 from pipeline.io import TMP_SUFFIX, atomic_path, atomic_write_text
 from pipeline.shards.checks import BadSample, CheckedImage, check_image
+from pipeline.shards.config import DEFAULT_SHARD_SIZE
 from pipeline.shards.masks import check_dense_targets
 from pipeline.shards.records import (
     INDEX_FILE,
@@ -130,7 +131,7 @@ def write_shards(
     out_dir: Path,
     dataset: str,
     split: str,
-    shard_size: int = 1000,
+    shard_size: int = DEFAULT_SHARD_SIZE,
     root: Path | None = None,
     threads: int = 4,
     progress: bool = True,
