@@ -56,7 +56,8 @@ def run(alignment: bool, seed: int, entries: dict[str, str], args: argparse.Name
     from pipeline.shards.records import read_index
     from student.config import TrainConfig
     from student.dense.config import DetrConfig
-    from student.run import DataConfig, RunConfig, evaluate_run, run_training
+    from student.run import evaluate_run, run_training
+    from student.run_config import DataConfig, RunConfig
 
     shard_dir = Path(args.shards_root) / "sample-coco"
     classes = read_index(shard_dir / "train").classes

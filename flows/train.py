@@ -39,7 +39,8 @@ from pipeline.shards.records import ShardIndex
 from student.backbone_weights import check_weights_source
 from student.config import LoaderOptions, StudentConfig, TrainConfig
 from student.dense.config import DetrConfig
-from student.run import DataConfig, RunConfig, run_training, write_run_config
+from student.run import run_training
+from student.run_config import DataConfig, RunConfig, write_run_config
 
 
 class TrainParams(SectionedParams):

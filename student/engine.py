@@ -9,6 +9,7 @@ import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -27,7 +28,7 @@ from student.distributed import is_main_process, sum_over_ranks, unwrap
 from student.human_alignment import HumanAlignment
 from student.loss import InteractionCriterion, renormalize
 from student.model import IViT
-from student.plots import denormalize, plot_curves, plot_overlays
+from student.plots import denormalize, plot_overlays
 
 AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -238,25 +239,37 @@ def save_interaction_overlays(model: IViT, batch: dict, out_path: Path, count: i
     )
 
 
+class LoopTask(Protocol):
+    """What fit's loop asks of a task (student.task.Task is the whole interface)."""
+
+    def forward(self, model: nn.Module, batch: dict, with_interactions: bool) -> dict: ...
+
+    def evaluate(
+        self, model: nn.Module, loader: Iterable[dict], device: torch.device, **kw
+    ) -> dict: ...
+
+    def overlays(
+        self, model: nn.Module, batch: dict, out_path: Path, count: int
+    ) -> Path | None: ...
+
+    def curves(self, metrics_path: Path, out_path: Path) -> Path: ...
+
+
 def fit(
+    task: LoopTask,
     model: nn.Module,
-    criterion: InteractionCriterion,
+    criterion: nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler,
     train_loader: Iterable[dict],
     val_loader: Iterable[dict] | None,
     cfg: TrainConfig,
     device: torch.device | str = "cpu",
-    *,
-    epoch_fn: Callable[..., dict] = train_one_epoch,
-    evaluate_fn: Callable[..., dict] = evaluate,
-    overlay_fn: Callable[..., Path | None] = save_interaction_overlays,
-    curves_fn: Callable[[Path, Path], Path] = plot_curves,
 ) -> list[dict]:
     """Epochs from the last checkpoint (if `cfg.resume`) to `cfg.epochs`; each epoch appends a
     line to metrics.jsonl, rewrites checkpoint-last and the figures. Returns this call's rows.
-    `model` may be DDP-wrapped; then only rank 0 writes files. The loops and pictures are the
-    classifier's by default; dense students pass their own (student.dense.engine)."""
+    `model` may be DDP-wrapped; then only rank 0 writes files. The task (student.task) supplies
+    the training forward, the evaluation and the pictures."""
     device = torch.device(device)
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -276,9 +289,10 @@ def fit(
         for loader in (train_loader, val_loader):
             if hasattr(loader, "set_epoch"):  # shuffles depend on the epoch, so resume replays them
                 loader.set_epoch(epoch)
-        train = epoch_fn(
+        train = train_one_epoch(
             model, criterion, train_loader, optimizer, scheduler, device, epoch, use_amp,
             step=state.step, scaler=scaler, amp_dtype=amp_dtype, grad_clip=cfg.grad_clip,
+            forward=task.forward,
         )  # fmt: skip
         state = TrainingState(epoch=epoch + 1, step=train["step"])
         row = {"epoch": epoch + 1, "step": state.step, "lr": train["lr"]}
@@ -288,20 +302,20 @@ def fit(
         if val_loader is not None and (
             (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
         ):
-            val = evaluate_fn(
+            val = task.evaluate(
                 model, val_loader, device, criterion=criterion, amp=use_amp, amp_dtype=amp_dtype
             )
             row.update({f"val_{k}": v for k, v in val.items() if k != "samples"})
             first = next(iter(val_loader), None) if main and cfg.overlays else None
             if first is not None:
                 overlay = run_dir / "overlays" / f"epoch-{epoch + 1:03d}.png"
-                overlay_fn(bare, first, overlay, cfg.overlays)
+                task.overlays(bare, first, overlay, cfg.overlays)
         rows.append(row)
         if main:
             save_checkpoint(run_dir / LAST_CHECKPOINT, bare, optimizer, state, scheduler, scaler)
             with metrics_path.open("a") as f:
                 f.write(json.dumps(row) + "\n")
-            curves_fn(metrics_path, run_dir / "curves.png")
+            task.curves(metrics_path, run_dir / "curves.png")
     return rows
 
 

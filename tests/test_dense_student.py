@@ -180,7 +180,8 @@ def test_a_dense_run_refuses_maps_of_another_prompt(shards: Path, tmp_path: Path
 
 def test_detection_step_under_torchrun_then_resume(shards: Path, tmp_path: Path) -> None:
     from student.config import TrainConfig
-    from student.run import DataConfig, RunConfig, run_training
+    from student.run import run_training
+    from student.run_config import DataConfig, RunConfig
 
     config = RunConfig(
         student=StudentConfig(**TINY_VIT, alignment=False),

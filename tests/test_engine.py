@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 from student.build import build, build_optimizer, build_scheduler
 from student.checkpoint import TrainingState, load_checkpoint, save_checkpoint
+from student.classify import ClassifyTask
 from student.config import StudentConfig, TrainConfig
 from student.engine import evaluate, fit
 
@@ -69,7 +70,8 @@ def make_run(run_dir, epochs: int):
 def run(run_dir, epochs: int, seed: int = 123) -> torch.nn.Module:
     torch.manual_seed(seed)
     model, criterion, optimizer, scheduler, train_cfg = make_run(run_dir, epochs)
-    fit(model, criterion, optimizer, scheduler, batches(), batches(2, seed=9), train_cfg)
+    fit(ClassifyTask(), model, criterion, optimizer, scheduler, batches(), batches(2, seed=9),
+        train_cfg)  # fmt: skip
     return model
 
 

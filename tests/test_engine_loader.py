@@ -10,6 +10,7 @@ import torch
 from loader_fixtures import write_toy_cache, write_toy_split
 
 from student.build import build, build_optimizer, build_scheduler
+from student.classify import ClassifyTask
 from student.config import StudentConfig, TrainConfig
 from student.engine import fit
 from student.loader import LoaderConfig, build_loader
@@ -55,11 +56,11 @@ def test_fit_consumes_the_loaders_batches_and_resumes(tmp_path) -> None:
     )
     optimizer = build_optimizer(model, train_cfg)
     scheduler = build_scheduler(optimizer, train_cfg, len(loaders[0]))
-    fit(
-        model, criterion, optimizer, scheduler, *loaders, train_cfg.model_copy(update={"epochs": 1})
-    )
+    task = ClassifyTask()
+    fit(task, model, criterion, optimizer, scheduler, *loaders,
+        train_cfg.model_copy(update={"epochs": 1}))  # fmt: skip
     # A second call picks up the checkpoint and runs only the remaining epoch.
-    rows = fit(model, criterion, optimizer, scheduler, *loaders, train_cfg)
+    rows = fit(task, model, criterion, optimizer, scheduler, *loaders, train_cfg)
 
     assert [r["epoch"] for r in rows] == [2]
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]

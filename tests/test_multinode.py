@@ -55,12 +55,12 @@ WRAPPER = textwrap.dedent(
 
     real_fit = run.fit
 
-    def fit(model, criterion, optimizer, scheduler, train_loader, *args, **kwargs):
+    def fit(task, model, criterion, optimizer, scheduler, train_loader, *args, **kwargs):
         def keep(optimizer, args, kwargs):
             record["grads"].append({n: p.grad.detach().clone()
                                     for n, p in model.named_parameters() if p.grad is not None})
         optimizer.register_step_pre_hook(keep)
-        return real_fit(model, criterion, optimizer, scheduler, Recording(train_loader),
+        return real_fit(task, model, criterion, optimizer, scheduler, Recording(train_loader),
                         *args, **kwargs)
 
     run.fit = fit
