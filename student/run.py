@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from pipeline.errors import UserError
 from student.build import build, build_optimizer, build_scheduler
 from student.checkpoint import LAST_CHECKPOINT, load_checkpoint
 from student.config import LoaderOptions, StudentConfig, TrainConfig
@@ -163,7 +164,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, required=True, help="a RunConfig JSON file")
     args = parser.parse_args(argv)
     cfg = RunConfig.model_validate_json(args.config.read_text())
-    rows = run_training(cfg)
+    try:
+        rows = run_training(cfg)
+    except UserError as error:  # under torchrun: each rank's finding as one line, no traceback
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     if rows:
         print(json.dumps(rows[-1]))
     return 0
