@@ -62,7 +62,7 @@ AUDIT_ARG := $(if $(filter 1 true yes,$(AUDIT)),--audit,)
 # Table 9's language-only maps: no box overlay, which is its own cache entry.
 PROMPT_ARG := $(if $(PROMPT),--prompt $(PROMPT),) $(if $(filter 0 no false,$(BOXES)),--box-width 0,)
 
-.PHONY: help setup test lint demo demo-detect bench-dense shards tiny-teacher extract train eval ui bench bench-extract bench-student bench-loader clean backbone dense-backbone bench-science experiment bench-gpu cluster launch
+.PHONY: help setup test lint demo demo-detect bench-dense shards tiny-teacher extract train eval ui bench bench-extract bench-student bench-loader bench-integrity clean backbone dense-backbone bench-science experiment bench-gpu cluster launch
 
 help: ## this list
 	@echo "Targets (variables: DATASET=$(DATASET) SPLIT=$(SPLIT) ROOT=$(ROOT) SHARDS=$(SHARDS) SHARD_SIZE=$(SHARD_SIZE)"
@@ -153,6 +153,9 @@ bench-student: $(STAMP) ## I-ViT vs ViT training step time and FLOPs
 
 bench-loader: $(STAMP) ## image-only vs map-joined streaming throughput
 	$(PY) -m bench.loader
+
+bench-integrity: $(STAMP) ## cost of the integrity checks: extraction and loader with vs without them, and the once-per-run check
+	$(PY) -m bench.integrity
 
 bench-science: $(STAMP) ## sample-shift: ViT vs I-ViT (box maps) vs control vs tiny-LLaVA maps, 3 seeds, with ceiling
 	@test -f $(BACKBONE) || $(MAKE) --no-print-directory backbone
