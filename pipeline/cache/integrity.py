@@ -80,7 +80,7 @@ def read_checked(
     every_row = tuple(range(stop - start))
     # Entries with checksums store every chunk (write_empty_chunks); older ones skipped chunks
     # equal to the fill value (all reasons ""), so there only a missing key chunk is damage.
-    legacy = set(unchecksummed_arrays(entry))
+    legacy = set(unchecksummed_arrays(entry, fields))
     missing = [
         name
         for name in fields
@@ -121,18 +121,19 @@ def bad_rows(
             dtype=bool,
         )
         wrong_key &= ~no_key
+    first = int(np.flatnonzero(not_normalized)[0]) if not_normalized.any() else 0
     reasons = [
         (not_finite, "valid c_vlm is not finite"),
-        (not_normalized, "valid c_vlm is not a normalized non-negative map"),
+        (
+            not_normalized,
+            "valid c_vlm is not a normalized non-negative map "
+            f"(row {first} of the shard sums to {total[first]:.4g})",
+        ),
         (no_key, "empty key: the row was never written"),
         (wrong_key, "key is not the index's key for this row"),
     ]
     bad = not_finite | not_normalized | no_key | wrong_key
-    reason = next((text for mask, text in reasons if mask.any()), "")
-    if not_normalized.any():
-        row = int(np.flatnonzero(not_normalized)[0])
-        reason += f" (row {row} sums to {total[row]:.4g})"
-    return bad, reason
+    return bad, next((text for mask, text in reasons if mask.any()), "")
 
 
 def check_shard(
@@ -179,11 +180,11 @@ def require_sound_entry(
     return damage
 
 
-def unchecksummed_arrays(entry: CacheEntry) -> list[str]:
-    """Arrays whose chunks carry no checksum (entries made before checksums): a crc32c codec, or
-    zstd with its content checksum, is what makes damage fail the read."""
+def unchecksummed_arrays(entry: CacheEntry, among: Sequence[str] | None = None) -> list[str]:
+    """Arrays (of `among`, default all) whose chunks carry no checksum (entries made before
+    checksums): a crc32c codec, or zstd with its content checksum, makes damage fail the read."""
     names = []
-    for name in entry.manifest["arrays"]:
+    for name in among if among is not None else entry.manifest["arrays"]:
         codecs = entry.array_codecs(name)
         checked = any(
             c["name"] == "crc32c"
