@@ -194,7 +194,8 @@ def _repair(entry: CacheEntry, problems: list[Problem]) -> int:
         print(
             f"repair: marked {len(damaged)} shard(s) pending: {', '.join(damaged)}; recompute "
             f"them with the extraction that made this entry (make extract "
-            f"DATASET={spec['dataset']} SPLIT={spec['split']}, teacher {teacher_brief(spec)})"
+            f"DATASET={spec['dataset']} SPLIT={spec['split']} "
+            f"SHARD_SIZE={entry.manifest['shard_size']} with its teacher: {teacher_brief(spec)})"
         )
     for problem in left:
         print(f"not repairable here: {problem}")

@@ -56,8 +56,8 @@ def repair_command(entry: CacheEntry) -> str:
     spec = entry.manifest["spec"]
     return (
         f"python -m pipeline cache verify {entry.path} --repair, then rerun the extraction "
-        f"that made it (make extract DATASET={spec['dataset']} SPLIT={spec['split']}, "
-        f"teacher {teacher_brief(spec)})"
+        f"that made it (make extract DATASET={spec['dataset']} SPLIT={spec['split']} "
+        f"SHARD_SIZE={entry.manifest['shard_size']} with its teacher: {teacher_brief(spec)})"
     )
 
 
