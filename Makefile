@@ -72,7 +72,7 @@ TEACHER_ARGS := $(call flag,--teacher,$(TEACHER)) $(call flag,--quant,$(QUANT)) 
 TINY_IF_NEEDED = $(if $(filter tiny,$(1)),test -f $(MODELS_DIR)/tiny-llava/config.json || $(MAKE) --no-print-directory tiny-teacher VOCAB=bpe;,) \
   $(if $(filter tiny-llama,$(1)),test -f $(MODELS_DIR)/tiny-llava-llama/config.json || $(MAKE) --no-print-directory tiny-teacher VOCAB=llama;,) true
 
-.PHONY: help setup lock test test-fast lint demo demo-detect bench-dense shards tiny-teacher extract train eval ui bench bench-extract bench-student bench-loader clean backbone dense-backbone bench-science experiment bench-gpu cluster launch
+.PHONY: help setup lock test test-fast lint demo demo-detect bench-dense shards tiny-teacher extract train eval ui bench bench-extract bench-student bench-loader bench-integrity clean backbone dense-backbone bench-science experiment bench-gpu cluster launch
 
 help: ## this list
 	@echo "Variables (empty = the command's own default): DATASET ROOT SPLIT SHARDS SHARD_SIZE TEACHER QUANT CACHE"
@@ -180,6 +180,9 @@ bench-student: $(STAMP) ## I-ViT vs ViT training step time and FLOPs
 
 bench-loader: $(STAMP) ## image-only vs map-joined streaming throughput
 	$(PY) -m bench.loader $(ARGS)
+
+bench-integrity: $(STAMP) ## cost of the integrity checks: extraction and loader with vs without them, and the once-per-run check
+	$(PY) -m bench.integrity $(ARGS)
 
 bench-science: $(STAMP) ## sample-shift: ViT vs I-ViT (box maps) vs control vs tiny-LLaVA maps, 3 seeds, with ceiling
 	@test -f $(BACKBONE) || $(MAKE) --no-print-directory backbone

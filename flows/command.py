@@ -102,7 +102,9 @@ def prefect_session() -> Iterator[str]:
     from flows.orphans import mark_orphaned_runs
     from flows.prefect_api import prefect_api
 
-    with prefect_api() as api:
+    # Again here: a command that imports Prefect only when there is work (flows.extract) gets
+    # Prefect's console handlers now, after run_command filtered the handlers it found.
+    with prefect_api() as api, _quiet_console():
         try:
             marked = mark_orphaned_runs()
         except Exception:  # bookkeeping of earlier runs must not stop this one

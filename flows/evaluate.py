@@ -27,6 +27,7 @@ from pipeline.errors import MissingInputError
 from pipeline.paths import runs_root, shards_root
 from pipeline.shards.build import ensure_shards
 from pipeline.shards.config import ShardsConfig
+from pipeline.shards.integrity import check_shard_files
 from student.run import evaluate_run
 
 
@@ -60,9 +61,10 @@ def check_run(params: EvalParams) -> None:
 @task
 def evaluate_task(params: EvalParams) -> dict:
     check_run(params)
-    ensure_shards(
+    outcome = ensure_shards(
         ShardsConfig(dataset=params.dataset, split=params.split, shards=Path(params.shards_root))
     )
+    check_shard_files(outcome.out_dir, outcome.index)  # once, before the loader's workers start
     return evaluate_run(
         params.run_dir(), params.split, Path(params.shards_root) / params.dataset, params.device,
         cache_entry=params.cache_entry,

@@ -38,6 +38,7 @@ from flows.runtime import (
 )
 from pipeline.cache import CacheEntry, open_entry
 from pipeline.shards.build import ensure_shards
+from pipeline.shards.integrity import check_shard_files
 from pipeline.shards.records import read_index
 from teacher.numerics import check_non_finite, count_non_finite
 
@@ -58,9 +59,13 @@ def prepare_shards(params: ExtractParams) -> str:
 
 @task(retries=2, retry_delay_seconds=10, retry_condition_fn=retry_unless_user_error)
 def open_cache_entry(params: ExtractParams) -> tuple[str, list[str]]:
-    """Create or open the entry; returns its location and the shards still to compute."""
+    """Create or open the entry; returns its location and the shards still to compute, each
+    checked against its sha256 in index.json first (once per file per run, before any teacher
+    loads: a damaged shard is one line naming it and `make shards`, nothing gets committed)."""
     entry = create_or_open_entry(params)
-    return entry.path, entry.pending_shards()
+    pending = entry.pending_shards()
+    check_shard_files(params.shard_dir(), read_index(params.shard_dir()), pending)
+    return entry.path, pending
 
 
 @task(

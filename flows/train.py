@@ -30,11 +30,13 @@ from flows.orphans import record_process
 from flows.retries import retry_unless_user_error
 from flows.sections import SectionedParams
 from pipeline.cache import list_entries, open_entry
+from pipeline.cache.integrity import require_sound_entry
 from pipeline.cache.spec import teacher_brief
 from pipeline.errors import AmbiguousInputError, MissingInputError
 from pipeline.paths import cache_root, runs_root, shards_root
 from pipeline.shards.build import ensure_shards
 from pipeline.shards.config import DEFAULT_SHARD_SIZE, ShardsConfig
+from pipeline.shards.integrity import check_shard_files
 from pipeline.shards.records import ShardIndex
 from student.backbone_weights import check_weights_source
 from student.config import LoaderOptions, StudentConfig, TrainConfig
@@ -127,6 +129,19 @@ def _matching_entry(
     )
 
 
+def _check_maps(entry_path: str, index: ShardIndex, skip_bad_rows: bool) -> None:
+    """Every committed shard of the entry read and checked before training starts (seconds for
+    a whole split: three chunks a shard), so damage stops the run before hours of work."""
+    damage = require_sound_entry(open_entry(entry_path), index, skip_bad_rows)
+    if damage:
+        rows = sum(len(d.bad_rows) for d in damage)
+        get_run_logger().warning(
+            "--skip-bad-rows: skipping %d bad map row(s) in %d shard(s) of %s (first: %s); "
+            "their samples train without a map",
+            rows, len(damage), entry_path, damage[0].describe(),
+        )  # fmt: skip
+
+
 @task(retries=1, retry_delay_seconds=5, retry_condition_fn=retry_unless_user_error)
 def resolve_run(params: TrainParams) -> str:
     """Shards (written if missing), cache entries and class count -> the run's config.json."""
@@ -139,13 +154,20 @@ def resolve_run(params: TrainParams) -> str:
             shards=Path(params.shards_root),
             shard_size=params.shard_size,
         )
-        indexes[split] = ensure_shards(shards).index
+        outcome = ensure_shards(shards)
+        # Once per file per run, here in the process the user started: before torchrun's ranks
+        # or any loader worker exist, so a damaged shard is one line, not a worker traceback.
+        check_shard_files(outcome.out_dir, outcome.index)
+        indexes[split] = outcome.index
     train_index = indexes[params.train_split]
     train_cache = _matching_entry(params, train_index, required=params.student.aligns)
     val_cache = None
     if params.val_split and train_cache is not None:
         teacher = open_entry(train_cache).spec.teacher
         val_cache = _matching_entry(params, indexes[params.val_split], False, teacher)
+    for split, cache in ((params.train_split, train_cache), (params.val_split, val_cache)):
+        if cache is not None and split is not None:
+            _check_maps(cache, indexes[split], params.data.skip_bad_rows)
     run_dir = Path(params.runs_root) / params.run_name()
     config = RunConfig(
         student=params.student.model_copy(update={"num_classes": len(train_index.classes)}),

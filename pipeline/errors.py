@@ -30,3 +30,21 @@ class AmbiguousInputError(UserError, ValueError):
 
 class BadInputDataError(UserError, ValueError):
     """Files on disk that are not what they claim (a stale or edited shard index)."""
+
+
+class DamagedDataError(UserError, ValueError):
+    """Stored data that fails its checks on read (a map chunk whose checksum or rows are wrong,
+    a shard file that differs from its index). The message names the file, the rows and the
+    command that repairs it.
+
+    A loader worker's exception reaches the main process re-raised by torch as
+    `type(err)("Caught ... Original Traceback ...: <message>")`; the original one-line message is
+    recovered here, so the user still sees one line, whichever process found the damage."""
+
+    _WORKER_MARKER = "\nOriginal Traceback"
+
+    def __init__(self, message: str) -> None:
+        if self._WORKER_MARKER in message:
+            last = message.rstrip().rsplit("\n", 1)[-1]
+            message = last.split(": ", 1)[1] if ": " in last else last
+        super().__init__(message)

@@ -170,3 +170,11 @@ class LoaderOptions(BaseModel):
         description="eval center crop of the short side; 1.0 because small images lose objects",
     )
     shuffle_buffer: int = Field(default=1000, ge=0, description="samples; 0 keeps shard order")
+    skip_bad_rows: bool = Field(
+        default=False,
+        description=(
+            "train on although some cached map rows are damaged (unreadable chunk, non-finite or "
+            "unnormalized map): their samples get no map, and the run says how many; default: "
+            "stop with one error naming them"
+        ),
+    )

@@ -32,6 +32,7 @@ from PIL import Image
 from pydantic import Field, model_validator
 
 from pipeline.cache import CacheEntry, ShardNotCommittedError, open_entry
+from pipeline.cache.integrity import DamagedCacheError, check_shard, damage_message
 from pipeline.shards.reader import image_member
 from pipeline.shards.records import SampleRecord, read_index
 from student.config import LoaderOptions
@@ -100,6 +101,10 @@ class ShardMapJoin:
     Samples of shards without a commit record get no map (map_valid False) rather than
     stopping training: a cache still being extracted is usable. The loader warns once, when
     built, how many shards are pending; a shard committed later is joined from the next pass.
+
+    Each shard's rows are checked as they are read (pipeline.cache.integrity: chunk checksum,
+    missing chunk, non-finite or unnormalized valid maps): damage raises DamagedCacheError, one
+    line naming the entry, shard, rows and repair, or with `skip_bad_rows` those rows get no map.
     """
 
     def __init__(
@@ -107,9 +112,11 @@ class ShardMapJoin:
         entry_path: str,
         storage_options: dict[str, Any] | None,
         entry: CacheEntry | None = None,
+        skip_bad_rows: bool = False,
     ) -> None:
         self.entry_path = entry_path
         self.storage_options = storage_options
+        self.skip_bad_rows = skip_bad_rows
         # Reused as is in the main process (num_workers=0); workers reopen it once each.
         self._entry = entry
 
@@ -125,14 +132,26 @@ class ShardMapJoin:
     def read_rows(self, shard_name: str) -> dict[str, tuple[np.ndarray, bool]] | None:
         """key -> (c_vlm [G, G] float16, valid) for a committed shard, None for a pending one."""
         try:
-            # Only what the student needs: c_fore, c_back and answer stay on disk.
-            rows = self.entry().read_shard(shard_name, fields=("key", "c_vlm", "valid"))
+            # Only what the student needs (key, c_vlm, valid): the rest stays on disk.
+            rows, damage = check_shard(self.entry(), shard_name)
         except ShardNotCommittedError:
             # The main process warned once, at build time, with the count; a shard committed
             # since then is picked up here, so check at every pass.
             log.debug("%s: shard %s has no committed maps; its samples get map_valid=False",
                       self.entry_path, shard_name)  # fmt: skip
             return None
+        if damage is not None:
+            if not self.skip_bad_rows:
+                raise DamagedCacheError(damage_message(self.entry(), [damage]))
+            # The run's main process already reported the count (flows/train.py).
+            log.debug("%s: skipping %d bad rows of %s", self.entry_path,
+                      len(damage.bad_rows), shard_name)  # fmt: skip
+            if rows is None:
+                return None
+            bad = list(damage.bad_rows)
+            rows["valid"], rows["c_vlm"] = rows["valid"].copy(), rows["c_vlm"].copy()
+            rows["valid"][bad], rows["c_vlm"][bad] = False, 0  # no NaN may reach the batch
+        assert rows is not None
         keys, c_vlm, valid = rows["key"], rows["c_vlm"], rows["valid"]  # [n], [n, G, G], [n]
         return {str(k): (c_vlm[i], bool(valid[i])) for i, k in enumerate(keys)}
 
@@ -146,12 +165,12 @@ class ShardMapJoin:
                 sample["teacher_map"] = None
             else:
                 key = sample["__key__"]
-                if key not in rows:
+                if key not in rows and not self.skip_bad_rows:
                     raise KeyError(
                         f"{self.entry_path}: committed maps of {Path(url).name} have no row for "
                         f"sample {key!r}; the entry does not belong to these shards"
                     )
-                sample["teacher_map"] = rows[key]
+                sample["teacher_map"] = rows.get(key)  # None: a skipped row, no map
             yield sample
 
 
@@ -328,7 +347,7 @@ class ShardMapLoader:
         geometry = None
         if self.entry is not None:
             pipeline = pipeline.compose(
-                ShardMapJoin(self.entry.path, cfg.storage_options, entry=self.entry)
+                ShardMapJoin(self.entry.path, cfg.storage_options, self.entry, cfg.skip_bad_rows)
             )
             geometry = self.entry.manifest["geometry"]
         if cfg.train and cfg.shuffle_buffer > 0:

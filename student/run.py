@@ -16,6 +16,7 @@ import json
 import sys
 from pathlib import Path
 
+from pipeline.errors import UserError
 from student.build import build_optimizer, build_scheduler
 from student.checkpoint import LAST_CHECKPOINT, load_checkpoint
 from student.distributed import cleanup, init_distributed, wrap_ddp
@@ -90,7 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, required=True, help="a RunConfig JSON file")
     args = parser.parse_args(argv)
     cfg = RunConfig.model_validate_json(args.config.read_text())
-    rows = run_training(cfg)
+    try:
+        rows = run_training(cfg)
+    except UserError as error:  # under torchrun: each rank's finding as one line, no traceback
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     if rows:
         print(json.dumps(rows[-1]))
     return 0

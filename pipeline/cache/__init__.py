@@ -34,12 +34,17 @@ Format (format_version 1), readable with plain `json` and `zarr` (no code from t
 - Every array is chunked along N by `shard_size`, so shard i is exactly chunk i of every array,
   written whole by one writer with one slice assignment. Every shard but the last has exactly
   `shard_size` rows. Strings use zarr 3's variable-length UTF-8 type (`data_type: "string"`,
-  codec `vlen-utf8`); numbers use the default zstd compression.
+  codec `vlen-utf8`); every array's chunks are zstd-compressed and then carry a crc32c of the
+  compressed bytes (zarr v3's `crc32c` codec), so a damaged chunk fails its read; every chunk
+  of a committed shard is stored, also one equal to the fill value. Entries written before
+  checksums (zstd only, fill-value chunks left out) read as before and `cache verify` reports
+  them as unchecksummed; codecs are not part of the cache key.
 - Commit record: shard, sha256 (from index.json), cache_key, row_start, row_stop, count, valid,
   invalid, invalid_by_reason, fg_correct {correct, wrong, unknown}, writer, committed_at.
 - A committed row is either valid (c_vlm finite, >= 0, sums to 1 within float16 rounding) or
   invalid with a non-empty reason and an all-zero c_vlm. `python -m pipeline cache verify` checks
-  all of it.
+  all of it; `--repair` marks the shards with problems pending again (their commit records
+  removed) so the next extraction recomputes exactly those (`pipeline/cache/integrity.py`).
 - Reading it without this project:
   `m = json.load(open(f"{entry}/manifest.json")); g = zarr.open_group(f"{entry}/maps.zarr", mode="r")`;
   use rows `[row_offset, row_offset + count)` of shards that have `commits/<name>.json`.

@@ -11,6 +11,7 @@ import json
 import sys
 
 from pipeline.cache.entry import CacheEntry, ShardNotCommittedError
+from pipeline.cache.integrity import read_checked, unchecksummed_arrays
 from pipeline.cache.lookup import open_entry, scan_root
 from pipeline.cache.spec import CacheMismatchError, teacher_brief
 from pipeline.cache.verify import Problem, verify_entry
@@ -39,6 +40,12 @@ def add_cache_commands(subparsers: argparse._SubParsersAction) -> None:
     verify.add_argument("entry", help="entry path or URL: <root>/<cache_key>")
     verify.add_argument(
         "--shards", default=None, help="shard directory (with index.json) to check keys against"
+    )
+    verify.add_argument(
+        "--repair",
+        action="store_true",
+        help="mark every shard with a problem pending (its commit record removed) so the next "
+        "`make extract` recomputes exactly those; committed sound shards are not touched",
     )
     verify.set_defaults(func=_verify)
 
@@ -160,12 +167,39 @@ def _verify(args: argparse.Namespace) -> int:
     committed = len(entry.committed_shards())
     for problem in problems:
         print(f"problem: {problem}")
+    unchecked = unchecksummed_arrays(entry)
+    if unchecked:
+        print(
+            f"note: unchecksummed: {', '.join(unchecked)} (an entry made before chunk "
+            "checksums; damage that still decodes is caught only by the row checks)"
+        )
+    if problems and args.repair:
+        return _repair(entry, problems)
     if problems:
         print(f"{entry.path}: {len(problems)} problem(s) in {committed} committed shard(s)")
         return EXIT_PROBLEMS
     pending = len(entry.pending_shards())
     print(f"{entry.path}: OK ({committed} committed shard(s) verified, {pending} pending)")
     return 0
+
+
+def _repair(entry: CacheEntry, problems: list[Problem]) -> int:
+    """Uncommit the shards that have problems; the rest of the entry stays as it is."""
+    damaged = sorted({p.shard for p in problems if p.shard}, key=entry.shard_names.index)
+    for name in damaged:
+        entry.uncommit_shard(name)
+    left = [p for p in problems if not p.shard]
+    if damaged:
+        spec = entry.manifest["spec"]
+        print(
+            f"repair: marked {len(damaged)} shard(s) pending: {', '.join(damaged)}; recompute "
+            f"them with the extraction that made this entry (make extract "
+            f"DATASET={spec['dataset']} SPLIT={spec['split']} "
+            f"SHARD_SIZE={entry.manifest['shard_size']} with its teacher: {teacher_brief(spec)})"
+        )
+    for problem in left:
+        print(f"not repairable here: {problem}")
+    return EXIT_PROBLEMS if left else 0
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -195,7 +229,12 @@ def _verify_against_index(entry: CacheEntry, shard_dir: str) -> list[Problem]:
     for shard in index.shards:
         if shard.name not in committed:
             continue
-        stored = entry.read_shard(shard.name).keys
+        arrays, _ = read_checked(entry, shard.name, ("key",))
+        if arrays is None:
+            continue  # an unreadable chunk: verify_entry has reported it
+        stored = [str(k) for k in arrays["key"]]
         if stored != shard.keys:
-            problems.append(Problem(shard.name, "stored keys differ from index.json's keys"))
+            problems.append(
+                Problem(shard.name, "stored keys differ from index.json's keys", shard.name)
+            )
     return problems

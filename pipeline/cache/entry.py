@@ -269,13 +269,18 @@ class CacheEntry:
             return False
         start, stop = self.shard_rows(shard_name)
         group = self.group(writable=True)
+        # Every chunk is stored, also one that equals the fill value (all rows valid: reasons all
+        # ""), so that a missing chunk of a committed shard always means damage.
+        arrays = {n: group[n].with_config({"write_empty_chunks": True}) for n in ROW_ARRAYS}
         # One slice assignment per array covering exactly one chunk: written whole, never merged.
         for name in MAP_ARRAYS:
-            group[name][start:stop] = np.asarray(getattr(maps, name), dtype=np.float16)  # [n, G, G]
-        group["valid"][start:stop] = np.asarray(maps.valid, dtype=bool)  # [n]
-        group["fg_correct"][start:stop] = np.asarray(maps.fg_correct, dtype=np.int8)  # [n]
+            arrays[name][start:stop] = np.asarray(
+                getattr(maps, name), dtype=np.float16
+            )  # [n, G, G]
+        arrays["valid"][start:stop] = np.asarray(maps.valid, dtype=bool)  # [n]
+        arrays["fg_correct"][start:stop] = np.asarray(maps.fg_correct, dtype=np.int8)  # [n]
         for name, values in (("key", maps.keys), ("reason", maps.reason), ("answer", maps.answer)):
-            group[name][start:stop] = np.array(values, dtype=str)  # [n]
+            arrays[name][start:stop] = np.array(values, dtype=str)  # [n]
         record = _commit_record(self, shard_name, info, maps)
         created = self._files.put_if_absent(f"{COMMITS_DIR}/{shard_name}.json", pretty_json(record))
         self.release_shard(shard_name)
@@ -314,6 +319,30 @@ class CacheEntry:
             answer=[str(a) for a in arrays["answer"]],
             fg_correct=arrays["fg_correct"],
         )
+
+    def chunk_stored(self, name: str, shard_name: str) -> bool:
+        """Whether this shard's chunk of array `name` exists (a missing chunk reads back as the
+        fill value, silently: zeros, invalid rows, empty keys)."""
+        array = self._array(name)
+        start, _ = self.shard_rows(shard_name)
+        coords = (start // array.chunks[0],) + (0,) * (array.ndim - 1)
+        return self._files.exists(f"{MAPS_GROUP}/{name}/{array.metadata.encode_chunk_key(coords)}")
+
+    def array_codecs(self, name: str) -> list[dict[str, Any]]:
+        """The stored codec pipeline of array `name` (its zarr.json), e.g. to tell checksummed
+        entries from older ones."""
+        return list(self._array(name).metadata.to_dict()["codecs"])
+
+    def uncommit_shard(self, shard_name: str) -> bool:
+        """Mark a committed shard pending again (its commit record removed), so the next
+        extraction recomputes and rewrites its chunks whole; `cache verify --repair` does this
+        for damaged shards only. False if it was not committed."""
+        self._shard_info(shard_name)
+        relative = f"{COMMITS_DIR}/{shard_name}.json"
+        if not self._files.exists(relative):
+            return False
+        self._files.remove(relative)
+        return True
 
     def _array(self, name: str) -> zarr.Array:
         # Opened once per entry: on object stores each open costs a metadata request.

@@ -14,6 +14,7 @@ from typing import Any
 
 import zarr
 import zarr.errors
+from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from pipeline.cache.rows import MAP_ARRAYS, ROW_ARRAYS, ROW_DTYPES
 from pipeline.cache.spec import (
@@ -157,6 +158,14 @@ def require_same_identity(url: str, found: dict[str, Any], wanted: dict[str, Any
         )
 
 
+def chunk_compressors() -> tuple[ZstdCodec, Crc32cCodec]:
+    """Every chunk of a new entry: zarr's default zstd, then a crc32c of the compressed bytes, so
+    any damage to a stored chunk fails its read instead of decoding into wrong maps. Codecs are
+    not part of the manifest's identity nor of the cache key: entries written before checksums
+    open as before (`cache verify` calls them unchecksummed)."""
+    return ZstdCodec(level=0, checksum=False), Crc32cCodec()
+
+
 def create_arrays(store: Any, manifest: dict[str, Any]) -> None:
     """Create the group and arrays; a racing creator writes identical metadata, so ignore it."""
     try:
@@ -174,6 +183,7 @@ def create_arrays(store: Any, manifest: dict[str, Any]) -> None:
                 chunks=tuple(layout["chunks"]),
                 dtype=ROW_DTYPES[data_type],
                 fill_value=fill,
+                compressors=chunk_compressors(),
                 overwrite=False,
             )
         except zarr.errors.ContainsArrayError:

@@ -10,7 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pipeline.cache.entry import CacheEntry, ShardNotCommittedError
-from pipeline.cache.rows import MAP_ARRAYS, NORMALIZED_ATOL_STORED, row_counts, row_problems
+from pipeline.cache.integrity import read_checked
+from pipeline.cache.rows import (
+    MAP_ARRAYS,
+    NORMALIZED_ATOL_STORED,
+    ROW_ARRAYS,
+    row_counts,
+    row_problems,
+)
 from pipeline.cache.spec import CacheMismatchError
 
 
@@ -18,6 +25,7 @@ from pipeline.cache.spec import CacheMismatchError
 class Problem:
     where: str  # "manifest", an array name, or a shard name with its row
     message: str
+    shard: str | None = None  # the committed shard it concerns (what `--repair` recomputes)
 
     def __str__(self) -> str:
         return f"{self.where}: {self.message}"
@@ -33,19 +41,26 @@ def verify_entry(entry: CacheEntry) -> list[Problem]:
         Problem(f"commits/{name}", "commit record for a shard the manifest does not list")
         for name in entry.foreign_commits()
     ]
-    group = entry.group()
     for shard_name in sorted(entry.committed_shards(), key=entry.shard_names.index):
-        problems += _verify_shard(entry, group, shard_name)
+        problems += [
+            Problem(p.where, p.message, shard_name) for p in _verify_shard(entry, shard_name)
+        ]
     return problems
 
 
-def _verify_shard(entry: CacheEntry, group, shard_name: str) -> list[Problem]:
+def _verify_shard(entry: CacheEntry, shard_name: str) -> list[Problem]:
     start, stop = entry.shard_rows(shard_name)
     info = next(s for s in entry.manifest["shards"] if s["name"] == shard_name)
     try:
         record = entry.commit_record(shard_name)
     except (ShardNotCommittedError, ValueError) as err:
         return [Problem(shard_name, f"commit record unreadable ({err})")]
+    # Every array's chunk of this shard, read once: a chunk that is missing or fails its
+    # checksum makes the row checks meaningless, so it is reported alone.
+    arrays, damage = read_checked(entry, shard_name, tuple(ROW_ARRAYS))
+    if arrays is None:
+        assert damage is not None
+        return [Problem(f"{shard_name} rows {start}-{stop - 1}", damage.reason)]
     problems = [
         Problem(
             shard_name, f"commit record says {field}={record.get(field)!r}, manifest says {want!r}"
@@ -59,12 +74,11 @@ def _verify_shard(entry: CacheEntry, group, shard_name: str) -> list[Problem]:
         )
         if record.get(field) != want
     ]
-    # One read per array of exactly this shard's chunk.
-    maps = {name: group[name][start:stop] for name in MAP_ARRAYS}  # [n, G, G] each
-    valid = group["valid"][start:stop]  # [n]
-    reason = [str(r) for r in group["reason"][start:stop]]
-    keys = [str(k) for k in group["key"][start:stop]]
-    fg = group["fg_correct"][start:stop]  # [n]
+    maps = {name: arrays[name] for name in MAP_ARRAYS}  # [n, G, G] each
+    valid = arrays["valid"]  # [n]
+    reason = [str(r) for r in arrays["reason"]]
+    keys = [str(k) for k in arrays["key"]]
+    fg = arrays["fg_correct"]  # [n]
 
     for row in range(stop - start):
         where = f"{shard_name} row {row} (global {start + row}, key {keys[row]!r})"

@@ -38,6 +38,7 @@ def summarize(outcome: ShardsOutcome) -> str:
     lines = [
         f"shards     {outcome.out_dir}",
         f"status     {'up to date: nothing to do' if outcome.up_to_date else 'written'}",
+        *(f"  rewrote damaged {why}" for why in outcome.damaged),
         f"samples    {index.num_samples} in {len(index.shards)} shard(s) of up to {index.shard_size}",
         f"classes    {len(index.classes)}",
         f"fingerprint {index.fingerprint[:16]}",

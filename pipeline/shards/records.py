@@ -104,6 +104,7 @@ def read_index(shard_dir: str | Path) -> ShardIndex:
     index = ShardIndex.model_validate_json(path.read_text())
     if index.fingerprint != index.compute_fingerprint():
         raise BadInputDataError(
-            f"{path}: fingerprint does not match its content; rewrite the shards"
+            f"{path}: fingerprint does not match its content (edited or damaged); rewrite the "
+            f"shards: make shards DATASET={index.dataset} SPLIT={index.split}"
         )
     return index

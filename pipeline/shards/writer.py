@@ -7,6 +7,7 @@ redone. A rerun whose raw files are unchanged finds the index up to date and wri
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from pipeline.errors import BadParametersError
 from pipeline.io import TMP_SUFFIX, atomic_path, atomic_write_text
 from pipeline.shards.checks import BadSample, CheckedImage, check_image
 from pipeline.shards.config import DEFAULT_SHARD_SIZE
+from pipeline.shards.integrity import damaged_shards, file_sha256
 from pipeline.shards.masks import check_dense_targets
 from pipeline.shards.records import (
     INDEX_FILE,
@@ -42,6 +44,8 @@ class ShardsOutcome:
     index: ShardIndex
     out_dir: Path
     up_to_date: bool  # True: nothing was written, the existing shards match the raw files
+    # Shard files found damaged (not matching index.json) and therefore rewritten: "name: why"
+    damaged: list[str] = dataclasses.field(default_factory=list)
 
 
 def source_fingerprint(result: AdapterResult, shard_size: int) -> str:
@@ -62,24 +66,17 @@ def source_fingerprint(result: AdapterResult, shard_size: int) -> str:
     return digest.hexdigest()
 
 
-def _is_current(out_dir: Path, fingerprint: str) -> ShardIndex | None:
+def _is_current(out_dir: Path, fingerprint: str, damaged: list[str]) -> ShardIndex | None:
+    """The index when the shards are up to date with the raw files and every shard file still
+    matches its sha256 in index.json; damaged files are listed in `damaged` (then None)."""
     try:
         index = read_index(out_dir)
     except (FileNotFoundError, ValueError):
         return None
     if index.source_fingerprint != fingerprint:
         return None
-    if not all((out_dir / shard.name).is_file() for shard in index.shards):
-        return None
-    return index
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    damaged += [f"{info.name}: {why}" for info, why in damaged_shards(out_dir, index)]
+    return None if damaged else index
 
 
 class _ShardSink:
@@ -108,7 +105,9 @@ class _ShardSink:
             for sample in self.pending:
                 tar.write(sample)
         keys = [s["__key__"] for s in self.pending]
-        self.shards.append(ShardInfo(name=name, count=len(keys), sha256=_sha256(final), keys=keys))
+        self.shards.append(
+            ShardInfo(name=name, count=len(keys), sha256=file_sha256(final), keys=keys)
+        )
         self.pending = []
 
 
@@ -144,13 +143,16 @@ def write_shards(
     # Two runs that find the shards missing at once (say, two extractions) take turns: the
     # second waits, then finds the first's shards current instead of rewriting them under it.
     with FileLock(out_dir / LOCK_FILE):
-        current = _is_current(out_dir, fingerprint)
+        damaged: list[str] = []
+        current = _is_current(out_dir, fingerprint, damaged)
         if current is not None:
             return ShardsOutcome(current, out_dir, up_to_date=True)
+        # Deterministic bytes (fixed mtime, same order): a rewrite of damaged shards gives back
+        # the files index.json described, so caches built on them stay valid.
         index = _write_all(
             result, out_dir, dataset, split, shard_size, fingerprint, root, threads, progress
         )
-    return ShardsOutcome(index, out_dir, up_to_date=False)
+    return ShardsOutcome(index, out_dir, up_to_date=False, damaged=damaged)
 
 
 def _write_all(
