@@ -10,6 +10,8 @@ carries (teacher.spec); this class adds the weights, the forward and the capture
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from transformers import LlavaForConditionalGeneration, LlavaProcessor
@@ -129,8 +131,11 @@ class Teacher:
             sequences = self.model.generate(**self.generate_kwargs(encoded))
         return encoded, sequences, capture.row
 
-    def extract(self, items: list[TeacherInput]) -> list[MapResult]:
-        """MapResults in the order of `items` (batches are formed by prompt length)."""
+    def extract(
+        self, items: list[TeacherInput], on_images: Callable[[int], None] | None = None
+    ) -> list[MapResult]:
+        """MapResults in the order of `items` (batches are formed by prompt length);
+        `on_images(n)` hears of each finished batch of n images."""
         results: list[MapResult | None] = [None] * len(items)
         order = self.length_order(items)
         for start in range(0, len(order), self.cfg.batch_size):
@@ -139,6 +144,8 @@ class Teacher:
             encoded, sequences, row = self.run_fast(batch)
             for b, (i, prepared) in enumerate(zip(chosen, batch, strict=True)):
                 results[i] = self.finish(prepared, b, encoded, sequences[b], row)
+            if on_images is not None:
+                on_images(len(chosen))
         return results  # type: ignore[return-value]
 
     # ---- from rows to maps -------------------------------------------------------------------
