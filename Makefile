@@ -18,7 +18,7 @@ TEACHER    ?= llava-hf/llava-1.5-7b-hf
 QUANT      ?= 4bit
 CACHE      ?= data/cache
 AUDIT      ?= 0
-BATCH_SIZE ?= 8
+BATCH_SIZE ?= auto
 # Student stage.
 MODEL      ?= vit_small_patch16_224
 WEIGHTS    ?=
@@ -62,7 +62,7 @@ AUDIT_ARG := $(if $(filter 1 true yes,$(AUDIT)),--audit,)
 # Table 9's language-only maps: no box overlay, which is its own cache entry.
 PROMPT_ARG := $(if $(PROMPT),--prompt $(PROMPT),) $(if $(filter 0 no false,$(BOXES)),--box-width 0,)
 
-.PHONY: help setup test lint demo demo-detect bench-dense shards tiny-teacher extract train eval ui bench bench-extract bench-student bench-loader clean backbone dense-backbone bench-science experiment bench-gpu cluster launch
+.PHONY: help setup test lint demo demo-detect bench-dense shards tiny-teacher extract train eval ui bench bench-extract bench-teacher bench-student bench-loader clean backbone dense-backbone bench-science experiment bench-gpu cluster launch
 
 help: ## this list
 	@echo "Targets (variables: DATASET=$(DATASET) SPLIT=$(SPLIT) ROOT=$(ROOT) SHARDS=$(SHARDS) SHARD_SIZE=$(SHARD_SIZE)"
@@ -142,11 +142,14 @@ launch: $(STAMP) ## RUNS extract runs of DATASET/SPLIT on the cluster's workers,
 	  --shards-root $(abspath $(SHARDS)) --shard-size $(SHARD_SIZE) --teacher $(TEACHER) --quant $(QUANT) \
 	  --cache-root $(ABS_CACHE) --batch-size $(BATCH_SIZE) $(AUDIT_ARG)
 
-bench: bench-extract bench-student bench-loader bench-dense ## every benchmark (each ends with a RESULT line)
+bench: bench-extract bench-teacher bench-student bench-loader bench-dense ## every benchmark (each ends with a RESULT line)
 
 bench-extract: $(STAMP) ## fast vs naive attention extraction with the tiny teacher
 	@if [ ! -f data/models/tiny-llava/config.json ]; then $(MAKE) --no-print-directory tiny-teacher; fi
 	$(PY) -m bench.extract --arch tiny
+
+bench-teacher: $(STAMP) ## tiny teacher on the CPU: images/s at batch 1/8/32, ms per decode step, host reads per batch
+	$(PY) -m bench.teacher
 
 bench-student: $(STAMP) ## I-ViT vs ViT training step time and FLOPs
 	$(PY) -m bench.student

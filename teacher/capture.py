@@ -38,16 +38,31 @@ class RowCapture:
         prompt_length: int,  # padded prompt length P
         layers: list[int],
         heads: list[int] | None,
+        device: torch.device | str | None = None,
     ) -> None:
-        self.prefill_rows = prefill_rows
-        self.image_start = image_start
+        self.prefill_rows = prefill_rows.cpu()  # for `row`, read on the host after generation
         self.num_image_tokens = num_image_tokens
         self.prompt_length = prompt_length
         self.layers = set(layers)
         self.first_layer = min(layers)
         self.heads = heads
+        # Index tensors live on the model's device from the start: a host->device copy inside
+        # `record` would wait for the GPU once per layer and decode step.
+        target = prefill_rows.device if device is None else torch.device(device)
+        self._rows = prefill_rows.to(target)  # [B, R]
+        columns = image_start[:, None] + torch.arange(num_image_tokens)  # [B, I]
+        self._columns = columns.to(target)
+        self._heads = None if heads is None else torch.tensor(heads, device=target)
         self.prefill: torch.Tensor | None = None  # [B, R, I], summed over layers
         self.decode: list[torch.Tensor] = []  # per step: [B, I], summed over layers
+
+    def to_host(self) -> None:
+        """Bring the captured rows to the CPU in one copy each, after generation: `row` is
+        then called per word without touching the device."""
+        if self.prefill is not None:
+            self.prefill = self.prefill.cpu()
+        if self.decode:
+            self.decode = list(torch.stack(self.decode).cpu().unbind(0))
 
     def record(
         self,
@@ -62,7 +77,7 @@ class RowCapture:
         batch, heads, q_len, dim = query.shape
         kv_heads, k_len = key.shape[1], key.shape[2]
         if q_len > 1:
-            rows = self.prefill_rows.to(query.device)  # [B, R] absolute positions
+            rows = self._rows.to(query.device)  # [B, R] absolute positions (no copy: same device)
         else:
             rows = torch.full((batch, 1), k_len - 1, device=query.device)  # [B, 1]
         n_rows = rows.shape[1]
@@ -88,11 +103,9 @@ class RowCapture:
             else:
                 scores = scores + mask[:, None].float()
         probs = scores.softmax(dim=-1)  # [B, H, R, K]
-        if self.heads is not None:
-            probs = probs[:, self.heads]
-        columns = self.image_start.to(query.device)[:, None] + torch.arange(
-            self.num_image_tokens, device=query.device
-        )  # [B, I]
+        if self._heads is not None:
+            probs = probs.index_select(1, self._heads.to(query.device))
+        columns = self._columns.to(query.device)  # [B, I]
         head_mean = probs.mean(dim=1)  # [B, R, K]
         image_rows = head_mean.gather(2, columns[:, None, :].expand(batch, n_rows, -1))  # [B,R,I]
         if q_len > 1:
@@ -109,10 +122,10 @@ class RowCapture:
             return self.decode[step][item] / len(self.layers)
         if self.prefill is None:
             raise RuntimeError("no prefill forward was captured")
-        matches = (self.prefill_rows[item] == position).nonzero()
-        if len(matches) == 0:
+        rows = self.prefill_rows[item].tolist()  # on the host (kept there)
+        if position not in rows:
             raise KeyError(f"prefill row {position} of item {item} was not requested")
-        return self.prefill[item, int(matches[0, 0])] / len(self.layers)
+        return self.prefill[item, rows.index(position)] / len(self.layers)
 
 
 _ACTIVE: ContextVar[RowCapture | None] = ContextVar("lfi_row_capture", default=None)
@@ -139,10 +152,20 @@ def rows_attention_forward(
     )  # fmt: skip
 
 
+def rows_attention_mask(batch_size: int, q_length: int, kv_length: int, *args, **kwargs):
+    """SDPA's mask, except that a decode step (one query) always gets its mask built: SDPA's
+    own check whether the mask may be skipped (`padding_mask.all()`) reads the GPU back once
+    per step. The prompt's forward keeps the check, and with it the causal kernel."""
+    if q_length == 1:
+        kwargs["allow_is_causal_skip"] = False
+    return sdpa_mask(batch_size, q_length, kv_length, *args, **kwargs)
+
+
 def register_rows_attention() -> None:
-    """Make ROWS_ATTENTION a valid attn_implementation (idempotent); masks as for SDPA."""
+    """Make ROWS_ATTENTION a valid attn_implementation (idempotent); masks as for SDPA, built
+    without a host read at decode steps."""
     AttentionInterface.register(ROWS_ATTENTION, rows_attention_forward)
-    AttentionMaskInterface.register(ROWS_ATTENTION, sdpa_mask)
+    AttentionMaskInterface.register(ROWS_ATTENTION, rows_attention_mask)
 
 
 @contextmanager
