@@ -6,9 +6,9 @@ Why it is exact: the gate's first layer is linear in each attention row,
 pass over the values `[v | W_agt^T]` gives both `C_AGT @ v` and the gate's C_AGT half, and
 another over `[v | W_vfm^T]` the C_VFM half; the gate's hidden layer is their sum plus b1, and
 `C_F @ v = g1 * (C_AGT @ v) + g2 * (C_VFM @ v)` because g1, g2 are per row. Fused SDPA kernels
-(flash on CPU and CUDA) want q, k and v of one width, so q and k are zero-padded to v's width;
-zeros add nothing to q . k, and the scale is passed explicitly (SDPA's default would use the
-padded width).
+(flash on CPU and CUDA) want q, k and v of one width, a multiple of 8, so q, k and the values
+are zero-padded to it; zeros add nothing to q . k, zero value columns are dropped, and the scale
+is passed explicitly (SDPA's default would use the padded width).
 """
 
 from __future__ import annotations
@@ -31,13 +31,16 @@ def attend_with_extra_values(
     gate's W_agt). Returns [B, H, N, d] and [B, H, N, h].
     """
     batch, heads, tokens, width = v.shape
-    shared = extra.t().to(v.dtype).expand(batch, heads, tokens, extra.shape[0])  # [B, H, N, h]
-    values = torch.cat([v, shared], dim=-1)  # [B, H, N, d + h]
-    pad = (0, values.shape[-1] - q.shape[-1])
+    hidden = extra.shape[0]
+    shared = extra.t().to(v.dtype).expand(batch, heads, tokens, hidden)  # [B, H, N, h]
+    # Flash kernels take head sizes in multiples of 8: zero value columns round it up.
+    padded = -(-(width + hidden) // 8) * 8
+    values = F.pad(torch.cat([v, shared], dim=-1), (0, padded - width - hidden))  # [B, H, N, W]
+    pad = (0, padded - q.shape[-1])
     out = F.scaled_dot_product_attention(
         F.pad(q, pad), F.pad(k, pad), values, attn_mask=attn_mask, scale=scale
-    )  # [B, H, N, d + h]
-    return out[..., :width], out[..., width:]
+    )  # [B, H, N, W]
+    return out[..., :width], out[..., width : width + hidden]
 
 
 def attend(

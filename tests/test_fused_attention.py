@@ -63,9 +63,18 @@ def loss_outputs_and_grads(model, criterion, batch: dict) -> tuple[dict, dict]:
         {"interaction_queries": False, "alignment": False},
         {"align_on_original": True},
         {"gate_hidden": 40},  # wider than the head (d = 16): the padding goes the other way
+        {"gate_hidden": 13},  # d + h = 29: value columns padded to 32
         {"model_kwargs": {**TINY, "reg_tokens": 2, "qk_norm": True, "qkv_bias": False}},
     ],
-    ids=["default", "no-gate", "no-iq", "align-on-original", "wide-gate", "reg-qk-norm"],
+    ids=[
+        "default",
+        "no-gate",
+        "no-iq",
+        "align-on-original",
+        "wide-gate",
+        "odd-gate",
+        "reg-qk-norm",
+    ],
 )
 def test_fused_equals_explicit_outputs_and_gradients(overrides: dict) -> None:
     with warnings.catch_warnings():
