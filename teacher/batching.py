@@ -34,8 +34,11 @@ def auto_batch_size(text_config, dtype: torch.dtype, tokens: int, free_bytes: in
 
 
 def free_memory(device: torch.device) -> int | None:
-    """Free bytes on a CUDA device (None elsewhere)."""
+    """Bytes a batch can use on a CUDA device (None elsewhere): what the driver has free plus
+    what PyTorch's caching allocator holds unused (the previous batch's blocks, which the
+    driver counts as taken)."""
     if device.type != "cuda":
         return None
     free, _total = torch.cuda.mem_get_info(device)
-    return int(free)
+    cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return int(free + cached)

@@ -10,6 +10,7 @@ the extra work is O(rows x keys) per head instead of O(keys^2).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -152,13 +153,22 @@ def rows_attention_forward(
     )  # fmt: skip
 
 
-def rows_attention_mask(batch_size: int, q_length: int, kv_length: int, *args, **kwargs):
+_SDPA_MASK_SIGNATURE = inspect.signature(sdpa_mask)
+
+
+def rows_attention_mask(*args, **kwargs):
     """SDPA's mask, except that a decode step (one query) always gets its mask built: SDPA's
     own check whether the mask may be skipped (`padding_mask.all()`) reads the GPU back once
-    per step. The prompt's forward keeps the check, and with it the causal kernel."""
-    if q_length == 1:
+    per step. The prompt's forward keeps the check, and with it the causal kernel. (Older
+    transformers pass `cache_position` where newer ones pass `q_length`: both are read.)"""
+    bound = _SDPA_MASK_SIGNATURE.bind(*args, **kwargs).arguments
+    if "q_length" in bound:
+        queries = int(bound["q_length"])
+    else:
+        queries = int(bound["cache_position"].shape[0])  # a shape: no read of the GPU
+    if queries == 1 and "allow_is_causal_skip" in _SDPA_MASK_SIGNATURE.parameters:
         kwargs["allow_is_causal_skip"] = False
-    return sdpa_mask(batch_size, q_length, kv_length, *args, **kwargs)
+    return sdpa_mask(*args, **kwargs)
 
 
 def register_rows_attention() -> None:

@@ -158,3 +158,26 @@ def test_auto_batch_is_8_on_a_cpu_and_halves_after_out_of_memory(monkeypatch, ti
     for got, want in zip(results, reference, strict=True):
         assert got.answer == want.answer
         assert float(abs(got.c_vlm - want.c_vlm).max()) < 1e-5
+
+
+def test_free_memory_counts_what_the_caching_allocator_holds_unused(monkeypatch) -> None:
+    from teacher import batching
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (10 * 2**30, 80 * 2**30))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 30 * 2**30)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 20 * 2**30)
+    assert batching.free_memory(torch.device("cuda", 0)) == 20 * 2**30
+    assert batching.free_memory(torch.device("cpu")) is None
+
+
+def test_auto_batch_on_a_gpu_follows_the_free_memory(monkeypatch, tiny_dir) -> None:
+    teacher = make_teacher(tiny_dir)
+    items = sample_items()
+    tokens = max(teacher.prompt_tokens(items)) + teacher.max_new_tokens
+    text = teacher.model.config.text_config
+    per_image = 1.5 * kv_cache_bytes_per_token(text, torch.float32) * tokens
+    monkeypatch.setattr("teacher.model.free_memory", lambda device: int(40 * per_image))
+    assert teacher.batch_size_for(items) == 36  # 0.9 x 40
+    monkeypatch.setattr("teacher.model.free_memory", lambda device: 1)
+    assert teacher.batch_size_for(items) == 1
+    assert make_teacher(tiny_dir, batch_size=5).batch_size_for(items) == 5  # as configured
