@@ -53,17 +53,19 @@ class RunProgress:
     def advance(self, n: int) -> None:
         """`n` more units are done."""
         with self._lock:
-            step = max(0, min(n, self.total - self.done))
-            self.done += step
-            self.bar.update(step)
-            self._publish(force=self.done == self.total)
+            self._advance(n)
 
     def reach(self, done: int) -> None:
         """At least `done` units are done (a count from elsewhere; never moves back)."""
         with self._lock:
-            step = max(0, min(done, self.total) - self.done)
+            self._advance(done - self.done)
+
+    def _advance(self, n: int) -> None:
+        step = max(0, min(n, self.total - self.done))
         if step:
-            self.advance(step)
+            self.done += step
+            self.bar.update(step)
+            self._publish(force=self.done == self.total)
 
     def finish(self) -> None:
         """All done: the bar and the artifact at 100 %, the bar closed."""
