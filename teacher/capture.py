@@ -77,13 +77,8 @@ class RowCapture:
             return
         batch, heads, q_len, dim = query.shape
         kv_heads, k_len = key.shape[1], key.shape[2]
-        if q_len > 1:
-            rows = self._rows.to(query.device)  # [B, R] absolute positions (no copy: same device)
-        else:
-            rows = torch.full((batch, 1), k_len - 1, device=query.device)  # [B, 1]
-        n_rows = rows.shape[1]
-        local = rows - (k_len - q_len)  # [B, R] index into this forward's queries
-        q = query.gather(2, local[:, None, :, None].expand(batch, heads, n_rows, dim))  # [B,H,R,D]
+        q, mask = self._rows_of(query, attention_mask, k_len)  # [B, H, R, D], [B, R, K] or None
+        n_rows = q.shape[2]
         # GQA without repeat_kv: query heads h = g * n_rep + r share key head g.
         n_rep = heads // kv_heads
         q = q.reshape(batch, kv_heads, n_rep * n_rows, dim)  # [B, Hkv, n_rep*R, D]
@@ -91,18 +86,10 @@ class RowCapture:
         # or lose the digits the softmax needs, and a NaN row would be lost to the cache.
         scores = (q.float() @ key.float().transpose(-1, -2)) * scaling  # [B, Hkv, n_rep*R, K]
         scores = scores.view(batch, heads, n_rows, k_len)  # [B, H, R, K]
-        if attention_mask is None:
-            # SDPA's is_causal path: a query sees every key at or before its own position.
-            keys = torch.arange(k_len, device=query.device)
-            allowed = keys[None, None, :] <= rows[:, :, None]  # [B, R, K]
-            scores = scores.masked_fill(~allowed[:, None], float("-inf"))
-        else:
-            mask = attention_mask[:, 0].expand(batch, q_len, k_len)  # [B, q, K]
-            mask = mask.gather(1, local[:, :, None].expand(batch, n_rows, k_len))  # [B, R, K]
-            if mask.dtype == torch.bool:
-                scores = scores.masked_fill(~mask[:, None], float("-inf"))
-            else:
-                scores = scores + mask[:, None].float()
+        if mask is not None and mask.dtype == torch.bool:
+            scores = scores.masked_fill(~mask[:, None], float("-inf"))
+        elif mask is not None:
+            scores = scores + mask[:, None].float()
         probs = scores.softmax(dim=-1)  # [B, H, R, K]
         if self._heads is not None:
             probs = probs.index_select(1, self._heads.to(query.device))
@@ -115,6 +102,26 @@ class RowCapture:
             self.decode.append(image_rows[:, 0])  # a new decode step begins
         else:
             self.decode[-1] = self.decode[-1] + image_rows[:, 0]
+
+    def _rows_of(
+        self, query: torch.Tensor, attention_mask: torch.Tensor | None, k_len: int
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The kept query rows [B, H, R, D] and their mask [B, R, K] (bool or additive; None:
+        every key allowed)."""
+        batch, heads, q_len, dim = query.shape
+        if q_len == 1:  # a decode step: its one query, at the last position, sees every key
+            mask = None if attention_mask is None else attention_mask[:, 0].expand(batch, 1, k_len)
+            return query, mask
+        rows = self._rows.to(query.device)  # [B, R] absolute positions (no copy: same device)
+        local = rows - (k_len - q_len)  # [B, R] index into this forward's queries
+        n_rows = rows.shape[1]
+        q = query.gather(2, local[:, None, :, None].expand(batch, heads, n_rows, dim))
+        if attention_mask is None:
+            # SDPA's is_causal path: a query sees every key at or before its own position.
+            keys = torch.arange(k_len, device=query.device)
+            return q, keys[None, None, :] <= rows[:, :, None]  # [B, R, K]
+        mask = attention_mask[:, 0].expand(batch, q_len, k_len)  # [B, q, K]
+        return q, mask.gather(1, local[:, :, None].expand(batch, n_rows, k_len))  # [B, R, K]
 
     def row(self, item: int, position: int) -> torch.Tensor:
         """Layer-mean image attention [I] of the query at padded `position` of sequence `item`."""
