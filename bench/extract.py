@@ -263,13 +263,25 @@ def spawn(args: argparse.Namespace, worker: str, workdir: Path) -> dict:
     return json.loads(out.read_text())
 
 
+def batch_size_arg(text: str) -> int | str:
+    """A positive count, or "auto" (the teacher's own choice: teacher.batching)."""
+    if text == "auto":
+        return text
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1 or auto, got {value}")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", choices=["tiny", "tiny-llama", "llava-1.5-7b"], default="tiny")
     parser.add_argument("--quant", choices=["none", "4bit"], default="none", help="4bit: NF4")
     parser.add_argument("--layers", type=int, default=None, help="cut depth (7B arch, for CPUs)")
     parser.add_argument("--images", type=int, default=16)
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument(
+        "--batch-size", type=batch_size_arg, default=8, help="images per batch, or auto"
+    )
     parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None)
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--max-new-tokens", type=int, default=12)

@@ -88,7 +88,12 @@ def main(argv: list[str] | None = None) -> None:
     cli.add_argument("--arch", choices=["llava-1.5-7b", "tiny-llama"], default="llava-1.5-7b")
     cli.add_argument("--layers", type=int, default=None, help="cut depth (default: full)")
     cli.add_argument("--images", type=int, default=16)
-    cli.add_argument("--batch-size", type=int, default=8)
+    cli.add_argument(
+        "--batch-size",
+        type=bench_extract.batch_size_arg,
+        default=8,
+        help="auto: what `make extract` uses by default (from free GPU memory)",
+    )
     cli.add_argument("--max-new-tokens", type=int, default=12)
     cli.add_argument("--repeats", type=int, default=2)
     cli.add_argument("--fidelity-images", type=int, default=4, help="of the float32 comparison")
