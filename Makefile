@@ -72,7 +72,7 @@ TEACHER_ARGS := $(call flag,--teacher,$(TEACHER)) $(call flag,--quant,$(QUANT)) 
 TINY_IF_NEEDED = $(if $(filter tiny,$(1)),test -f $(MODELS_DIR)/tiny-llava/config.json || $(MAKE) --no-print-directory tiny-teacher VOCAB=bpe;,) \
   $(if $(filter tiny-llama,$(1)),test -f $(MODELS_DIR)/tiny-llava-llama/config.json || $(MAKE) --no-print-directory tiny-teacher VOCAB=llama;,) true
 
-.PHONY: help setup lock test test-fast lint demo demo-detect bench-dense shards tiny-teacher extract train eval ui bench bench-extract bench-student bench-loader bench-integrity clean backbone dense-backbone bench-science experiment bench-gpu cluster launch
+.PHONY: help setup lock test test-fast lint demo demo-detect bench-dense shards tiny-teacher extract train eval ui bench bench-extract bench-teacher bench-student bench-loader bench-integrity clean backbone dense-backbone bench-science experiment bench-gpu cluster launch
 
 help: ## this list
 	@echo "Variables (empty = the command's own default): DATASET ROOT SPLIT SHARDS SHARD_SIZE TEACHER QUANT CACHE"
@@ -169,11 +169,15 @@ launch: $(STAMP) ## RUNS extract runs of DATASET/SPLIT on the cluster's workers,
 	  $(if $(SHARDS),--shards-root $(call absolute,$(SHARDS)),) $(if $(CACHE),--cache-root $(call absolute,$(CACHE)),) \
 	  $(TEACHER_ARGS)
 
-bench: bench-extract bench-student bench-loader bench-dense ## every benchmark (each ends with a RESULT line)
+bench: bench-extract bench-teacher bench-student bench-loader bench-dense ## every benchmark (each ends with a RESULT line)
 
 bench-extract: $(STAMP) ## fast vs naive attention extraction with the tiny teacher
 	@$(call TINY_IF_NEEDED,tiny)
 	$(PY) -m bench.extract --arch tiny $(ARGS)
+
+bench-teacher: $(STAMP) ## tiny teacher on the CPU: images/s at batch 1/8/32, ms per decode step, host reads per batch
+	@$(call TINY_IF_NEEDED,tiny)
+	$(PY) -m bench.teacher $(ARGS)
 
 bench-student: $(STAMP) ## I-ViT vs ViT training step time and FLOPs
 	$(PY) -m bench.student $(ARGS)

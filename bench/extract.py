@@ -10,9 +10,14 @@ naive: eager attention, generate(output_attentions=True), one image at a time, r
 Each way runs in its own process, so one's memory never inflates the other's; memory is the
 peak beyond the loaded weights after a one-image warm-up (RSS sampled every 2 ms on the CPU,
 with glibc returning large freed blocks; max allocated on a GPU). The maps of the two
-are compared. Ends with exactly one line:
+are compared: answers that agree, the largest map difference over the images whose answers
+agree (in fp16 a near-tie in the greedy argmax may pick another word, and then other rows), and
+a float32 run of both ways on --fidelity-images images (the main run itself when it is float32),
+where every answer must agree and the maps differ by at most FP32_MAP_TOLERANCE. Ends with
+exactly one line:
 RESULT speedup=<naive s per image / fast s per image> memory_ratio=<naive peak / fast peak>
-max_abs_diff=<d>
+max_abs_diff=<d> same_answers=<a>/<n> max_map_diff_agreeing=<d> fp32_same_answers=<a>/<m>
+fp32_max_map_diff=<d> fidelity=<ok|FAILED>
 The 7B architecture uses the real LLaVA-1.5 ids (the tiny llama teacher's processor: Llama-2
 vocabulary, <image> 32000, <pad> 32001); bench.gpu runs it at full depth in fp16 and NF4.
 """
@@ -53,6 +58,8 @@ from teacher.spec import TeacherSpec
 from teacher.tiny import build_tiny_teacher
 
 VOCABULARY = [name for name, _, _ in SHAPES]
+MAP_ARRAYS = ("c_fore", "c_back", "c_vlm")
+FP32_MAP_TOLERANCE = 1e-4  # float32: the two ways differ only by summation order
 
 
 # ---- teachers --------------------------------------------------------------------------------
@@ -165,7 +172,7 @@ def time_worker(args: argparse.Namespace, teacher: Teacher, items: list[TeacherI
     for name, rs in results.items():
         np.savez(
             Path(args.out).with_name(f"{name}.npz"),
-            **{k: np.stack([getattr(r, k) for r in rs]) for k in ("c_fore", "c_back", "c_vlm")},
+            **{k: np.stack([getattr(r, k) for r in rs]) for k in MAP_ARRAYS},
         )
     prompts = [teacher.description.prompt(item)[0] for item in items]
     text_tokens = [len(teacher.tokenizer(p)["input_ids"]) for p in prompts]
@@ -198,14 +205,39 @@ def memory_worker(args: argparse.Namespace, teacher: Teacher, items: list[Teache
     return {"peak_bytes": rss.peak - base}
 
 
+def fidelity_worker(args: argparse.Namespace, teacher: Teacher, items: list[TeacherInput]) -> dict:
+    """Both ways once on the first --fidelity-images images (the teacher is float32 here)."""
+    chosen = items[: args.fidelity_images]
+    results = {name: run(chosen) for name, run in ways(teacher).items()}
+    return compare(results["fast"], results["naive"])
+
+
+def compare(fast: list, naive: list) -> dict:
+    """Agreeing answers, and the largest map difference over all images and over the images
+    whose answers agree (None when none agree)."""
+    agree = [a.answer == b.answer for a, b in zip(fast, naive, strict=True)]
+    diffs = [
+        max(float(np.abs(getattr(a, k) - getattr(b, k)).max()) for k in MAP_ARRAYS)
+        for a, b in zip(fast, naive, strict=True)
+    ]
+    agreeing = [d for d, same in zip(diffs, agree, strict=True) if same]
+    return {
+        "images": len(agree),
+        "same_answers": sum(agree),
+        "max_map_diff": max(diffs, default=0.0),
+        "max_map_diff_agreeing": max(agreeing) if agreeing else None,
+    }
+
+
 def run_worker(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     teacher = build_teacher(args)
     items = bench_items(args.images)
-    worker = time_worker if args.worker == "time" else memory_worker
+    worker = {"time": time_worker, "fidelity": fidelity_worker}.get(args.worker, memory_worker)
     summary = worker(args, teacher, items)
     if "prompt_tokens" in summary:
         summary["prefill_flops"] = prompt_flops(teacher, summary["prompt_tokens"])
+    summary.setdefault("images", args.images)
     summary["device"] = str(teacher.model.device)
     summary["text_layers"] = teacher.model.config.text_config.num_hidden_layers
     summary["vision_layers"] = teacher.model.config.vision_config.num_hidden_layers
@@ -220,7 +252,7 @@ def spawn(args: argparse.Namespace, worker: str, workdir: Path) -> dict:
         "--batch-size", str(args.batch_size),
         "--dtype", args.dtype, "--device", args.device, "--tiny-dir", args.tiny_dir,
         "--max-new-tokens", str(args.max_new_tokens), "--threads", str(args.threads),
-        "--repeats", str(args.repeats),
+        "--repeats", str(args.repeats), "--fidelity-images", str(args.fidelity_images),
     ]  # fmt: skip
     if args.layers is not None:
         command += ["--layers", str(args.layers)]
@@ -232,13 +264,25 @@ def spawn(args: argparse.Namespace, worker: str, workdir: Path) -> dict:
     return json.loads(out.read_text())
 
 
+def batch_size_arg(text: str) -> int | str:
+    """A positive count, or "auto" (the teacher's own choice: teacher.batching)."""
+    if text == "auto":
+        return text
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1 or auto, got {value}")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", choices=["tiny", "tiny-llama", "llava-1.5-7b"], default="tiny")
     parser.add_argument("--quant", choices=["none", "4bit"], default="none", help="4bit: NF4")
     parser.add_argument("--layers", type=int, default=None, help="cut depth (7B arch, for CPUs)")
     parser.add_argument("--images", type=int, default=16)
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument(
+        "--batch-size", type=batch_size_arg, default=8, help="images per batch, or auto"
+    )
     parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None)
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--max-new-tokens", type=int, default=12)
@@ -249,7 +293,12 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--tiny-dir", default=None, help="tiny teacher (tokenizer for 7B too)")
     parser.add_argument("--repeats", type=int, default=3, help="alternating timed rounds")
     parser.add_argument(
-        "--worker", choices=["time", "memory-fast", "memory-naive"], help=argparse.SUPPRESS
+        "--fidelity-images", type=int, default=4, help="images of the float32 comparison"
+    )
+    parser.add_argument(
+        "--worker",
+        choices=["time", "fidelity", "memory-fast", "memory-naive"],
+        help=argparse.SUPPRESS,
     )
     parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
     return parser
@@ -277,19 +326,55 @@ def measure(args: argparse.Namespace) -> dict:
         timing = spawn(args, "time", workdir)
         maps = {name: dict(np.load(workdir / f"{name}.npz")) for name in ("fast", "naive")}
         memory = {name: spawn(args, f"memory-{name}", workdir) for name in ("fast", "naive")}
+        if args.dtype != "float32":
+            fp32 = argparse.Namespace(**{**vars(args), "dtype": "float32"})
+            float32 = spawn(fp32, "fidelity", workdir)
     seconds = timing["seconds"]
     answers = timing["answers"]
+    agreement = compare(*(map_rows(maps[name], answers[name]) for name in ("fast", "naive")))
+    if args.dtype == "float32":  # the main run is the float32 run
+        float32 = agreement
     return {
         "timing": timing,
         "memory": memory,
         "images_per_s": {name: args.images / seconds[name] for name in seconds},
         "speedup": seconds["naive"] / seconds["fast"],
         "memory_ratio": memory["naive"]["peak_bytes"] / max(memory["fast"]["peak_bytes"], 1),
-        "max_abs_diff": max(
-            float(np.abs(maps["fast"][k] - maps["naive"][k]).max()) for k in maps["fast"]
-        ),
-        "same_answers": sum(a == b for a, b in zip(answers["fast"], answers["naive"], strict=True)),
+        "max_abs_diff": agreement["max_map_diff"],
+        "same_answers": agreement["same_answers"],
+        "max_map_diff_agreeing": agreement["max_map_diff_agreeing"],
+        "float32": float32,
+        "fidelity_ok": fidelity_ok(float32),
     }
+
+
+def map_rows(maps: dict[str, np.ndarray], answers: list[str]) -> list[argparse.Namespace]:
+    """One record per image (answer and maps) from a worker's saved arrays."""
+    return [
+        argparse.Namespace(answer=answer, **{k: maps[k][i] for k in MAP_ARRAYS})
+        for i, answer in enumerate(answers)
+    ]
+
+
+def fidelity_ok(float32: dict) -> bool:
+    """In float32 every answer agrees and no map differs by more than FP32_MAP_TOLERANCE."""
+    return (
+        float32["same_answers"] == float32["images"]
+        and float32["max_map_diff"] <= FP32_MAP_TOLERANCE
+    )
+
+
+def fidelity_fields(result: dict) -> str:
+    """The RESULT line's fidelity fields (bench.extract and bench.gpu print the same)."""
+    agreeing = result["max_map_diff_agreeing"]
+    float32 = result["float32"]
+    return (
+        f"same_answers={result['same_answers']}/{result['timing']['images']} "
+        f"max_map_diff_agreeing={'n/a' if agreeing is None else f'{agreeing:.3g}'} "
+        f"fp32_same_answers={float32['same_answers']}/{float32['images']} "
+        f"fp32_max_map_diff={float32['max_map_diff']:.3g} "
+        f"fidelity={'ok' if result['fidelity_ok'] else 'FAILED'}"
+    )
 
 
 def report(args: argparse.Namespace, result: dict) -> None:
@@ -315,6 +400,18 @@ def report(args: argparse.Namespace, result: dict) -> None:
             f"{memory[name]['peak_bytes'] / 2**20:9.1f} MiB"
         )
     print(f"answers identical: {result['same_answers']}/{n}")
+    agreeing = result["max_map_diff_agreeing"]
+    print(
+        "largest map difference over the images whose answers agree: "
+        + ("n/a (none agree)" if agreeing is None else f"{agreeing:.3g}")
+    )
+    float32 = result["float32"]
+    print(
+        f"float32, both ways on {float32['images']} images: answers identical "
+        f"{float32['same_answers']}/{float32['images']}, largest map difference "
+        f"{float32['max_map_diff']:.3g} (must be <= {FP32_MAP_TOLERANCE:g}): "
+        + ("ok" if result["fidelity_ok"] else "FAILED")
+    )
 
 
 def main() -> None:
@@ -328,8 +425,10 @@ def main() -> None:
     report(args, result)
     print(
         f"RESULT speedup={result['speedup']:.2f} memory_ratio={result['memory_ratio']:.2f} "
-        f"max_abs_diff={result['max_abs_diff']:.3g}"
+        f"max_abs_diff={result['max_abs_diff']:.3g} {fidelity_fields(result)}"
     )
+    if not result["fidelity_ok"]:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

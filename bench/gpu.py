@@ -7,14 +7,21 @@ with the real ids, in fp16 and in NF4, each way side by side, against the GPU's 
 For each mode it prints one line:
 RESULT mode=<fp16|nf4> fast_images_per_s=<f> naive_images_per_s=<n> speedup=<n/f time>
 memory_ratio=<naive peak / fast peak> prefill_limit_images_per_s=<L> prefill_fraction=<f / L>
+same_answers=<a>/<n> max_map_diff_agreeing=<d> fp32_same_answers=<a>/<m> fp32_max_map_diff=<d>
+fidelity=<ok|FAILED>
 where L = the GPU's peak dense fp16/bf16 rate / the FLOPs of one image's prompt forward
 (bench.llava7b.prefill_flops): the rate no batching could beat, since every image needs at least
-that forward. Random weights: the answers are noise, the work per image is the real one.
+that forward. Random weights: the answers are noise, the work per image is the real one. The
+fidelity fields are bench.extract's: answers that agree between the fast and naive ways, the
+largest map difference over the images whose answers agree, and both ways again in float32 on
+--fidelity-images images, where all answers must agree and the maps differ by at most 1e-4
+(the exit status is 1 when a mode fails that).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import torch
@@ -45,6 +52,7 @@ def mode_args(args: argparse.Namespace, quant: str) -> argparse.Namespace:
         "--arch", args.arch, "--quant", quant, "--images", str(args.images),
         "--batch-size", str(args.batch_size), "--max-new-tokens", str(args.max_new_tokens),
         "--repeats", str(args.repeats), "--device", args.device,
+        "--fidelity-images", str(args.fidelity_images),
     ]  # fmt: skip
     if args.layers is not None:
         argv += ["--layers", str(args.layers)]
@@ -69,6 +77,8 @@ def result_line(mode: str, result: dict, flops: float, peak: float | None) -> st
             if limit
             else "prefill_limit_images_per_s=n/a prefill_fraction=n/a"
         )
+        + " "
+        + bench_extract.fidelity_fields(result)
     )
 
 
@@ -78,9 +88,15 @@ def main(argv: list[str] | None = None) -> None:
     cli.add_argument("--arch", choices=["llava-1.5-7b", "tiny-llama"], default="llava-1.5-7b")
     cli.add_argument("--layers", type=int, default=None, help="cut depth (default: full)")
     cli.add_argument("--images", type=int, default=16)
-    cli.add_argument("--batch-size", type=int, default=8)
+    cli.add_argument(
+        "--batch-size",
+        type=bench_extract.batch_size_arg,
+        default=8,
+        help="auto: what `make extract` uses by default (from free GPU memory)",
+    )
     cli.add_argument("--max-new-tokens", type=int, default=12)
     cli.add_argument("--repeats", type=int, default=2)
+    cli.add_argument("--fidelity-images", type=int, default=4, help="of the float32 comparison")
     cli.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     cli.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default=None)
     cli.add_argument("--threads", type=int, default=None)
@@ -89,6 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     args = cli.parse_args(argv)
     if args.smoke:  # the whole logic, small enough for a CPU
         args.device, args.images, args.batch_size, args.repeats = "cpu", 2, 2, 1
+        args.fidelity_images = min(args.fidelity_images, 2)
         args.max_new_tokens = min(args.max_new_tokens, 3)
         args.layers = 1 if args.arch == "llava-1.5-7b" and args.layers is None else args.layers
         args.dtype = args.dtype or "float32"  # CPUs have no fast fp16 matmul
@@ -102,6 +119,7 @@ def main(argv: list[str] | None = None) -> None:
         f"device: {name}; peak dense rate: {'unknown' if peak is None else f'{peak / 1e12:.0f} TFLOP/s'}"
     )
     lines: list[str] = []
+    failed = False
     started = time.perf_counter()
     for mode in args.modes.split(","):
         margs = mode_args(args, MODES[mode])
@@ -113,6 +131,9 @@ def main(argv: list[str] | None = None) -> None:
         lines.append(result_line(mode, result, flops, peak))
         print(lines[-1], flush=True)
         print(f"elapsed {time.perf_counter() - started:.0f} s", flush=True)
+        failed = failed or not result["fidelity_ok"]
+    if failed:
+        sys.exit(1)  # after every mode's RESULT line
 
 
 if __name__ == "__main__":

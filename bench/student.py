@@ -5,13 +5,19 @@ Compared, side by side in one process with interleaved repetitions:
          cross-entropy), i.e. the paper's ViT baseline row;
   probe  the same ViT frozen with only a new head trainable (printed for context);
   ivit   the I-ViT: frozen backbone, Interaction Queries + gates + head trainable, CE + alignment
-         over all blocks (recording the CLS rows), as student.engine trains it.
+         over all blocks (recording the CLS rows), as student.engine trains it: fused SDPA
+         attention (student/fused_attention.py);
+  ivit_explicit  the same I-ViT forming every [B, H, N, N] matrix (the reference form, and what
+         align_rows=all runs).
 A step is forward + backward + AdamW update on one fixed batch. FLOPs are forward FLOPs of one
 image from torch's FlopCounterMode (paper Table 1: I-ViT-S/16 / ViT-S/16 = 18.1 / 15.5 = 1.17).
+Memory per variant: the bytes autograd saves for backward in one step (activations, every
+device), and on CUDA the step's peak allocation beyond the model and batch.
 
-    python bench/student.py [--model vit_small_patch16_224] [--batch 4] [--reps 5] [--device cpu]
+    python -m bench.student [--model vit_small_patch16_224] [--batch 4] [--reps 5] [--device cpu]
 
-Ends with `RESULT step_ratio=<ivit/vit> flops_ratio=<ivit/vit>`.
+Ends with `RESULT step_ratio=<ivit/vit> explicit_step_ratio=<ivit_explicit/vit>
+flops_ratio=<ivit/vit> saved_mib_ratio=<ivit/vit> [peak_mib_ratio=<ivit/vit> on CUDA]`.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ import torch.nn.functional as F
 from student.build import build
 from student.config import StudentConfig
 from student.engine import autocast
-from student.model import count_forward_flops, count_parameters, plain_vit
+from student.model import count_forward_flops, count_parameters, explicit_attention, plain_vit
 
 
 def make_step(model, trainable_only: bool, loss_fn, device, amp: bool):
@@ -57,6 +63,35 @@ def make_step(model, trainable_only: bool, loss_fn, device, amp: bool):
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
+
+
+def saved_for_backward_bytes(step, batch: dict, model: torch.nn.Module) -> int:
+    """Bytes of the distinct tensors autograd saves during one step, the model's own weights
+    left out: the activation memory."""
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in weights:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        step(batch)
+    return sum(storages.values())
+
+
+def peak_step_bytes(step, batch: dict, device: torch.device) -> int | None:
+    """The step's peak CUDA allocation beyond what was allocated before it (None off CUDA)."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    step(batch)
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated(device) - before
 
 
 def main() -> None:
@@ -106,11 +141,19 @@ def main() -> None:
     def ivit_loss(model, b):
         return criterion(model.forward_with_interactions(b["image"]), b)["loss"]
 
+    def ivit_explicit_loss(model, b):
+        with explicit_attention(model):
+            return ivit_loss(model, b)
+
     steps = {
         "vit": make_step(vit.to(device).train(), False, ce, device, amp),
         "probe": make_step(probe.to(device).train(), True, ce, device, amp),
         "ivit": make_step(ivit.to(device).train(), True, ivit_loss, device, amp),
+        "ivit_explicit": make_step(ivit, True, ivit_explicit_loss, device, amp),
     }
+    models = {"vit": vit, "probe": probe, "ivit": ivit, "ivit_explicit": ivit}
+    saved = {name: saved_for_backward_bytes(steps[name], batch, models[name]) for name in steps}
+    peak = {name: peak_step_bytes(step, batch, device) for name, step in steps.items()}
     times: dict[str, list[float]] = {name: [] for name in steps}
     for rep in range(args.warmup + args.reps):
         for name, step in steps.items():  # interleaved: drift hits every variant alike
@@ -131,14 +174,25 @@ def main() -> None:
     print(
         f"forward GFLOPs/image: vit {flops_vit / 1e9:.2f}  ivit {flops_ivit / 1e9:.2f}  ratio {flops_ivit / flops_vit:.3f} (paper 1.17)"
     )
+    mib = 2.0**20
     for name, t in median.items():
+        reps = ", ".join(f"{x * 1e3:.0f}" for x in times[name])
+        memory = f"saved {saved[name] / mib:7.1f} MiB"
+        if peak[name] is not None:
+            memory += f"  peak {peak[name] / mib:7.1f} MiB"
         print(
-            f"step {name:5s}: median {t * 1e3:8.1f} ms  ({', '.join(f'{x * 1e3:.0f}' for x in times[name])})"
+            f"step {name:13s}: median {t * 1e3:8.1f} ms  x{t / median['vit']:.3f}  {memory}  ({reps})"
         )
     print(f"ivit/probe step ratio {median['ivit'] / median['probe']:.3f}")
-    print(
-        f"RESULT step_ratio={median['ivit'] / median['vit']:.3f} flops_ratio={flops_ivit / flops_vit:.3f}"
+    result = (
+        f"RESULT step_ratio={median['ivit'] / median['vit']:.3f} "
+        f"explicit_step_ratio={median['ivit_explicit'] / median['vit']:.3f} "
+        f"flops_ratio={flops_ivit / flops_vit:.3f} "
+        f"saved_mib_ratio={saved['ivit'] / saved['vit']:.3f}"
     )
+    if peak["vit"]:
+        result += f" peak_mib_ratio={peak['ivit'] / peak['vit']:.3f}"
+    print(result)
 
 
 if __name__ == "__main__":

@@ -11,15 +11,9 @@ from __future__ import annotations
 import os
 import socket
 import time
-from uuid import UUID
 
 from prefect import flow, get_run_logger, task, unmapped
-from prefect.artifacts import (
-    create_markdown_artifact,
-    create_progress_artifact,
-    create_table_artifact,
-    update_progress_artifact,
-)
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -28,6 +22,7 @@ from flows.extract_entry import create_or_open_entry
 from flows.extract_params import ExtractParams
 from flows.orphans import record_process
 from flows.preview_artifact import previews_markdown
+from flows.progress import RunProgress, current_run_progress, registered
 from flows.retries import retry_unless_user_error
 from flows.runtime import (
     default_concurrency,
@@ -113,7 +108,13 @@ def _compute_shard(
 
     started = time.perf_counter()
     teacher = get_teacher(params.teacher_config(), vocabulary, device)
-    maps = extract_shard_maps(teacher, params.shard_dir() / shard_name, entry)
+    progress = current_run_progress()  # None in another process (Dask): the flow counts shards
+    maps = extract_shard_maps(
+        teacher,
+        params.shard_dir() / shard_name,
+        entry,
+        None if progress is None else progress.advance,
+    )
     written = entry.write_shard(shard_name, maps)
     return {
         "shard": shard_name,
@@ -189,8 +190,8 @@ def _extract_pass(
     shards: list[str],
     wait: bool,
     results: list[dict],
-    progress: UUID,
-    total: int,
+    progress: RunProgress,
+    sizes: dict[str, int],
 ) -> list[str]:
     """One task per shard; finished shards go to `results`. Returns the shards another live
     writer held (only when `wait` is False: waiting tasks hold on until they can finish)."""
@@ -203,7 +204,8 @@ def _extract_pass(
             held.append(result["shard"])
             continue
         results.append(result)
-        update_progress_artifact(progress, 100.0 * len(results) / max(1, total))
+        # Tasks in this process advance it per batch; this covers tasks in other processes.
+        progress.reach(sum(sizes[r["shard"]] for r in results))
     return held
 
 
@@ -218,14 +220,17 @@ def extract_flow(params: ExtractParams) -> dict:
     started = time.perf_counter()
     prepare_shards(params)
     entry_path, pending = open_cache_entry(params)
-    progress = create_progress_artifact(
-        0.0, description=f"shards committed by this run of {len(pending)}"
+    counts = {s.name: len(s.keys) for s in read_index(params.shard_dir()).shards}
+    sizes = {name: counts[name] for name in pending}
+    progress = RunProgress(
+        sum(sizes.values()), f"extract {len(pending)} shard(s)", "img", key="extract-progress"
     )
     results: list[dict] = []
-    # Shards another live writer is computing come last, so two extractors split the work.
-    held = _extract_pass(params, entry_path, pending, False, results, progress, len(pending))
-    _extract_pass(params, entry_path, held, True, results, progress, len(pending))
-    update_progress_artifact(progress, 100.0)
+    with registered(progress):
+        # Shards another live writer is computing come last, so two extractors split the work.
+        held = _extract_pass(params, entry_path, pending, False, results, progress, sizes)
+        _extract_pass(params, entry_path, held, True, results, progress, sizes)
+    progress.finish()
     return publish_summary(params, entry_path, results, time.perf_counter() - started)
 
 

@@ -27,6 +27,7 @@ from flows.command import prefect_session, run_command
 from flows.dense_entries import check_entry_for_task, fits_task
 from flows.inputs import check_shards_obtainable
 from flows.orphans import record_process
+from flows.progress import RunProgress, epochs_done, watching_epochs
 from flows.retries import retry_unless_user_error
 from flows.sections import SectionedParams
 from pipeline.cache import list_entries, open_entry
@@ -188,17 +189,27 @@ def resolve_run(params: TrainParams) -> str:
 
 @task
 def train_run(run_dir: str, nproc: int) -> list[dict]:
-    """Train in this process, or under torchrun with `nproc` processes (DDP)."""
+    """Train in this process, or under torchrun with `nproc` processes (DDP); the epochs done
+    show as the run's progress artifact (the console has the per-epoch bars)."""
     config_path = Path(run_dir) / "config.json"
-    if nproc == 1:
-        return run_training(RunConfig.model_validate_json(config_path.read_text()))
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-        "-m", "student.run", "--config", str(config_path),
-    ]  # fmt: skip
-    subprocess.run(command, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    config = RunConfig.model_validate_json(config_path.read_text())
     metrics = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in metrics.read_text().splitlines()]
+    progress = RunProgress(
+        config.train.epochs, f"train {Path(run_dir).name}", "epoch", "train-progress", console=False
+    )
+    progress.reach(epochs_done(metrics))  # a resumed run starts where it stopped
+    with watching_epochs(metrics, progress):
+        if nproc == 1:
+            rows = run_training(config)
+        else:
+            command = [
+                sys.executable, "-m", "torch.distributed.run", "--standalone",
+                f"--nproc_per_node={nproc}", "-m", "student.run", "--config", str(config_path),
+            ]  # fmt: skip
+            subprocess.run(command, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+            rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+    progress.finish()
+    return rows
 
 
 @task

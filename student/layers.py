@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from timm.layers import Attention
 from torch import nn
 
+from student.fused_attention import attend, attend_with_extra_values, first_query_rows
+
 
 @dataclass
 class InteractionRecord:
@@ -53,15 +55,28 @@ class GateNetwork(nn.Module):
         nn.init.zeros_(self.fc2.bias)
 
     def forward(self, c_agt: torch.Tensor, c_vfm: torch.Tensor) -> torch.Tensor:
-        n = self.num_tokens
-        if c_agt.shape[-1] != n:
+        self.check_tokens(c_agt.shape[-1])
+        w_agt, w_vfm = self.first_layer_halves()  # [h, N] each
+        hidden = F.linear(c_agt, w_agt) + F.linear(c_vfm, w_vfm)  # [B, H, N, h]
+        return self.from_hidden(hidden)  # [B, H, N, 2]
+
+    def check_tokens(self, tokens: int) -> None:
+        if tokens != self.num_tokens:
             raise ValueError(
-                f"GateNetwork was built for {n} tokens but got {c_agt.shape[-1]}: the gate FFN's "
-                "input is a whole attention row, so the image size must match the build's img_size"
+                f"GateNetwork was built for {self.num_tokens} tokens but got {tokens}: the gate "
+                "FFN's input is a whole attention row, so the image size must match the build's "
+                "img_size"
             )
-        w_agt, w_vfm = self.fc1.weight[:, :n], self.fc1.weight[:, n:]  # [h, N] each
-        hidden = F.linear(c_agt, w_agt) + F.linear(c_vfm, w_vfm, self.fc1.bias)  # [B, H, N, h]
-        return torch.sigmoid(self.fc2(self.act(hidden)))  # [B, H, N, 2]
+
+    def first_layer_halves(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(W_agt, W_vfm), [h, N] each: fc1's weight split at the concatenation point."""
+        n = self.num_tokens
+        return self.fc1.weight[:, :n], self.fc1.weight[:, n:]
+
+    def from_hidden(self, hidden_without_bias: torch.Tensor) -> torch.Tensor:
+        """[g1, g2] from fc1's output before its bias, [..., h] -> [..., 2]."""
+        hidden = hidden_without_bias + self.fc1.bias  # [..., h]
+        return torch.sigmoid(self.fc2(self.act(hidden)))  # [..., 2]
 
 
 class InteractionAttention(nn.Module):
@@ -98,6 +113,8 @@ class InteractionAttention(nn.Module):
         self.attn_drop, self.norm = frozen.attn_drop, frozen.norm
         self.proj, self.proj_drop = frozen.proj, frozen.proj_drop
         self.recorder: InteractionRecord | None = None
+        # False forms every [B, H, N, N] matrix (the reference the fused path is tested against).
+        self.fused_attention = True
 
         # Both new query projections start as copies of the frozen W_q: C_AGT == C_VFM at init.
         self.interaction_q = self._copy_of_query() if interaction_queries else None
@@ -138,27 +155,88 @@ class InteractionAttention(nn.Module):
             out = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=attn_mask, dropout_p=self.attn_drop.p if self.training else 0.0
             )  # [B, H, N, d]
+        elif self._runs_fused():
+            out = self._fused(x, q, k, v, attn_mask)  # [B, H, N, d]
         else:
-            c_vfm = self._attention(q, k, attn_mask)  # [B, H, N, N]
-            if self.interaction_q is None:
-                c_fused = c_vfm  # [B, H, N, N]
-                c_agt, gates = None, None
-            else:
-                q_int = self.q_norm(self._heads(self.interaction_q(x)))  # [B, H, N, d]
-                c_agt = self._attention(q_int, k, attn_mask)  # [B, H, N, N]
-                if self.gate is None:
-                    gates = None
-                    c_fused = 0.5 * c_agt + 0.5 * c_vfm  # [B, H, N, N] fixed weights (w/o GC)
-                else:
-                    gates = self.gate(c_agt, c_vfm)  # [B, H, N, 2]
-                    c_fused = gates[..., :1] * c_agt + gates[..., 1:] * c_vfm  # [B, H, N, N]
-            if self.recorder is not None:
-                self._record(c_vfm, c_agt, gates)
-            out = self.attn_drop(c_fused) @ v  # [B, H, N, d]
+            out = self._explicit(x, q, k, v, attn_mask)  # [B, H, N, d]
 
         out = out.transpose(1, 2).reshape(B, N, self.attn_dim)  # [B, N, D_attn]
         out = self.norm(out)  # [B, N, D_attn]
         return self.proj_drop(self.proj(out))  # [B, N, C]
+
+    def _runs_fused(self) -> bool:
+        """Fused SDPA unless every query row is recorded (align_rows='all'), or attention
+        dropout is on (it drops entries of C_F itself, which the fused form never forms)."""
+        if not self.fused_attention:
+            return False
+        if self.recorder is not None and self.recorder.every_row:
+            return False
+        return not (self.training and self.attn_drop.p > 0)
+
+    def _fused(
+        self,
+        x: torch.Tensor,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        attn_mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """C_F @ v without any [B, H, N, N] matrix (student/fused_attention.py says why it is
+        exact); only query 0's rows are formed, for the recorder."""
+        gates = None
+        q_int = None
+        if self.interaction_q is None:
+            out = attend(q, k, v, self.scale, attn_mask)  # [B, H, N, d]
+        else:
+            q_int = self.q_norm(self._heads(self.interaction_q(x)))  # [B, H, N, d]
+            if self.gate is None:
+                out_agt = attend(q_int, k, v, self.scale, attn_mask)  # [B, H, N, d]
+                out_vfm = attend(q, k, v, self.scale, attn_mask)  # [B, H, N, d]
+                out = 0.5 * out_agt + 0.5 * out_vfm  # fixed weights (w/o GC)
+            else:
+                self.gate.check_tokens(k.shape[-2])
+                w_agt, w_vfm = self.gate.first_layer_halves()  # [h, N] each
+                out_agt, hidden_agt = attend_with_extra_values(
+                    q_int, k, v, w_agt, self.scale, attn_mask
+                )  # [B, H, N, d], [B, H, N, h]
+                out_vfm, hidden_vfm = attend_with_extra_values(
+                    q, k, v, w_vfm, self.scale, attn_mask
+                )  # [B, H, N, d], [B, H, N, h]
+                gates = self.gate.from_hidden(hidden_agt + hidden_vfm)  # [B, H, N, 2]
+                out = gates[..., :1] * out_agt + gates[..., 1:] * out_vfm  # [B, H, N, d]
+        if self.recorder is not None:
+            row_mask = first_query_rows(attn_mask)
+            c_vfm = self._attention(q[:, :, :1], k, row_mask)  # [B, H, 1, N]
+            c_agt = None if q_int is None else self._attention(q_int[:, :, :1], k, row_mask)
+            self._record(c_vfm, c_agt, gates)
+        return out
+
+    def _explicit(
+        self,
+        x: torch.Tensor,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        attn_mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """C_F @ v with every [B, H, N, N] matrix formed: the reference, and the path that
+        records every query row."""
+        c_vfm = self._attention(q, k, attn_mask)  # [B, H, N, N]
+        if self.interaction_q is None:
+            c_fused = c_vfm  # [B, H, N, N]
+            c_agt, gates = None, None
+        else:
+            q_int = self.q_norm(self._heads(self.interaction_q(x)))  # [B, H, N, d]
+            c_agt = self._attention(q_int, k, attn_mask)  # [B, H, N, N]
+            if self.gate is None:
+                gates = None
+                c_fused = 0.5 * c_agt + 0.5 * c_vfm  # [B, H, N, N] fixed weights (w/o GC)
+            else:
+                gates = self.gate(c_agt, c_vfm)  # [B, H, N, 2]
+                c_fused = gates[..., :1] * c_agt + gates[..., 1:] * c_vfm  # [B, H, N, N]
+        if self.recorder is not None:
+            self._record(c_vfm, c_agt, gates)
+        return self.attn_drop(c_fused) @ v  # [B, H, N, d]
 
     def _attention(
         self, q: torch.Tensor, k: torch.Tensor, attn_mask: torch.Tensor | None

@@ -202,12 +202,29 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     return trainable, total
 
 
+@contextlib.contextmanager
+def explicit_attention(model: nn.Module) -> Iterator[None]:
+    """Every InteractionAttention in `model` forms its [B, H, N, N] matrices while inside (the
+    reference the fused SDPA path equals; see student/fused_attention.py)."""
+    layers = [m for m in model.modules() if isinstance(m, InteractionAttention)]
+    before = [layer.fused_attention for layer in layers]
+    for layer in layers:
+        layer.fused_attention = False
+    try:
+        yield
+    finally:
+        for layer, fused in zip(layers, before, strict=True):
+            layer.fused_attention = fused
+
+
 def count_forward_flops(model: nn.Module, img_size: int, batch: int = 1) -> int:
     """Forward FLOPs (2 per multiply-add) of one batch, from torch's FlopCounterMode.
 
     It counts matmuls and convolutions; softmax and norms are not counted, as in the usual ViT
     FLOP tables. SDPA runs on its math backend here because the CPU flash kernel is invisible to
-    the counter, which would undercount the plain ViT's attention and flatter the ratio.
+    the counter, which would undercount the plain ViT's attention and flatter the ratio. The
+    I-ViT is counted in its explicit form (Eq. 3-9 as written, the paper's count); the fused form
+    that trains does the same products reordered, plus the zero padding of q and k.
     """
     x = torch.zeros(batch, 3, img_size, img_size)
     was_training = model.training
@@ -215,6 +232,7 @@ def count_forward_flops(model: nn.Module, img_size: int, batch: int = 1) -> int:
     with (
         torch.no_grad(),
         sdpa_kernel(SDPBackend.MATH),
+        explicit_attention(model),
         FlopCounterMode(display=False) as counter,
     ):
         model(x)

@@ -15,6 +15,7 @@ and C_back zeros, so C_VLM = relu(C_fore - C_back) / sum holds as for the VLM.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import numpy as np
 
@@ -74,8 +75,13 @@ class BaselineTeacher:
         weights = box_coverage(item.boxes, view, GRID, clip=image)
         return weights, "" if weights.sum() > 0 else OUTSIDE_VIEW
 
-    def extract(self, items: list[TeacherInput]) -> list[MapResult]:
-        return [self.extract_one(item) for item in items]
+    def extract(
+        self, items: list[TeacherInput], on_images: Callable[[int], None] | None = None
+    ) -> list[MapResult]:
+        results = [self.extract_one(item) for item in items]
+        if on_images is not None:
+            on_images(len(results))
+        return results
 
     def extract_one(self, item: TeacherInput) -> MapResult:
         weights, reason = self.weights_for(item)

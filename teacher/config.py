@@ -66,7 +66,13 @@ class TeacherConfig(BaseModel):
     dense_background_hint: str = Field(
         default="[background]", description="fills {background} in the dense question"
     )
-    batch_size: int = Field(default=8, ge=1, description="images per teacher forward")
+    batch_size: int | Literal["auto"] = Field(
+        default="auto",
+        description=(
+            "images per teacher forward; auto: as many as the free GPU memory holds (KV cache "
+            "per image from the model and the prompt), 8 on a CPU"
+        ),
+    )
     max_new_tokens: int | None = Field(
         default=None,
         ge=1,
@@ -78,6 +84,14 @@ class TeacherConfig(BaseModel):
     audit: bool = Field(
         default=False, description="record token ids and positions next to each map"
     )
+
+    @model_validator(mode="after")
+    def _check_batch_size(self) -> TeacherConfig:
+        if self.batch_size != "auto" and self.batch_size < 1:
+            raise ValueError(
+                f"TeacherConfig.batch_size: must be >= 1 or 'auto', got {self.batch_size}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_prompt_mode(self) -> TeacherConfig:

@@ -10,6 +10,9 @@ carries (teacher.spec); this class adds the weights, the forward and the capture
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from transformers import LlavaForConditionalGeneration, LlavaProcessor
@@ -17,6 +20,7 @@ from transformers import LlavaForConditionalGeneration, LlavaProcessor
 from pipeline.geometry import MapGeometry
 from teacher.answers import foreground_correct, parse_answer
 from teacher.audit import audit_record
+from teacher.batching import CPU_BATCH_SIZE, auto_batch_size, free_memory
 from teacher.capture import ROWS_ATTENTION, RowCapture, capturing
 from teacher.encoding import Encoded, encode
 from teacher.filters import filtered_maps
@@ -27,6 +31,7 @@ from teacher.spans import decode_with_spans
 from teacher.spec import TeacherSpec
 from teacher.word_maps import RowFn, word_map, word_positions
 
+LOG = logging.getLogger(__name__)
 BUDGET_CUT = "answer cut by the token budget ({budget} new tokens): {answer!r}"
 
 
@@ -82,18 +87,34 @@ class Teacher:
     def prepare(self, item: TeacherInput) -> Prepared:
         return prepare(self.description, item)
 
-    def length_order(self, items: list[TeacherInput]) -> list[int]:
-        """Item indices sorted (stably) by prompt length: batches of equal length need no
-        padding mask, so SDPA keeps its causal kernel, and mixed batches pad less."""
+    def prompt_tokens(self, items: list[TeacherInput]) -> list[int]:
+        """Each item's prompt length in tokens as the model sees it (text + image tokens)."""
         lengths: dict[str, int] = {}
         for item in items:
             text = self.description.prompt(item)[0]
             if text not in lengths:  # prompts repeat per class: tokenize each once
                 lengths[text] = len(self.tokenizer(text)["input_ids"])
                 self.description.check_prompt_tokens(lengths[text], f"{item.key}'s prompt")
-        return sorted(
-            range(len(items)), key=lambda i: lengths[self.description.prompt(items[i])[0]]
-        )
+        image = self.num_image_tokens - 1  # the one <image> token becomes the image's tokens
+        return [lengths[self.description.prompt(item)[0]] + image for item in items]
+
+    def length_order(self, items: list[TeacherInput]) -> list[int]:
+        """Item indices sorted (stably) by prompt length: batches of equal length need no
+        padding mask, so SDPA keeps its causal kernel, and mixed batches pad less."""
+        lengths = self.prompt_tokens(items)
+        return sorted(range(len(items)), key=lengths.__getitem__)
+
+    def batch_size_for(self, items: list[TeacherInput]) -> int:
+        """The configured batch size; "auto": from the device's free memory and the KV cache
+        of the longest prompt plus the answer budget (teacher.batching), 8 on a CPU."""
+        if self.cfg.batch_size != "auto":
+            return self.cfg.batch_size
+        free = free_memory(self.model.device)
+        if free is None:
+            return CPU_BATCH_SIZE
+        tokens = max(self.prompt_tokens(items), default=0) + self.max_new_tokens
+        dtype = self.model.get_input_embeddings().weight.dtype  # the cache's (NF4 too)
+        return auto_batch_size(self.model.config.text_config, dtype, tokens, free)
 
     def encode(self, batch: list[Prepared]) -> Encoded:
         return encode(
@@ -124,21 +145,43 @@ class Teacher:
             prompt_length=encoded.prompt_length,
             layers=self.layers,
             heads=self.heads,
+            device=self.model.device,
         )
         with capturing(capture):
             sequences = self.model.generate(**self.generate_kwargs(encoded))
-        return encoded, sequences, capture.row
+        capture.to_host()  # one copy of the rows; `finish` reads them per word on the host
+        return encoded, sequences.cpu(), capture.row
 
-    def extract(self, items: list[TeacherInput]) -> list[MapResult]:
-        """MapResults in the order of `items` (batches are formed by prompt length)."""
+    def extract(
+        self, items: list[TeacherInput], on_images: Callable[[int], None] | None = None
+    ) -> list[MapResult]:
+        """MapResults in the order of `items` (batches are formed by prompt length);
+        `on_images(n)` hears of each finished batch of n images. A batch that runs out of GPU
+        memory is retried at half the size (the maps do not depend on the batch size)."""
         results: list[MapResult | None] = [None] * len(items)
         order = self.length_order(items)
-        for start in range(0, len(order), self.cfg.batch_size):
-            chosen = order[start : start + self.cfg.batch_size]
+        size = self.batch_size_for(items) if items else 1
+        start = 0
+        while start < len(order):
+            chosen = order[start : start + size]
             batch = [self.prepare(items[i]) for i in chosen]
-            encoded, sequences, row = self.run_fast(batch)
+            try:
+                encoded, sequences, row = self.run_fast(batch)
+            except torch.OutOfMemoryError:
+                if size == 1:
+                    raise
+                size //= 2
+                LOG.warning(
+                    "teacher batch of %d ran out of memory; retrying at %d", len(chosen), size
+                )
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                continue
             for b, (i, prepared) in enumerate(zip(chosen, batch, strict=True)):
                 results[i] = self.finish(prepared, b, encoded, sequences[b], row)
+            if on_images is not None:
+                on_images(len(chosen))
+            start += len(chosen)
         return results  # type: ignore[return-value]
 
     # ---- from rows to maps -------------------------------------------------------------------

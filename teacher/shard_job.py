@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -55,12 +56,16 @@ def audit_lines(results: list[MapResult]) -> bytes:
 
 
 def extract_shard_maps(
-    teacher: Teacher, shard_path: str | Path, entry: CacheEntry | None = None
+    teacher: Teacher,
+    shard_path: str | Path,
+    entry: CacheEntry | None = None,
+    on_images: Callable[[int], None] | None = None,
 ) -> ShardMaps:
     """Maps of every sample of one shard, in the shard's order.
 
     With the teacher's audit option on and `entry` given, also writes
     `audit/<shard name>.audit.jsonl` into the entry so anyone can recompute each map.
+    `on_images(n)` hears of every n images done (a progress bar), batch by batch.
     """
     shard_path = Path(shard_path)
     samples = list(iter_shard(shard_path))
@@ -72,7 +77,9 @@ def extract_shard_maps(
             items.append(teacher_input(sample, shard_path, teacher.vocabulary))
         except UnreadableImage as err:
             unreadable[sample.key] = unreadable_result(teacher, sample, str(err))
-    extracted = {r.key: r for r in teacher.extract(items)} if items else {}
+    if unreadable and on_images is not None:
+        on_images(len(unreadable))
+    extracted = {r.key: r for r in teacher.extract(items, on_images)} if items else {}
     results = [extracted.get(s.key) or unreadable[s.key] for s in samples]  # the shard's order
     if teacher.cfg.audit and entry is not None:
         entry.put_file(f"audit/{shard_path.name}.audit.jsonl", audit_lines(results))

@@ -1,12 +1,17 @@
-"""bench.gpu's arithmetic and its mode loop, without a GPU (the real run is `make bench-gpu`;
-`python -m bench.gpu --smoke` runs the whole thing on a CPU with the 7B cut to one layer)."""
+"""bench.gpu's arithmetic, its fidelity fields, and a real smoke run on the CPU (the GPU run is
+`make bench-gpu`; `python -m bench.gpu --smoke` runs it on a CPU with the 7B cut to one layer,
+the test with the tiny Llama-vocabulary teacher to stay short)."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
+import numpy as np
 import pytest
 import torch
 from transformers import LlavaForConditionalGeneration
 
+from bench import extract as bench_extract
 from bench import gpu
 from bench.llava7b import llava_15_7b_config, prefill_flops, quantize_nf4
 
@@ -48,28 +53,52 @@ def test_nf4_replaces_the_language_linears_only():
     assert kinds["model.multi_modal_projector.linear_1"] == "Linear"
 
 
-def test_one_result_line_per_mode_with_the_prefill_fraction(monkeypatch, capsys):
-    seen = []
-
-    def fake_measure(args):
-        seen.append((args.quant, args.arch, args.device, args.images))
-        timing = {
-            "device": "cpu", "text_layers": 1, "vision_layers": 2,
-            "seconds": {"fast": 0.5, "naive": 2.0}, "prompt_tokens": 600.0, "prefill_flops": 4e12,
-        }  # fmt: skip
-        memory = {"fast": {"peak_bytes": 2**20}, "naive": {"peak_bytes": 3 * 2**20}}
-        return {
-            "timing": timing, "memory": memory, "images_per_s": {"fast": 4.0, "naive": 1.0},
-            "speedup": 4.0, "memory_ratio": 3.0, "max_abs_diff": 0.0, "same_answers": 2,
-        }  # fmt: skip
-
-    monkeypatch.setattr(gpu.bench_extract, "measure", fake_measure)
-    gpu.main(["--smoke", "--peak-tflops", "100"])
-    assert seen == [("none", "llava-1.5-7b", "cpu", 2), ("4bit", "llava-1.5-7b", "cpu", 2)]
-    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("RESULT")]
-    assert [line.split()[1] for line in lines] == ["mode=fp16", "mode=nf4"]
+def test_result_line_states_the_prefill_fraction_and_the_fidelity():
+    result = {
+        "timing": {"images": 16}, "images_per_s": {"fast": 4.0, "naive": 1.0}, "speedup": 4.0,
+        "memory_ratio": 3.0, "same_answers": 13, "max_map_diff_agreeing": 2.5e-3,
+        "float32": {"images": 4, "same_answers": 4, "max_map_diff": 3e-8}, "fidelity_ok": True,
+    }  # fmt: skip
+    line = gpu.result_line("fp16", result, flops=4e12, peak=100e12)
     # limit = 100e12 / 4e12 = 25 images/s; fast 4 images/s -> 0.16 of it
-    assert "prefill_limit_images_per_s=25.00 prefill_fraction=0.1600" in lines[0]
-    assert "speedup=4.00 memory_ratio=3.00" in lines[1]
+    assert "prefill_limit_images_per_s=25.00 prefill_fraction=0.1600" in line
+    assert "same_answers=13/16 max_map_diff_agreeing=0.0025" in line
+    assert line.endswith("fp32_same_answers=4/4 fp32_max_map_diff=3e-08 fidelity=ok")
     assert gpu.peak_dense_flops("NVIDIA H100 80GB HBM3") == 989e12
     assert gpu.peak_dense_flops("NVIDIA H100 PCIe") == 756e12
+
+
+def test_fidelity_compares_answers_and_maps_by_hand():
+    def record(answer: str, value: float) -> SimpleNamespace:
+        maps = {k: np.full((2, 2), value, np.float32) for k in ("c_fore", "c_back", "c_vlm")}
+        return SimpleNamespace(answer=answer, **maps)
+
+    fast = [record("a", 0.5), record("b", 0.25), record("c", 0.0)]
+    naive = [record("a", 0.5 + 1e-5), record("x", 0.75), record("c", 2e-4)]
+    compared = bench_extract.compare(fast, naive)
+    assert compared["images"] == 3 and compared["same_answers"] == 2
+    assert compared["max_map_diff"] == pytest.approx(0.5)  # the disagreeing image
+    assert compared["max_map_diff_agreeing"] == pytest.approx(2e-4, rel=1e-3)
+    assert not bench_extract.fidelity_ok(compared)  # an answer differs
+    agreeing = bench_extract.compare(fast[:1], naive[:1])
+    assert bench_extract.fidelity_ok(agreeing)  # 1e-5 <= 1e-4
+    assert not bench_extract.fidelity_ok({**agreeing, "max_map_diff": 2e-4})
+    assert bench_extract.compare(fast[1:2], naive[1:2])["max_map_diff_agreeing"] is None
+
+
+@pytest.mark.slow
+def test_smoke_run_prints_one_result_line_per_mode_with_fidelity(capsys):
+    """The real thing on the CPU, nothing mocked: the tiny Llama-vocabulary teacher in bfloat16
+    (so the float32 comparison runs in its own worker), fp16 and NF4 modes, both ways each."""
+    gpu.main(["--smoke", "--arch", "tiny-llama", "--dtype", "bfloat16"])
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith("RESULT")]
+    assert [line.split()[1] for line in lines] == ["mode=fp16", "mode=nf4"]
+    for line in lines:
+        fields = dict(item.split("=", 1) for item in line.split()[1:])
+        assert float(fields["fast_images_per_s"]) > 0 and float(fields["speedup"]) > 0
+        assert fields["same_answers"].endswith("/2")
+        assert fields["fp32_same_answers"] == "2/2"
+        assert float(fields["fp32_max_map_diff"]) <= 1e-4
+        assert fields["fidelity"] == "ok"
+    assert "float32, both ways on 2 images: answers identical 2/2" in out

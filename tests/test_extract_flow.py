@@ -359,6 +359,11 @@ def test_reference_run_is_recorded_on_the_prefect_server(
     assert len(computed) == 7, info
     assert "rows in" not in reference.output and "INFO" not in reference.output
 
+    # Progress over the run's 20 images: a console bar with its rate, and the UI's artifact.
+    assert re.search(r"extract 7 shard\(s\): +100%.*20/20 \[[^\]]*img/s\]", reference.output)
+    progress = artifacts["extract-progress"]
+    assert progress.type == "progress" and float(progress.data) == 100.0
+
     shards = artifacts["extract-shards"]
     assert shards.type == "table"
     rows = table_rows(shards)

@@ -52,6 +52,36 @@ def metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+def train_progress(api: str, run: str) -> list[float]:
+    """The train-progress artifacts' values of the train-ivit flow runs of `run`, oldest first."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        FlowFilter,
+        FlowFilterName,
+    )
+    from prefect.client.schemas.sorting import FlowRunSort
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    values = []
+    with temporary_settings({PREFECT_API_URL: api}), get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["train-ivit"])),
+            sort=FlowRunSort.START_TIME_ASC,
+        )
+        for flow_run in runs:
+            if flow_run.parameters.get("params", {}).get("run") != run:
+                continue
+            artifacts = client.read_artifacts(
+                artifact_filter=ArtifactFilter(
+                    flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run.id])
+                )
+            )
+            values += [float(a.data) for a in artifacts if a.key == "train-progress"]
+    return values
+
+
 def test_train_then_resume_then_evaluate(toy_data, prefect_server) -> None:
     run_dir = toy_data["runs"] / "r1"
     run_module("flows.train", train_args(toy_data, "r1", 1), prefect_server)
@@ -62,6 +92,7 @@ def test_train_then_resume_then_evaluate(toy_data, prefect_server) -> None:
         assert (run_dir / picture).stat().st_size > 0, picture
     assert [row["epoch"] for row in metrics(run_dir)] == [1]
     assert "trainable" in (run_dir / "model.txt").read_text()  # params and FLOPs vs plain ViT
+    assert train_progress(prefect_server, run="r1") == [100.0]  # the UI's progress artifact
     first_weights = (run_dir / "checkpoint-last.safetensors").read_bytes()
 
     # Same run, more epochs: it continues from its checkpoint instead of starting over.
@@ -71,6 +102,7 @@ def test_train_then_resume_then_evaluate(toy_data, prefect_server) -> None:
     assert rows[1]["step"] == 2 * rows[0]["step"]
     assert (run_dir / "checkpoint-last.safetensors").read_bytes() != first_weights
     assert "run folder:" in output
+    assert train_progress(prefect_server, run="r1") == [100.0, 100.0]
 
     eval_args = ["--run", "r1", "--runs-root", str(toy_data["runs"]), "--dataset", "toy",
                  "--split", "val", "--shards-root", str(toy_data["shards"])]  # fmt: skip

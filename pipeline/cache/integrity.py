@@ -1,4 +1,4 @@
-"""What is checked when a committed shard's maps are read (DESIGN 3.3, issue 22).
+"""What is checked when a committed shard's maps are read (docs/integrity.md).
 
 Three kinds of damage, each found on read and reported as one `ShardDamage`:
 - a chunk that does not decode: its crc32c (entries with checksums) or its zstd frame fails;
