@@ -68,7 +68,7 @@ SHARDS_ARGS := $(call flag,--dataset,$(DATASET)) $(call flag,--split,$(SPLIT)) $
   $(call flag,--shards-root,$(SHARDS)) $(call flag,--shard-size,$(SHARD_SIZE))
 TEACHER_ARGS := $(call flag,--teacher,$(TEACHER)) $(call flag,--quant,$(QUANT)) \
   $(call flag,--batch-size,$(BATCH_SIZE)) $(call flag,--prompt,$(PROMPT)) $(BOX_ARG) $(AUDIT_ARG)
-# The tiny teachers are built on first use (seconds, offline), where teacher.checkpoint looks.
+# The tiny teachers are built on first use (seconds, offline), where teacher.weights.checkpoint looks.
 TINY_IF_NEEDED = $(if $(filter tiny,$(1)),test -f $(MODELS_DIR)/tiny-llava/config.json || $(MAKE) --no-print-directory tiny-teacher VOCAB=bpe;,) \
   $(if $(filter tiny-llama,$(1)),test -f $(MODELS_DIR)/tiny-llava-llama/config.json || $(MAKE) --no-print-directory tiny-teacher VOCAB=llama;,) true
 
@@ -119,7 +119,7 @@ shards: $(STAMP) ## write DATASET/SPLIT as WebDataset shards under SHARDS (sampl
 	  $(call flag,--root,$(ROOT)) $(call flag,--out,$(SHARDS)) $(call flag,--shard-size,$(SHARD_SIZE))
 
 tiny-teacher: $(STAMP) ## the offline tiny LLaVA-1.5 teacher in data/models/tiny-llava (VOCAB=llama: real vocabulary, -llama)
-	$(PY) -m teacher.tiny $(call flag,--vocab,$(VOCAB))
+	$(PY) -m teacher.weights.tiny $(call flag,--vocab,$(VOCAB))
 
 extract: $(STAMP) ## teacher maps for DATASET/SPLIT into CACHE (TEACHER=<hub id|dir|tiny|tiny-llama|box|uniform> QUANT PROMPT; detection sets: dense prompt, BOXES=0 no overlay)
 	@$(call TINY_IF_NEEDED,$(TEACHER))
@@ -143,18 +143,18 @@ experiment: $(STAMP) ## run the grid of experiments/specs/$(EXP).yaml (resumable
 
 BACKBONE   ?= $(MODELS_DIR)/shift-vit.safetensors
 backbone: $(STAMP) ## pretrain the stand-in foundation ViT of bench-science (shapes x backgrounds) -> BACKBONE
-	$(PY) -m experiments.backbone --out $(basename $(BACKBONE))-stage1.safetensors $(ARGS)
-	$(PY) -m experiments.backbone --init $(basename $(BACKBONE))-stage1.safetensors --epochs 14 --lr 1.5e-3 --seed 1 --out $(BACKBONE) $(ARGS)
+	$(PY) -m experiments.backbones.backbone --out $(basename $(BACKBONE))-stage1.safetensors $(ARGS)
+	$(PY) -m experiments.backbones.backbone --init $(basename $(BACKBONE))-stage1.safetensors --epochs 14 --lr 1.5e-3 --seed 1 --out $(BACKBONE) $(ARGS)
 
 DENSE_BACKBONE ?= $(MODELS_DIR)/dense-vit.safetensors
 dense-backbone: $(STAMP) ## pretrain the stand-in foundation ViT of demo-detect/bench-dense (per-patch shape classes) -> DENSE_BACKBONE
-	$(DEMO_ENV) $(PY) -m experiments.dense_backbone --out $(DENSE_BACKBONE) $(ARGS)
+	$(DEMO_ENV) $(PY) -m experiments.backbones.dense_backbone --out $(DENSE_BACKBONE) $(ARGS)
 
 ui: $(STAMP) ## Prefect UI on http://127.0.0.1:PORT with deployments of the extract, train and evaluate flows
-	$(PY) -m flows.serve $(call flag,--port,$(PORT)) $(call flag,--host,$(HOST))
+	$(PY) -m flows.ops.serve $(call flag,--port,$(PORT)) $(call flag,--host,$(HOST))
 
 cluster: $(STAMP) ## server with an auth string, process pool POOL, WORKERS workers (one per GPU; or GPUS=0,1), deployments; Ctrl-C stops all
-	$(PY) -m flows.cluster $(call flag,--workers,$(WORKERS)) $(call flag,--gpus,$(GPUS)) \
+	$(PY) -m flows.ops.cluster $(call flag,--workers,$(WORKERS)) $(call flag,--gpus,$(GPUS)) \
 	  $(call flag,--host,$(HOST)) $(call flag,--port,$(PORT)) $(call flag,--pool,$(POOL))
 
 # Paths go to workers as absolute paths (their flow runs have their own working directory); the
@@ -164,7 +164,7 @@ launch: $(STAMP) ## RUNS extract runs of DATASET/SPLIT on the cluster's workers,
 	@$(call TINY_IF_NEEDED,$(TEACHER))
 	PREFECT_API_URL="$${CLUSTER_API:-$$(cat $(DATA_DIR)/prefect/api-url)}" \
 	PREFECT_API_AUTH_STRING="$${PREFECT_API_AUTH_STRING:-$$(cat $(DATA_DIR)/prefect/api-auth)}" \
-	$(PY) -m flows.launch $(call flag,--runs,$(RUNS)) --wait $(call flag,--dataset,$(DATASET)) \
+	$(PY) -m flows.ops.launch $(call flag,--runs,$(RUNS)) --wait $(call flag,--dataset,$(DATASET)) \
 	  $(call flag,--split,$(SPLIT)) $(call flag,--root,$(ROOT)) $(call flag,--shard-size,$(SHARD_SIZE)) \
 	  $(if $(SHARDS),--shards-root $(call absolute,$(SHARDS)),) $(if $(CACHE),--cache-root $(call absolute,$(CACHE)),) \
 	  $(TEACHER_ARGS)
@@ -196,7 +196,7 @@ bench-dense: $(STAMP) ## detection on sample-coco (box teacher maps) with vs wit
 	$(DEMO_ENV) $(PY) -m bench.dense $(call flag,--shards-root,$(SHARDS)) $(call flag,--cache-root,$(CACHE)) \
 	  --weights $(DENSE_BACKBONE) $(ARGS)
 bench-gpu: $(STAMP) ## one GPU, < 8 min on an H100: 7B architecture, real ids, fp16 and NF4, vs the prefill limit
-	$(PY) -m teacher.llama_vocab
+	$(PY) -m teacher.weights.llama_vocab
 	$(PY) -m bench.gpu $(ARGS)
 
 DEMO_EPOCHS ?= 6

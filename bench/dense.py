@@ -5,7 +5,7 @@ and batches; only `alignment` differs (the paper's "w/ C_VLM" / "w/o C_VLM" rows
 The maps are the baseline `box` teacher's (ground-truth boxes rasterized on the teacher grid,
 TEACHER=box): maps known to be right, so the bench asks whether aligning the interaction queries
 to good maps helps the detector, without the tiny teacher's random-weight noise. The frozen
-backbone is the stand-in foundation ViT of `make dense-backbone` (experiments/dense_backbone.py),
+backbone is the stand-in foundation ViT of `make dense-backbone` (experiments/backbones/dense_backbone.py),
 as the paper's detectors sit on a pretrained ViT. Overheads are Table 6's columns: parameters and
 forward FLOPs of the I-ViT detector against the same detector on the plain ViT.
 
@@ -102,7 +102,7 @@ def spread(values: list[float]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from experiments.dense_backbone import DEFAULT_OUT
+    from experiments.backbones.dense_backbone import DEFAULT_OUT
 
     parser = argparse.ArgumentParser(prog="python -m bench.dense", description=__doc__)
     parser.add_argument("--shards-root", default=str(shards_root()))

@@ -49,13 +49,13 @@ from bench.llava7b import (
 )
 from pipeline.datasets.generated import SHAPES
 from teacher import TeacherConfig, TeacherInput, load_teacher
-from teacher.aliases import default_tiny_dir
-from teacher.capture import register_rows_attention
-from teacher.checkpoint import facts_from_config
+from teacher.maps.capture import register_rows_attention
 from teacher.model import Teacher
 from teacher.naive import extract_naive
 from teacher.spec import TeacherSpec
-from teacher.tiny import build_tiny_teacher
+from teacher.weights.aliases import default_tiny_dir
+from teacher.weights.checkpoint import facts_from_config
+from teacher.weights.tiny import build_tiny_teacher
 
 VOCABULARY = [name for name, _, _ in SHAPES]
 MAP_ARRAYS = ("c_fore", "c_back", "c_vlm")

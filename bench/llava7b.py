@@ -12,7 +12,7 @@ import torch
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
 
 FULL_TEXT_LAYERS, FULL_VISION_LAYERS = 32, 24  # LLaVA-1.5-7B: Vicuna-7B + CLIP ViT-L/14-336
-SKIP_QUANT = ("vision_tower", "multi_modal_projector", "lm_head")  # as teacher.loading
+SKIP_QUANT = ("vision_tower", "multi_modal_projector", "lm_head")  # as teacher.weights.loading
 
 
 def llava_15_7b_config(image_token_id: int, pad_token_id: int, layers: int | None) -> LlavaConfig:

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from bench.science_plots import plot_map_fitting, sweep_label
-from experiments import backbone as bb
+from experiments.backbones import backbone as bb
 from pipeline.datasets.shift import CORRELATION, write_shift_dataset
 from pipeline.paths import bench_dir
 from pipeline.shards.build import ensure_shards

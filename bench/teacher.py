@@ -26,9 +26,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from bench.extract import VOCABULARY, bench_items
 from teacher import TeacherConfig, load_teacher
-from teacher.aliases import default_tiny_dir
 from teacher.model import Teacher
-from teacher.tiny import build_tiny_teacher
+from teacher.weights.aliases import default_tiny_dir
+from teacher.weights.tiny import build_tiny_teacher
 
 READ_OPS = {
     torch.ops.aten._local_scalar_dense.default,

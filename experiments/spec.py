@@ -83,7 +83,9 @@ class ExperimentSpec(BaseModel):
 
     @model_validator(mode="after")
     def _known_baselines(self) -> ExperimentSpec:
-        from flows.train import TrainParams  # the member's parameters: checked before any run
+        from student.train_params import (
+            TrainParams,  # the member's parameters: checked before any run
+        )
 
         for label, overrides in {"base": self.base, **self.variants}.items():
             run_keys = {k: v for k, v in overrides.items() if k not in VARIANT_REPORT_KEYS}
@@ -112,7 +114,7 @@ class ExperimentSpec(BaseModel):
         return self.variants[label].get("baseline", self.baseline)
 
     def aligns(self, label: str) -> bool:
-        from flows.train import TrainParams
+        from student.train_params import TrainParams
 
         return TrainParams.model_validate(self.variant_params(label)).student.aligns
 

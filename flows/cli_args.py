@@ -11,8 +11,8 @@ from typing import TypeVar
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
-from flows.sections import SectionedParams
 from pipeline.errors import BadParametersError
+from pipeline.sections import SectionedParams
 
 Params = TypeVar("Params", bound=BaseModel)
 

@@ -20,9 +20,9 @@ from pydantic import BaseModel, Field
 
 import flows  # noqa: F401  (Prefect settings)
 from flows.cli_args import add_model_arguments, parse_model
-from flows.command import prefect_session, run_command
 from flows.inputs import check_shards_obtainable
-from flows.orphans import record_process
+from flows.ops.command import prefect_session, run_command
+from flows.ops.orphans import record_process
 from pipeline.errors import MissingInputError
 from pipeline.paths import runs_root, shards_root
 from pipeline.shards.build import ensure_shards

@@ -76,7 +76,8 @@ def train_member(
 ) -> None:
     """One member: the train flow as a subflow run, then the extra splits' evaluations."""
     from flows.evaluate import EvalParams, evaluate_flow
-    from flows.train import TrainParams, train_flow
+    from flows.train import train_flow
+    from student.train_params import TrainParams
 
     train = TrainParams(
         **{

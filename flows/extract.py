@@ -14,11 +14,11 @@ import sys
 
 import flows  # noqa: F401  (Prefect settings)
 from flows.cli_args import add_model_arguments, parse_model
-from flows.command import prefect_session, run_command
 from flows.extract_entry import entry_location
 from flows.extract_outcome import committed_summary, print_outcome
 from flows.extract_params import ExtractParams
 from flows.inputs import check_shards_obtainable
+from flows.ops.command import prefect_session, run_command
 from teacher import BASELINES
 
 
@@ -29,7 +29,7 @@ def check_teacher(params: ExtractParams) -> None:
     cfg = params.teacher_config()
     if cfg.model in BASELINES:
         return  # box and uniform have no checkpoint (and are valid hub ids: never ask the hub)
-    from teacher.loading import load_config_and_processor
+    from teacher.weights.loading import load_config_and_processor
 
     load_config_and_processor(cfg)
 

@@ -20,7 +20,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 import flows  # noqa: F401  (Prefect settings)
 from flows.extract_entry import create_or_open_entry
 from flows.extract_params import ExtractParams
-from flows.orphans import record_process
+from flows.ops.orphans import record_process
 from flows.preview_artifact import previews_markdown
 from flows.progress import RunProgress, current_run_progress, registered
 from flows.retries import retry_unless_user_error
@@ -35,7 +35,7 @@ from pipeline.cache import CacheEntry, open_entry
 from pipeline.shards.build import ensure_shards
 from pipeline.shards.integrity import check_shard_files
 from pipeline.shards.records import read_index
-from teacher.numerics import check_non_finite, count_non_finite
+from teacher.maps.numerics import check_non_finite, count_non_finite
 
 
 @task(retries=1, retry_delay_seconds=5, retry_condition_fn=retry_unless_user_error)

@@ -12,11 +12,11 @@ from typing import ClassVar
 
 from pydantic import ConfigDict, Field
 
-from flows.sections import SectionedParams
 from pipeline.paths import cache_root
+from pipeline.sections import SectionedParams
 from pipeline.shards.config import ShardsConfig
 from teacher.config import Prompt, TeacherConfig
-from teacher.numerics import DEFAULT_MAX_NON_FINITE
+from teacher.maps.numerics import DEFAULT_MAX_NON_FINITE
 
 
 class TeacherParams(TeacherConfig):

@@ -2,7 +2,7 @@
 
 Part of the cache contract (docs/design.md): the manifest's `geometry` is a `MapGeometry` (mode,
 view size, grid), and the per-image placement follows from it and the image size alone. The
-teacher renders its view with `view_geometry` (teacher/view.py) and the student places the cached
+teacher renders its view with `view_geometry` (teacher/prompting/view.py) and the student places the cached
 maps with `view_rect` (student/maps.py): one module, so the two cannot drift apart. The
 map-quality report and the box teacher measure boxes against map cells with the same arithmetic
 (`box_coverage`).

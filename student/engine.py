@@ -16,19 +16,19 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from student.checkpoint import (
-    LAST_CHECKPOINT,
-    TrainingState,
-    checkpoint_paths,
-    load_checkpoint,
-    save_checkpoint,
-)
 from student.config import TrainConfig
 from student.distributed import is_main_process, sum_over_ranks, unwrap
 from student.human_alignment import HumanAlignment
 from student.loss import InteractionCriterion, renormalize
 from student.model import IViT
 from student.plots import denormalize, plot_overlays
+from student.run_state import (
+    LAST_CHECKPOINT,
+    TrainingState,
+    checkpoint_paths,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 

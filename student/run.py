@@ -18,10 +18,10 @@ from pathlib import Path
 
 from pipeline.errors import UserError
 from student.build import build_optimizer, build_scheduler
-from student.checkpoint import LAST_CHECKPOINT, load_checkpoint
 from student.distributed import cleanup, init_distributed, wrap_ddp
 from student.engine import fit
 from student.run_config import RunConfig, write_run_config
+from student.run_state import LAST_CHECKPOINT, load_checkpoint
 from student.task import task_for
 
 

@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING
 
 from pipeline.geometry import MapGeometry, ViewGeometry
 from teacher.baselines import BASELINES, BaselineTeacher
-from teacher.checkpoint import read_checkpoint
 from teacher.config import DEFAULT_MODEL, TeacherConfig
-from teacher.devices import TeacherDeviceError, resolve_config
-from teacher.hub_weights import TeacherWeightsError
 from teacher.results import MapResult, TeacherInput
 from teacher.spec import TeacherSpec
+from teacher.weights.checkpoint import read_checkpoint
+from teacher.weights.devices import TeacherDeviceError, resolve_config
+from teacher.weights.hub_weights import TeacherWeightsError
 
 if TYPE_CHECKING:
     from teacher.model import Teacher
@@ -41,8 +41,8 @@ def load_teacher(cfg: TeacherConfig, vocabulary: list[str]) -> Teacher | Baselin
     """Load the checkpoint named by cfg.model; vocabulary = class names offered by Prompt 1."""
     if cfg.model in BASELINES:
         return BaselineTeacher(cfg, vocabulary)
-    from teacher.loading import load_config_and_processor, load_model
     from teacher.model import Teacher
+    from teacher.weights.loading import load_config_and_processor, load_model
 
     description = describe_teacher(cfg, vocabulary)
     _, processor, source = load_config_and_processor(description.cfg)

@@ -1,10 +1,10 @@
 """The running teacher: a loaded LLaVA-1.5 that turns TeacherInputs into MapResults (docs/maps.md).
 
-Per batch: prepare each item (teacher.prepared: boxes checked, view drawn, prompt written),
-encode the chat text with the forced answer prefix (teacher.encoding), generate greedily while
-teacher.capture keeps only the attention rows of the answer's tokens (teacher.generation), then
-parse the answer (teacher.answers), average the rows of its words (teacher.word_maps) and filter
-them (teacher.filters, Eq. 11/12). What the maps depend on is the weightless TeacherSpec it
+Per batch: prepare each item (teacher.prompting.prepared: boxes checked, view drawn, prompt written),
+encode the chat text with the forced answer prefix (teacher.prompting.encoding), generate greedily while
+teacher.maps.capture keeps only the attention rows of the answer's tokens (teacher.prompting.generation), then
+parse the answer (teacher.maps.answers), average the rows of its words (teacher.maps.word_maps) and filter
+them (teacher.maps.filters, Eq. 11/12). What the maps depend on is the weightless TeacherSpec it
 carries (teacher.spec); this class adds the weights, the forward and the capture.
 """
 
@@ -18,18 +18,18 @@ import torch
 from transformers import LlavaForConditionalGeneration, LlavaProcessor
 
 from pipeline.geometry import MapGeometry
-from teacher.answers import foreground_correct, parse_answer
-from teacher.audit import audit_record
 from teacher.batching import CPU_BATCH_SIZE, auto_batch_size, free_memory
-from teacher.capture import ROWS_ATTENTION, RowCapture, capturing
-from teacher.encoding import Encoded, encode
-from teacher.filters import filtered_maps
-from teacher.generation import answer_ids, cut_by_budget, greedy_kwargs
-from teacher.prepared import Prepared, prepare
+from teacher.maps.answers import foreground_correct, parse_answer
+from teacher.maps.audit import audit_record
+from teacher.maps.capture import ROWS_ATTENTION, RowCapture, capturing
+from teacher.maps.filters import filtered_maps
+from teacher.maps.spans import decode_with_spans
+from teacher.maps.word_maps import RowFn, word_map, word_positions
+from teacher.prompting.encoding import Encoded, encode
+from teacher.prompting.generation import answer_ids, cut_by_budget, greedy_kwargs
+from teacher.prompting.prepared import Prepared, prepare
 from teacher.results import MapResult, TeacherInput
-from teacher.spans import decode_with_spans
 from teacher.spec import TeacherSpec
-from teacher.word_maps import RowFn, word_map, word_positions
 
 LOG = logging.getLogger(__name__)
 BUDGET_CUT = "answer cut by the token budget ({budget} new tokens): {answer!r}"

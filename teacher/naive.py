@@ -13,11 +13,11 @@ from contextlib import contextmanager
 
 import torch
 
-from teacher.encoding import Encoded
+from teacher.maps.word_maps import RowFn
 from teacher.model import Teacher
-from teacher.prepared import Prepared
+from teacher.prompting.encoding import Encoded
+from teacher.prompting.prepared import Prepared
 from teacher.results import MapResult, TeacherInput
-from teacher.word_maps import RowFn
 
 
 @contextmanager

@@ -18,7 +18,7 @@ from pipeline.cache import CacheEntry
 from pipeline.geometry import MapGeometry
 from pipeline.shards.reader import iter_shard
 from teacher.config import TeacherConfig
-from teacher.view import teacher_view
+from teacher.prompting.view import teacher_view
 
 OVERLAY_ALPHA = 0.55
 _DEFAULT_VISUAL = TeacherConfig().model_dump(include={"pad_color", "box_color", "box_width"})

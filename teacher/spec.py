@@ -1,6 +1,6 @@
 """The teacher without its weights: what determines its maps, and so its cache key (docs/design.md).
 
-`TeacherSpec` holds the config, the class vocabulary and the checkpoint's facts (teacher.checkpoint),
+`TeacherSpec` holds the config, the class vocabulary and the checkpoint's facts (teacher.weights.checkpoint),
 and answers what a cache lookup and the prompts need: spec() (hashed into the key), the grid, the
 view geometry, the selected layers and heads, the answer budget and each item's prompt text. It
 never loads weights, torch or transformers: `describe_teacher` builds one in milliseconds, and the
@@ -12,14 +12,20 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.geometry import MapGeometry
-from teacher.budget import answer_budget, check_context, longest_name
-from teacher.checkpoint import CheckpointFacts
 from teacher.config import TeacherConfig
-from teacher.filters import filter_name
-from teacher.prompts import CHAT_FORM, PROMPTS, chat_text, forced_answer_text, question_text
+from teacher.maps.filters import filter_name
+from teacher.prompting.budget import answer_budget, check_context, longest_name
+from teacher.prompting.prompts import (
+    CHAT_FORM,
+    PROMPTS,
+    chat_text,
+    forced_answer_text,
+    question_text,
+)
 from teacher.results import TeacherInput
+from teacher.weights.checkpoint import CheckpointFacts
 
-# 2: the checkpoint is named by its content (teacher.identity), no longer by folder name or hub
+# 2: the checkpoint is named by its content (teacher.weights.identity), no longer by folder name or hub
 # commit; every entry of a real teacher got a new key once.
 SPEC_FORMAT = 2
 ROW_RULE = (
@@ -32,7 +38,7 @@ class TeacherSpec:
     """A LLaVA teacher described by its config, vocabulary and checkpoint facts (no weights).
 
     `tokenizer` counts tokens (called like a transformers tokenizer: text -> {"input_ids"});
-    `weights` identifies the checkpoint by content (teacher.identity.checkpoint_identity).
+    `weights` identifies the checkpoint by content (teacher.weights.identity.checkpoint_identity).
     Raises ValueError for layers/heads the model lacks and PromptTooLongError when the longest
     class name's prompt cannot fit the context: before any image is processed.
     """

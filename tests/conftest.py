@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.server import start_prefect_server, stop, wait_until_healthy
+from flows.ops.server import start_prefect_server, stop, wait_until_healthy
 
 
 def pytest_configure(config: pytest.Config) -> None:

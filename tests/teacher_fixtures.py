@@ -17,7 +17,7 @@ from transformers import LogitsProcessor
 
 from teacher import TeacherConfig, TeacherInput, load_teacher
 from teacher.model import Teacher
-from teacher.tiny import build_tiny_teacher
+from teacher.weights.tiny import build_tiny_teacher
 
 VOCABULARY = ["goldfish", "golden retriever", "tarantula", "circle"]
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 from ivit_fixtures import block0_attention, build_pair
 
-from flows.train import TrainParams
 from student.build import build
 from student.config import StudentConfig
 from student.loss import InteractionCriterion
+from student.train_params import TrainParams
 
 torch.set_num_threads(1)
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from experiments import backbone as bb
-from experiments.backbone_probe import linear_probe
-from flows.train import TrainParams
+from experiments.backbones import backbone as bb
+from experiments.backbones.probe import linear_probe
 from student.build import build
+from student.train_params import TrainParams
 
 
 def test_backbone_file_loads_as_a_runs_frozen_backbone(tmp_path: Path) -> None:

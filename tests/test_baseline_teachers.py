@@ -18,7 +18,7 @@ SUPERSAMPLE = 4  # view pixels are cut into 4 x 4 sub-pixels for the reference
 
 
 def reference_box_map(width, height, boxes, mode, size=336, grid=24) -> np.ndarray:
-    """Boxes drawn on the teacher's view canvas (teacher/view.py's ViewGeometry), kept where the
+    """Boxes drawn on the teacher's view canvas (teacher/prompting/view.py's ViewGeometry), kept where the
     image was pasted, average-pooled to the grid, normalized."""
     g = view_geometry(width, height, size, mode)
     n = size * SUPERSAMPLE

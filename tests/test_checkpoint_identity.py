@@ -1,4 +1,4 @@
-"""A checkpoint is named by what its maps depend on (teacher.identity), both ways: the same
+"""A checkpoint is named by what its maps depend on (teacher.weights.identity), both ways: the same
 values in any spelling (folder name, JSON formatting and key order) give one cache key, and a
 changed value (weights, config, processor, tokenizer) gives another. The hub id against a local
 copy of its snapshot is checked in tests/test_offline_hub.py (it needs an offline process)."""
@@ -17,7 +17,7 @@ from teacher_fixtures import VOCABULARY
 
 from pipeline.cache import CacheSpec, cache_key
 from teacher import TeacherConfig, describe_teacher
-from teacher.identity import DigestMemo, checkpoint_identity
+from teacher.weights.identity import DigestMemo, checkpoint_identity
 
 tiny_dir = teacher_fixtures.tiny_dir  # session fixture
 

@@ -1,7 +1,7 @@
-"""docs/scale-out.md's recipe as a user runs it, on 127.0.0.1: `python -m flows.cluster`
+"""docs/scale-out.md's recipe as a user runs it, on 127.0.0.1: `python -m flows.ops.cluster`
 (what `make cluster` runs) starts a Prefect server with an auth string, a process work pool, the
-deployments of `flows.deploy` and two workers (CUDA_VISIBLE_DEVICES 0 and 1); `python -m
-flows.launch` starts extract runs from the deployment; caches are read back with plain zarr and
+deployments of `flows.ops.deploy` and two workers (CUDA_VISIBLE_DEVICES 0 and 1); `python -m
+flows.ops.launch` starts extract runs from the deployment; caches are read back with plain zarr and
 compared with one single-process run (`reference`, from test_extract_flow, here reporting to the
 cluster's server).
 
@@ -65,7 +65,7 @@ RUN_TIMEOUT_S = 300
 
 @dataclass
 class Cluster:
-    process: subprocess.Popen  # python -m flows.cluster
+    process: subprocess.Popen  # python -m flows.ops.cluster
     log: Path
     api: str
     home: Path  # the server's Prefect home (its database)
@@ -102,7 +102,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     root = tmp_path_factory.mktemp("cluster")
     log = root / "cluster.log"
     auth_file = root / "api-auth"
-    command = [sys.executable, "-m", "flows.cluster", "--workers", "2", "--host", "127.0.0.1",
+    command = [sys.executable, "-m", "flows.ops.cluster", "--workers", "2", "--host", "127.0.0.1",
                "--port", str(free_port()), "--home", str(root / "home"),
                "--auth-file", str(auth_file)]  # fmt: skip
     env = _process_env(PREFECT_WORKER_QUERY_SECONDS="1")  # workers pick runs up at once
@@ -150,11 +150,11 @@ def flow_env(tmp_path_factory, tiny_dir: Path, cluster: Cluster) -> Iterator[Flo
 
 
 def launch(cluster: Cluster, env: FlowEnv, cache_root: Path, *flags: str) -> str:
-    """`python -m flows.launch <flags> <the reference's parameters>`; its output."""
+    """`python -m flows.ops.launch <flags> <the reference's parameters>`; its output."""
     params = env.params(cache_root)
     args = [f"--{name.replace('_', '-')}={value}" for name, value in params.items()]
     done = subprocess.run(
-        [sys.executable, "-m", "flows.launch", *flags, *args],
+        [sys.executable, "-m", "flows.ops.launch", *flags, *args],
         env=_process_env(**cluster.client_env()),
         capture_output=True,
         text=True,
@@ -244,7 +244,7 @@ def test_a_client_without_the_auth_string_is_refused(cluster: Cluster) -> None:
     assert err.value.response.status_code == 401
     with SyncPrefectClient(cluster.api, auth_string=cluster.auth) as client:
         names = {d.name for d in client.read_deployments()}
-    assert {"extract", "train", "evaluate"} <= names, "flows.deploy registered every flow"
+    assert {"extract", "train", "evaluate"} <= names, "flows.ops.deploy registered every flow"
 
 
 def test_a_worker_killed_mid_shard_leaves_its_shard_to_the_other(
@@ -325,7 +325,7 @@ def test_ctrl_c_stops_workers_flow_runs_and_server(cluster: Cluster) -> None:
 
 
 def test_make_ui_serves_loopback_only(capsys: pytest.CaptureFixture[str]) -> None:
-    from flows.serve import main as serve
+    from flows.ops.serve import main as serve
 
     with pytest.raises(SystemExit) as exit_info:
         serve(["--host", "0.0.0.0"])

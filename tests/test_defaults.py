@@ -99,9 +99,9 @@ def test_every_shard_size_default_is_the_shards_config_one():
 
     from flows.cli_args import add_model_arguments
     from flows.extract_params import ExtractParams
-    from flows.train import TrainParams
     from pipeline.cli import build_parser
     from pipeline.shards.config import DEFAULT_SHARD_SIZE, ShardsConfig
+    from student.train_params import TrainParams
 
     assert ShardsConfig().shard_size == DEFAULT_SHARD_SIZE
     assert ExtractParams().shards.shard_size == DEFAULT_SHARD_SIZE

@@ -8,7 +8,7 @@ import torch
 from pycocotools import mask as mask_utils
 from safetensors.torch import load_file
 
-from experiments import dense_backbone as db
+from experiments.backbones import dense_backbone as db
 from pipeline.datasets.sample_coco import IMAGE_SIZE
 
 

@@ -13,10 +13,10 @@ import torch
 from safetensors.torch import load_file
 
 from student.build import build, build_optimizer, build_scheduler
-from student.checkpoint import TrainingState, load_checkpoint, save_checkpoint
 from student.classify import ClassifyTask
 from student.config import StudentConfig, TrainConfig
 from student.engine import evaluate, fit
+from student.run_state import TrainingState, load_checkpoint, save_checkpoint
 
 torch.set_num_threads(1)
 

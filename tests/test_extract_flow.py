@@ -561,7 +561,7 @@ def test_a_rerun_with_nothing_to_do_imports_neither_prefect_nor_torch(
     flow_env: FlowEnv, reference: Reference
 ) -> None:
     """What keeps that rerun at a few seconds: the cache key comes from the checkpoint's JSON
-    and tokenizer files (teacher.checkpoint), and nothing on the way imports Prefect or torch
+    and tokenizer files (teacher.weights.checkpoint), and nothing on the way imports Prefect or torch
     (seconds each), transformers or torchvision. Python's own import log
     (PYTHONPROFILEIMPORTTIME) says which modules the process imported."""
     output = start_flow(

@@ -9,8 +9,8 @@ import teacher_fixtures
 
 from flows.cli_args import add_model_arguments, add_preset_argument, parse_model
 from flows.extract_params import ExtractParams
-from flows.train import TrainParams
 from pipeline.errors import BadParametersError
+from student.train_params import TrainParams
 
 tiny_dir = teacher_fixtures.tiny_dir  # session fixture: the tiny LLaVA, built once
 

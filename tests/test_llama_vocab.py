@@ -15,8 +15,8 @@ import pytest
 import teacher_fixtures
 from transformers import AutoTokenizer, LlavaProcessor
 
-from teacher import llama_vocab
-from teacher.llama_vocab import LlamaVocabularyError, ensure_llama_tokenizer, fetch_npm_js
+from teacher.weights import llama_vocab
+from teacher.weights.llama_vocab import LlamaVocabularyError, ensure_llama_tokenizer, fetch_npm_js
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,7 @@ from safetensors.torch import load_file, save_file
 import pipeline.hub
 from pipeline.hub import HubAccess, probe
 from teacher import TeacherConfig, describe_teacher
-from teacher.hub_weights import TeacherWeightsError, ensure_teacher_files
+from teacher.weights.hub_weights import TeacherWeightsError, ensure_teacher_files
 
 tiny_dir = teacher_fixtures.tiny_dir  # session fixture
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.command import run_command
+from flows.ops.command import run_command
 from pipeline.datasets.registry import UnknownDatasetError
 from pipeline.errors import MissingInputError, UserError
 
@@ -95,7 +95,7 @@ PROBE = """
 import sys
 import flows  # the project's Prefect settings, as `python -m flows.<name>` has them
 from prefect import flow, task
-from flows.command import prefect_session, run_command
+from flows.ops.command import prefect_session, run_command
 from flows.retries import retry_unless_user_error
 from pipeline.errors import MissingInputError
 
@@ -146,7 +146,7 @@ def test_a_user_error_is_a_user_error() -> None:
     from pipeline.cache import CacheMismatchError
     from pipeline.datasets.registry import DatasetMissingError, UnknownSplitError
     from student.model import WeightsUnavailableError
-    from teacher.loading import TeacherWeightsError
+    from teacher.weights.loading import TeacherWeightsError
 
     for error in (
         DatasetMissingError, UnknownSplitError, CacheMismatchError, TeacherWeightsError,
@@ -159,7 +159,7 @@ def test_a_user_error_is_a_user_error() -> None:
 def test_zombie_automation_is_prefects_recipe_installed_once(api: str) -> None:
     from prefect.client.orchestration import get_client
 
-    from flows.orphans import ZOMBIE_AUTOMATION, ensure_zombie_automation
+    from flows.ops.orphans import ZOMBIE_AUTOMATION, ensure_zombie_automation
 
     ensure_zombie_automation()
     ensure_zombie_automation()

@@ -9,10 +9,16 @@ import pytest
 from pydantic import ValidationError
 
 from teacher import TeacherConfig
-from teacher.answers import normalize, parse_dense_answer, parse_dict_answer
-from teacher.filters import NO_MASS, eq11, eq12
-from teacher.generation import answer_closed
-from teacher.prompts import PROMPTS_FILE, chat_text, forced_answer_text, load_prompts, question_text
+from teacher.maps.answers import normalize, parse_dense_answer, parse_dict_answer
+from teacher.maps.filters import NO_MASS, eq11, eq12
+from teacher.prompting.generation import answer_closed
+from teacher.prompting.prompts import (
+    PROMPTS_FILE,
+    chat_text,
+    forced_answer_text,
+    load_prompts,
+    question_text,
+)
 
 
 def test_eq11_by_hand():

@@ -11,8 +11,8 @@ import torch
 from teacher_fixtures import VOCABULARY
 
 from teacher import TeacherConfig, TeacherDeviceError, load_teacher
-from teacher.capture import RowCapture
-from teacher.numerics import NonFiniteRowsError, check_non_finite
+from teacher.maps.capture import RowCapture
+from teacher.maps.numerics import NonFiniteRowsError, check_non_finite
 
 tiny_dir = teacher_fixtures.tiny_dir
 needs_no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the GPU-less path")

@@ -92,7 +92,7 @@ def test_spec_records_what_changes_a_map(tiny_dir):
 
 def test_tiny_builder_cli_is_deterministic(tiny_dir, tmp_path):
     out = tmp_path / "again"
-    subprocess.run([sys.executable, "-m", "teacher.tiny", "--out", str(out)], check=True)
+    subprocess.run([sys.executable, "-m", "teacher.weights.tiny", "--out", str(out)], check=True)
     for name in ("model.safetensors", "tokenizer.json", "config.json"):
         assert (out / name).read_bytes() == (tiny_dir / name).read_bytes(), name
 

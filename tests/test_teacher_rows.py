@@ -232,7 +232,7 @@ def test_generate_budget_fits_the_longest_name_and_a_cut_answer_is_invalid(tiny_
 
 def test_prompt_longer_than_the_context_fails_before_any_image(tiny_dir):
     from teacher import TeacherConfig, describe_teacher
-    from teacher.budget import PromptTooLongError
+    from teacher.prompting.budget import PromptTooLongError
 
     huge = [f"category number {i} of a very large vocabulary" for i in range(1500)]
     config = TeacherConfig(model=str(tiny_dir), quant="none", dtype="float32", device="cpu")

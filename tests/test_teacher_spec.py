@@ -1,4 +1,4 @@
-"""The weightless teacher (teacher.spec / teacher.checkpoint): same cache keys as before the
+"""The weightless teacher (teacher.spec / teacher.weights.checkpoint): same cache keys as before the
 split, no torch or transformers to compute them, and token counts equal to the processor's."""
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ from teacher_fixtures import VOCABULARY, built_tiny_dir
 
 from pipeline.cache import CacheSpec, cache_key
 from teacher import TeacherConfig, describe_teacher
-from teacher.checkpoint import FileTokenizer, facts_from_files, resolve_checkpoint
-from teacher.prompts import PROMPTS, chat_text, forced_answer_text, question_text
+from teacher.prompting.prompts import PROMPTS, chat_text, forced_answer_text, question_text
+from teacher.weights.checkpoint import FileTokenizer, facts_from_files, resolve_checkpoint
 
 # Regression guard, not values copied from the code under test: these keys were computed once,
-# when keys became content identities (teacher.identity, SPEC_FORMAT 2), by building each tiny
-# teacher with `teacher.tiny.build_tiny_teacher(<tmp>/<any name>, vocab)` (deterministic: seed 0)
+# when keys became content identities (teacher.weights.identity, SPEC_FORMAT 2), by building each tiny
+# teacher with `teacher.weights.tiny.build_tiny_teacher(<tmp>/<any name>, vocab)` (deterministic: seed 0)
 # under the packages of requirements.lock, and printing cache_key(CacheSpec(dataset="sample",
 # split="train", dataset_fingerprint="fp-0", teacher=describe_teacher(TeacherConfig(model=<dir>,
 # device="cpu", **change), VOCABULARY).spec())). They change only when what a map depends on

@@ -20,7 +20,7 @@ from transformers import AutoTokenizer
 
 from bench.llava7b import llava_15_7b_config
 from teacher.batching import auto_batch_size, kv_cache_bytes_per_token
-from teacher.generation import MARKS, AnswerStop, answer_closed, mark_counts
+from teacher.prompting.generation import MARKS, AnswerStop, answer_closed, mark_counts
 
 tiny_dir_each_vocab = teacher_fixtures.tiny_dir_each_vocab
 tiny_dir = teacher_fixtures.tiny_dir

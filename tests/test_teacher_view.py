@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from pipeline.geometry import view_geometry
-from teacher.view import teacher_view
+from teacher.prompting.view import teacher_view
 
 RED = (255, 0, 0)
 GRAY = (122, 116, 104)

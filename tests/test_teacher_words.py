@@ -7,9 +7,9 @@ import re
 import pytest
 from transformers import AutoTokenizer
 
-from teacher.answers import normalize, parse_dict_answer, word_spans
-from teacher.llama_vocab import ensure_llama_tokenizer
-from teacher.spans import decode_with_spans, tokens_of
+from teacher.maps.answers import normalize, parse_dict_answer, word_spans
+from teacher.maps.spans import decode_with_spans, tokens_of
+from teacher.weights.llama_vocab import ensure_llama_tokenizer
 
 
 @pytest.mark.parametrize(

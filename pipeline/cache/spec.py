@@ -78,7 +78,7 @@ def teacher_brief(spec: dict[str, Any]) -> str:
 
 
 def checkpoint_brief(weights: dict[str, Any]) -> str:
-    """A checkpoint named by content (teacher.identity) has no name: show a short digest of it
+    """A checkpoint named by content (teacher.weights.identity) has no name: show a short digest of it
     (`weights:3f2a9c0d1e4b`); entries from before that kept the folder name or hub id."""
     if "source" in weights:
         return str(weights["source"])

@@ -7,11 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.paths import models_dir
-from teacher.hub_weights import CONFIG_FILE, TeacherWeightsError
+from teacher.weights.hub_weights import CONFIG_FILE, TeacherWeightsError
 
 TINY_ALIAS = "tiny"
 TINY_LLAMA_ALIAS = "tiny-llama"  # the tiny teacher with the real LLaVA-1.5 vocabulary
-TINY_MARKER = "TINY_TEACHER.json"  # written by teacher.tiny beside the checkpoint
+TINY_MARKER = "TINY_TEACHER.json"  # written by teacher.weights.tiny beside the checkpoint
 
 
 def default_tiny_dir(vocab: str = "bpe") -> Path:
@@ -28,12 +28,12 @@ def resolve_model(model: str) -> str:
             make = "make tiny-teacher" + (" VOCAB=llama" if vocab == "llama" else "")
             raise TeacherWeightsError(
                 f"TEACHER={model} but {tiny_dir} holds no checkpoint; build it with "
-                f"`{make}` (python -m teacher.tiny --vocab {vocab} --out {tiny_dir})"
+                f"`{make}` (python -m teacher.weights.tiny --vocab {vocab} --out {tiny_dir})"
             )
         return str(tiny_dir)
     return model
 
 
 def is_tiny_checkpoint(source: str) -> bool:
-    """The tiny random teachers (teacher.tiny) run anywhere; real checkpoints need a GPU."""
+    """The tiny random teachers (teacher.weights.tiny) run anywhere; real checkpoints need a GPU."""
     return (Path(source) / TINY_MARKER).exists()

@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from PIL import Image
 
 from pipeline.geometry import Box, ViewGeometry
+from teacher.prompting.view import teacher_view
 from teacher.results import TeacherInput
 from teacher.spec import TeacherSpec
-from teacher.view import teacher_view
 
 
 @dataclass

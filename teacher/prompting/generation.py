@@ -1,7 +1,7 @@
 """Greedy decoding of the answer: when an answer is closed, and the arguments of `generate`.
 
 Rows stop at the end of the value we parse (a closing quote or brace, a full stop), so the budget
-(teacher.budget) is a ceiling, not the usual length; an answer still open when it runs out is
+(teacher.prompting.budget) is a ceiling, not the usual length; an answer still open when it runs out is
 cut, and the caller marks it.
 """
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from teacher.prepared import Prepared
+from teacher.prompting.prepared import Prepared
 
 
 @dataclass

@@ -7,7 +7,7 @@
   process left behind: Prefect first marks the run Crashed (its own SIGTERM bridge), then the
   temporary Prefect server and any other child (Dask workers) are stopped before exiting.
 - Runs of earlier commands whose process died without reporting are marked Crashed before the
-  new run starts (`flows.orphans`).
+  new run starts (`flows.ops.orphans`).
 """
 
 from __future__ import annotations
@@ -99,8 +99,8 @@ def run_command(main: Callable[[list[str] | None], int], argv: list[str] | None 
 def prefect_session() -> Iterator[str]:
     """The Prefect API for this command's run (a temporary server unless one is configured),
     after marking runs of earlier commands whose process died as Crashed."""
-    from flows.orphans import mark_orphaned_runs
-    from flows.prefect_api import prefect_api
+    from flows.ops.orphans import mark_orphaned_runs
+    from flows.ops.prefect_api import prefect_api
 
     # Again here: a command that imports Prefect only when there is work (flows.extract) gets
     # Prefect's console handlers now, after run_command filtered the handlers it found.

@@ -10,7 +10,7 @@ images come from sample-coco's own generator under other seeds than the dataset'
 no train or val image of sample-coco is seen in pretraining; it is trained on per-patch labels
 only (no boxes), as an ImageNet backbone is trained on image labels only.
 
-    python -m experiments.dense_backbone --out data/models/dense-vit.safetensors
+    python -m experiments.backbones.dense_backbone --out data/models/dense-vit.safetensors
     make train DATASET=sample-coco TASK=detect WEIGHTS=data/models/dense-vit.safetensors \\
       MODEL=vit_tiny_patch16_224 TRAIN_ARGS='--img-size 64 --model-kwargs "{...}"'
 """
@@ -170,7 +170,7 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[s
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m experiments.dense_backbone", description=__doc__
+        prog="python -m experiments.backbones.dense_backbone", description=__doc__
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--images", type=int, default=2000)

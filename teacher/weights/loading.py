@@ -1,9 +1,9 @@
 """Loading LLaVA-1.5 (hub id, local directory or the tiny teacher) with bitsandbytes quantization.
 
 One code path for every checkpoint: `from_pretrained` with a BitsAndBytesConfig when quantized,
-SDPA in the vision tower and the row-capturing attention (teacher.capture) in the language model.
-Which checkpoint and where it lives: teacher.checkpoint; on which device, in which dtype:
-teacher.devices.
+SDPA in the vision tower and the row-capturing attention (teacher.maps.capture) in the language model.
+Which checkpoint and where it lives: teacher.weights.checkpoint; on which device, in which dtype:
+teacher.weights.devices.
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from transformers import (
     LlavaProcessor,
 )
 
-from teacher.aliases import resolve_model
-from teacher.capture import ROWS_ATTENTION, register_rows_attention
 from teacher.config import TeacherConfig
-from teacher.devices import resolve_device
-from teacher.hub_weights import TeacherWeightsError, ensure_teacher_files
+from teacher.maps.capture import ROWS_ATTENTION, register_rows_attention
+from teacher.weights.aliases import resolve_model
+from teacher.weights.devices import resolve_device
+from teacher.weights.hub_weights import TeacherWeightsError, ensure_teacher_files
 
 # bitsandbytes' CPU backend asks for an optional hub-downloaded kernel on every 4-bit matmul
 # setup and warns when it is absent; its pure-PyTorch fallback is what runs here, correctly.

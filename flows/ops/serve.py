@@ -2,9 +2,9 @@
 
 The server uses the project's Prefect home (data/prefect), so runs started from the command line
 (`make extract`, `make train`) show up next to the runs started from the UI's parameter forms.
-It also installs Prefect's automation for zombie runs (`flows.orphans`): a run whose heartbeats
+It also installs Prefect's automation for zombie runs (`flows.ops.orphans`): a run whose heartbeats
 stop (its process was killed) becomes Crashed. Ctrl-C stops both. It listens on 127.0.0.1 only
-and has no API auth; `make cluster` (flows.cluster) is the server other machines may reach, and it
+and has no API auth; `make cluster` (flows.ops.cluster) is the server other machines may reach, and it
 refuses clients without its auth string.
 """
 
@@ -15,13 +15,13 @@ import os
 import sys
 
 import flows  # noqa: F401  (Prefect settings)
-from flows.server import DEFAULT_PORT, start_prefect_server, stop, wait_until_healthy
+from flows.ops.server import DEFAULT_PORT, start_prefect_server, stop, wait_until_healthy
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m flows.serve", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m flows.ops.serve", description=__doc__)
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
     parser.add_argument("--host", default="127.0.0.1")
     args = parser.parse_args(argv)
@@ -41,8 +41,9 @@ def main(argv: list[str] | None = None) -> int:
         from flows.experiment import ExperimentParams, experiment_flow
         from flows.extract_flow import extract_flow
         from flows.extract_params import ExtractParams
-        from flows.orphans import ensure_zombie_automation
-        from flows.train import TrainParams, train_flow
+        from flows.ops.orphans import ensure_zombie_automation
+        from flows.train import train_flow
+        from student.train_params import TrainParams
 
         ensure_zombie_automation()  # runs whose heartbeats stop become Crashed
         print(

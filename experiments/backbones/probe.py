@@ -6,7 +6,7 @@ the benchmark's (its shapes on its backgrounds, independent pairings), takes the
 the head sees (timm's pre-logits), fits one linear classifier per attribute on a train set and
 reports its top-1 on held-out images.
 
-    python -m experiments.backbone_probe --weights data/models/shift-vit.safetensors
+    python -m experiments.backbones.probe --weights data/models/shift-vit.safetensors
 """
 
 from __future__ import annotations
@@ -84,12 +84,12 @@ def probe(
 
 
 def main(argv: list[str] | None = None) -> int:
-    from experiments import backbone as bb
+    from experiments.backbones import backbone as bb
     from student.config import StudentConfig
     from student.model import create_backbone
 
     parser = argparse.ArgumentParser(
-        prog="python -m experiments.backbone_probe", description=__doc__
+        prog="python -m experiments.backbones.probe", description=__doc__
     )
     parser.add_argument("--weights", type=Path, default=bb.DEFAULT_OUT)
     args = parser.parse_args(argv)

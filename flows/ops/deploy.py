@@ -2,13 +2,13 @@
 
     export PREFECT_API_URL=http://<server>:4200/api PREFECT_API_AUTH_STRING=<the server's>
     prefect work-pool create gpus --type process
-    python -m flows.deploy --pool gpus
+    python -m flows.ops.deploy --pool gpus
     CUDA_VISIBLE_DEVICES=0 prefect worker start --pool gpus --limit 1   # one worker per GPU
 
 The deployments run this checkout's code (a process work pool on machines that share it, or
 the same path on each); launch several `extract` runs with the same parameters and they split
-the shards between them through the cache's per-shard claims (`python -m flows.launch --runs N`).
-`python -m flows.cluster` (`make cluster`) does all of this on one machine.
+the shards between them through the cache's per-shard claims (`python -m flows.ops.launch --runs N`).
+`python -m flows.ops.cluster` (`make cluster`) does all of this on one machine.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ ENTRYPOINTS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m flows.deploy", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m flows.ops.deploy", description=__doc__)
     parser.add_argument("--pool", required=True, help="a process work pool on the server")
     args = parser.parse_args(argv)
     from prefect import Flow

@@ -1,4 +1,4 @@
-"""A tiny, randomly initialised LLaVA-1.5 for offline runs and tests (`python -m teacher.tiny`).
+"""A tiny, randomly initialised LLaVA-1.5 for offline runs and tests (`python -m teacher.weights.tiny`).
 
 It keeps everything of LLaVA-1.5 that shapes a map: `LlavaForConditionalGeneration`, a CLIP
 vision tower at 336 px with 14 px patches (576 image tokens after dropping CLS), the
@@ -27,9 +27,9 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from teacher import tiny_llama
-from teacher.aliases import default_tiny_dir
-from teacher.prompts import PROMPTS
+from teacher.prompting.prompts import PROMPTS
+from teacher.weights import tiny_llama
+from teacher.weights.aliases import default_tiny_dir
 
 IMAGE_SIZE = 336  # LLaVA-1.5's CLIP ViT-L/14-336 input
 PATCH_SIZE = 14  # -> 24 x 24 = 576 image tokens
@@ -160,7 +160,7 @@ def build_tiny_teacher(out_dir: str | Path | None = None, vocab: Vocab = "bpe") 
     """Write the tiny checkpoint, tokenizer and processor to `out_dir` (deterministic).
 
     vocab="bpe": a small byte-level BPE trained here; "llama": the real LLaVA-1.5 tokenizer and
-    every llava-hf configuration value (teacher.tiny_llama), with the same tiny towers.
+    every llava-hf configuration value (teacher.weights.tiny_llama), with the same tiny towers.
     """
     out = Path(out_dir) if out_dir is not None else default_tiny_dir(vocab)
     out.mkdir(parents=True, exist_ok=True)
@@ -172,7 +172,7 @@ def build_tiny_teacher(out_dir: str | Path | None = None, vocab: Vocab = "bpe") 
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(out)
     (kit.build_processor(tokenizer) if kit else build_processor(tokenizer)).save_pretrained(out)
-    marker = {"built_by": "python -m teacher.tiny", "seed": SEED, "random_weights": True}
+    marker = {"built_by": "python -m teacher.weights.tiny", "seed": SEED, "random_weights": True}
     (out / "TINY_TEACHER.json").write_text(json.dumps({**marker, "vocab": vocab}))
     return out
 

@@ -18,7 +18,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 
-from flows.server import stop, wait_until_healthy
+from flows.ops.server import stop, wait_until_healthy
 
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 

@@ -1,7 +1,7 @@
 """What a checkpoint's files say about the teacher, read without transformers or torch.
 
 The cache key needs a few facts of the checkpoint (image size, image tokens, layers, context
-length), its identity by content (teacher.identity) and token counts of the prompts. They are read here from
+length), its identity by content (teacher.weights.identity) and token counts of the prompts. They are read here from
 config.json, the processor's JSON and tokenizer.json (the `tokenizers` library is what
 transformers' fast tokenizers run), so finding out that every shard is committed costs
 milliseconds. A checkpoint whose files leave a fact to transformers' defaults (llava-hf's
@@ -18,10 +18,15 @@ from typing import Any
 
 from pipeline.hub import hub_access
 from pipeline.paths import models_dir
-from teacher.aliases import resolve_model
 from teacher.config import TeacherConfig
-from teacher.hub_weights import CONFIG_FILE, TeacherWeightsError, ensure_teacher_files, is_hub_id
-from teacher.identity import DigestMemo, checkpoint_identity, checkpoint_patterns
+from teacher.weights.aliases import resolve_model
+from teacher.weights.hub_weights import (
+    CONFIG_FILE,
+    TeacherWeightsError,
+    ensure_teacher_files,
+    is_hub_id,
+)
+from teacher.weights.identity import DigestMemo, checkpoint_identity, checkpoint_patterns
 
 TOKENIZER_FILE = "tokenizer.json"
 # transformers 5 saves the image processor inside processor_config.json; older checkpoints
@@ -152,7 +157,7 @@ class FileTokenizer:
 @dataclass(frozen=True)
 class Checkpoint:
     """What describing a teacher needs of its checkpoint: the facts, a tokenizer for token
-    counts, and its identity by content (teacher.identity), which the cache key hashes."""
+    counts, and its identity by content (teacher.weights.identity), which the cache key hashes."""
 
     facts: CheckpointFacts
     tokenizer: Any
@@ -160,7 +165,7 @@ class Checkpoint:
 
 
 def digest_memo() -> DigestMemo:
-    """Where local weight files' sha256 are remembered (see teacher.identity.DigestMemo)."""
+    """Where local weight files' sha256 are remembered (see teacher.weights.identity.DigestMemo)."""
     return DigestMemo(models_dir() / "sha256-memo.json")
 
 
@@ -172,7 +177,7 @@ def read_checkpoint(cfg: TeacherConfig) -> Checkpoint:
     tokenizer_file = files.file(TOKENIZER_FILE)
     tokenizer = FileTokenizer(tokenizer_file) if tokenizer_file is not None else None
     if facts is None or tokenizer is None:
-        from teacher.loading import load_config_and_processor  # transformers (and torch)
+        from teacher.weights.loading import load_config_and_processor  # transformers (and torch)
 
         config, processor, source = load_config_and_processor(cfg)
         if facts is None:

@@ -1,7 +1,7 @@
 """A word's map: the mean of its tokens' attention rows, as a G x G grid (docs/maps.md).
 
 The token at position p was produced by the query at p - 1, so a word spanning answer tokens
-[s, e) uses rows s-1 .. e-2. teacher.filters then turns the words' maps into C_fore, C_back and
+[s, e) uses rows s-1 .. e-2. teacher.maps.filters then turns the words' maps into C_fore, C_back and
 C_VLM (Eq. 11/12).
 """
 
@@ -12,7 +12,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from teacher.spans import Span, tokens_of
+from teacher.maps.spans import Span, tokens_of
 
 RowFn = Callable[[int, int], torch.Tensor]  # (item in batch, padded query position) -> [I]
 

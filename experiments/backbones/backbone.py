@@ -8,7 +8,7 @@ the shape (all ten sample shapes, the benchmark's four among them) and the backg
 objects and backgrounds apart, as an ImageNet backbone knows TinyImageNet's classes, and nothing
 in its training ties a shape to a background.
 
-    python -m experiments.backbone --out data/models/shift-vit.safetensors
+    python -m experiments.backbones.backbone --out data/models/shift-vit.safetensors
     make train DATASET=sample-shift WEIGHTS=data/models/shift-vit.safetensors \\
       MODEL=vit_tiny_patch16_224 TRAIN_ARGS='--img-size 32 --model-kwargs "{...}"'
 """
@@ -111,7 +111,7 @@ def pretrain(
 ) -> dict:
     """Train the backbone and save it (plus a JSON card next to it); returns the card, with the
     linear-probe top-1 of its frozen features on benchmark-like images."""
-    from experiments.backbone_probe import probe
+    from experiments.backbones.probe import probe
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -196,7 +196,9 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m experiments.backbone", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.backbones.backbone", description=__doc__
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--images", type=int, default=IMAGES)
     parser.add_argument("--epochs", type=int, default=EPOCHS)

@@ -1,7 +1,7 @@
 """Start extract runs on a work pool's workers: one run per GPU, all with the same parameters.
 
     export PREFECT_API_URL=http://<server>:4200/api PREFECT_API_AUTH_STRING=<the auth string>
-    python -m flows.launch --runs 2 --wait --dataset sample --teacher tiny --cache-root /shared/cache
+    python -m flows.ops.launch --runs 2 --wait --dataset sample --teacher tiny --cache-root /shared/cache
 
 The flags are those of `python -m flows.extract` (the same ExtractParams, the same defaults: give
 `--shards-root` and `--cache-root` as paths every worker sees, or an s3:// cache). The runs split
@@ -19,7 +19,7 @@ import flows  # noqa: F401  (Prefect settings)
 from flows.cli_args import add_model_arguments, parse_model
 from flows.extract_params import ExtractParams
 
-DEPLOYMENT = "extract-maps/extract"  # flows.deploy's name for the extract flow
+DEPLOYMENT = "extract-maps/extract"  # flows.ops.deploy's name for the extract flow
 
 
 def start_runs(params: ExtractParams, runs: int, deployment: str = DEPLOYMENT) -> list[str]:
@@ -54,7 +54,7 @@ def wait_for(run_ids: list[str], timeout_s: float, poll_s: float = 2.0) -> dict[
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m flows.launch", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m flows.ops.launch", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--runs", type=int, default=1, help="runs to start (one per GPU)")
     parser.add_argument("--wait", action="store_true", help="follow the runs until they end")

@@ -1,10 +1,10 @@
 """`make cluster`: the scale-out recipe of docs/scale-out.md on one machine, in one command.
 
-    python -m flows.cluster --workers 2                 # GPUs 0 and 1, server on 127.0.0.1:4200
-    python -m flows.cluster --gpus 0,1,2,3 --host 0.0.0.0   # reachable by other machines
+    python -m flows.ops.cluster --workers 2                 # GPUs 0 and 1, server on 127.0.0.1:4200
+    python -m flows.ops.cluster --gpus 0,1,2,3 --host 0.0.0.0   # reachable by other machines
 
 It starts, in this order: a Prefect server that refuses every API call without the auth string
-(PREFECT_SERVER_API_AUTH_STRING), a process work pool, the deployments of `flows.deploy`, and one
+(PREFECT_SERVER_API_AUTH_STRING), a process work pool, the deployments of `flows.ops.deploy`, and one
 `prefect worker start --limit 1` per GPU with CUDA_VISIBLE_DEVICES set to that GPU, so each worker
 runs one flow run at a time on its own GPU. Then it waits; Ctrl-C (or SIGTERM) stops the workers,
 the flow runs they started and the server, and exits.
@@ -32,7 +32,7 @@ from pathlib import Path
 import psutil
 
 import flows  # noqa: F401  (Prefect settings)
-from flows.server import DEFAULT_PORT, start_prefect_server, wait_until_healthy
+from flows.ops.server import DEFAULT_PORT, start_prefect_server, wait_until_healthy
 from pipeline.paths import prefect_home
 
 PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
@@ -161,7 +161,7 @@ def _raise_interrupt(signum: int, frame: object) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m flows.cluster", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m flows.ops.cluster", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--workers", type=int, default=1, help="workers on GPUs 0..N-1")
     parser.add_argument("--gpus", help="comma-separated CUDA_VISIBLE_DEVICES, one worker each")
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         # Everything below (and every worker) is a client of that server: before prefect loads.
         os.environ.update({"PREFECT_API_URL": api, "PREFECT_API_AUTH_STRING": secret})
         create_process_pool(args.pool)
-        from flows.deploy import main as deploy
+        from flows.ops.deploy import main as deploy
 
         deploy(["--pool", args.pool])
         workers = [start_worker(args.pool, gpu, logs) for gpu in gpus]

@@ -1,7 +1,7 @@
-"""The tiny teacher with the real LLaVA-1.5 vocabulary (`python -m teacher.tiny --vocab llama`).
+"""The tiny teacher with the real LLaVA-1.5 vocabulary (`python -m teacher.weights.tiny --vocab llama`).
 
-Same tiny random towers as teacher.tiny, but every value that touches ids, text or pixels is
-`llava-hf/llava-1.5-7b-hf`'s: the Llama-2 tokenizer (teacher.llama_vocab: 32000 pieces, byte
+Same tiny random towers as teacher.weights.tiny, but every value that touches ids, text or pixels is
+`llava-hf/llava-1.5-7b-hf`'s: the Llama-2 tokenizer (teacher.weights.llama_vocab: 32000 pieces, byte
 fallback, "▁", BOS), `<image>` = 32000 and `<pad>` = 32001 in a 32064-row embedding, its chat
 template, its CLIPImageProcessor settings, `vision_feature_layer` -2, strategy "default",
 4096 positions. So class names are 4-7 real tokens and byte-fallback characters really split,
@@ -19,7 +19,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from teacher.llama_vocab import IMAGE_TOKEN_ID, PAD_TOKEN_ID, load_llama_tokenizer
+from teacher.weights.llama_vocab import IMAGE_TOKEN_ID, PAD_TOKEN_ID, load_llama_tokenizer
 
 IMAGE_SIZE, PATCH_SIZE = 336, 14
 TEXT_VOCAB_SIZE = 32064  # llava-hf pads the embedding to a multiple of 64

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from teacher.numerics import NON_FINITE_REASON
+from teacher.maps.numerics import NON_FINITE_REASON
 
 NO_MASS = "no positive mass in C_fore - C_back"
 

@@ -12,8 +12,8 @@ import os
 import sys
 from pathlib import Path
 
-from teacher.aliases import is_tiny_checkpoint
 from teacher.config import TeacherConfig
+from teacher.weights.aliases import is_tiny_checkpoint
 
 
 class TeacherDeviceError(RuntimeError):

@@ -9,7 +9,7 @@ open when the budget runs out is cut (teacher.model marks it), never a silently 
 
 from __future__ import annotations
 
-from teacher.prompts import PromptTemplate, forced_answer_text
+from teacher.prompting.prompts import PromptTemplate, forced_answer_text
 
 BACKGROUND_ROOM = 24  # tokens for a few background words and the closing quote/brace
 DESCRIPTION_BUDGET = 96  # Prompt 3 (free description): no skeleton to measure

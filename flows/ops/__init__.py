@@ -1,0 +1,1 @@
+"""Prefect operations: the temporary and shared servers, `make ui`, the cluster, deployments, launching runs, the API client, orphaned runs, and the one-line-error wrapper of every command (flows/ops/command.py)."""
