@@ -170,3 +170,10 @@ class LoaderOptions(BaseModel):
         description="eval center crop of the short side; 1.0 because small images lose objects",
     )
     shuffle_buffer: int = Field(default=1000, ge=0, description="samples; 0 keeps shard order")
+    map_control: Literal["teacher", "shuffled", "uniform"] = Field(
+        default="teacher",
+        description=(
+            "the maps' content control (student.map_controls): 'shuffled' gives each image "
+            "another image's map of the same batch (none keeps its own), 'uniform' a uniform map"
+        ),
+    )
