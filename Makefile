@@ -62,7 +62,7 @@ AUDIT_ARG := $(if $(filter 1 true yes,$(AUDIT)),--audit,)
 # Table 9's language-only maps: no box overlay, which is its own cache entry.
 PROMPT_ARG := $(if $(PROMPT),--prompt $(PROMPT),) $(if $(filter 0 no false,$(BOXES)),--box-width 0,)
 
-.PHONY: help setup test lint demo demo-detect bench-dense shards tiny-teacher extract train eval ui bench bench-extract bench-student bench-loader clean backbone dense-backbone bench-science experiment bench-gpu cluster launch
+.PHONY: help setup test lint demo demo-detect bench-dense shards tiny-teacher extract train eval ui bench bench-extract bench-student bench-loader clean backbone spot-backbone dense-backbone bench-science experiment bench-gpu cluster launch
 
 help: ## this list
 	@echo "Targets (variables: DATASET=$(DATASET) SPLIT=$(SPLIT) ROOT=$(ROOT) SHARDS=$(SHARDS) SHARD_SIZE=$(SHARD_SIZE)"
@@ -123,6 +123,11 @@ backbone: $(STAMP) ## pretrain the stand-in foundation ViT of bench-science (sha
 	$(PY) -m experiments.backbone --out $(basename $(BACKBONE))-stage1.safetensors
 	$(PY) -m experiments.backbone --init $(basename $(BACKBONE))-stage1.safetensors --epochs 14 --lr 1.5e-3 --seed 1 --out $(BACKBONE)
 
+SPOT_BACKBONE ?= data/models/spot-vit.safetensors
+spot-backbone: $(STAMP) ## pretrain the stand-in ViT of bench-science's sample-spot (shapes x marker colours) -> SPOT_BACKBONE
+	$(PY) -m experiments.backbone --task spot --out $(basename $(SPOT_BACKBONE))-stage1.safetensors
+	$(PY) -m experiments.backbone --task spot --init $(basename $(SPOT_BACKBONE))-stage1.safetensors --epochs 14 --lr 1.5e-3 --seed 1 --out $(SPOT_BACKBONE)
+
 DENSE_BACKBONE ?= data/models/dense-vit.safetensors
 dense-backbone: $(STAMP) ## pretrain the stand-in foundation ViT of demo-detect/bench-dense (per-patch shape classes) -> DENSE_BACKBONE
 	$(DEMO_ENV) $(PY) -m experiments.dense_backbone --out $(DENSE_BACKBONE)
@@ -154,9 +159,11 @@ bench-student: $(STAMP) ## I-ViT vs ViT training step time and FLOPs
 bench-loader: $(STAMP) ## image-only vs map-joined streaming throughput
 	$(PY) -m bench.loader
 
-bench-science: $(STAMP) ## sample-shift: ViT vs I-ViT (box maps) vs control vs tiny-LLaVA maps, 3 seeds, with ceiling
+BENCH_SCIENCE_ARGS ?=
+bench-science: $(STAMP) ## sample-shift + sample-spot: ceiling, ViT, attention oracles, I-ViT (correct/shuffled/uniform maps), control; 3 seeds; one RESULT per benchmark
 	@test -f $(BACKBONE) || $(MAKE) --no-print-directory backbone
-	$(PY) -m bench.science --weights $(BACKBONE)
+	@test -f $(SPOT_BACKBONE) || $(MAKE) --no-print-directory spot-backbone
+	TQDM_DISABLE=1 $(PY) -m bench.science --shift-weights $(BACKBONE) --spot-weights $(SPOT_BACKBONE) $(BENCH_SCIENCE_ARGS)
 BENCH_DENSE_SEEDS ?= 0 1
 BENCH_DENSE_EPOCHS ?= 12
 bench-dense: $(STAMP) ## detection on sample-coco (box teacher maps) with vs without C_VLM alignment, equal budget, BENCH_DENSE_SEEDS; overheads
