@@ -62,6 +62,24 @@ class StudentConfig(BaseModel):
             "is B*H*N*2N*hidden: 16 keeps S/16 far below the paper's +17 % FLOPs"
         ),
     )
+    query_rank: int | None = Field(
+        default=None,
+        gt=0,
+        description=(
+            "low-rank interaction query W_q' = W_q + A B (B zero at init, so the I-ViT still "
+            "equals the ViT); None: a full trainable copy of W_q (the paper's)"
+        ),
+    )
+    gate_init: float | None = Field(
+        default=None,
+        gt=0.0,
+        lt=1.0,
+        description="gates start at g1 = this, g2 = 1 - this (0.05: near C_VFM); None: 0.5 / 0.5",
+    )
+    train_backbone: bool = Field(
+        default=False,
+        description="every backbone weight trains too (paper Table 2); False: frozen (Table 1)",
+    )
     align_lambda: float = Field(default=1.0, ge=0.0, description="weight of the alignment term")
     align_last_blocks: int | None = Field(
         default=None,

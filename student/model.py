@@ -25,6 +25,7 @@ from student.backbone_weights import (
 )
 from student.config import StudentConfig
 from student.layers import InteractionAttention, InteractionRecord
+from student.variants import init_gates, use_low_rank_queries
 
 
 def timm_kwargs(cfg: StudentConfig) -> dict:
@@ -119,6 +120,12 @@ class IViT(nn.Module):
                 trainable_original_queries=cfg.align_on_original,
             )
         vit.head.requires_grad_(True)
+        if cfg.train_backbone:  # paper Table 2's protocol: every weight trains
+            vit.requires_grad_(True)
+        if cfg.query_rank is not None:
+            use_low_rank_queries(self.interaction_layers, cfg.query_rank)
+        if cfg.gate_init is not None:
+            init_gates(self.interaction_layers, cfg.gate_init)
 
     @property
     def img_size(self) -> int:
