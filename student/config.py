@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 KlDirection = Literal["vlm||agt", "agt||vlm"]
 AlignRows = Literal["cls", "all"]
+AlignHeads = Literal["mean", "each"]
 
 
 class StudentConfig(BaseModel):
@@ -96,6 +97,13 @@ class StudentConfig(BaseModel):
             "(CLS and patches) meets the same C_VLM, a denser signal for the interaction queries"
         ),
     )
+    align_heads: AlignHeads = Field(
+        default="mean",
+        description=(
+            "'mean': the head mean of the CLS row meets C_VLM (DESIGN 5); 'each': every head's "
+            "CLS row meets it on its own (the loss averages over heads)"
+        ),
+    )
     kl_direction: KlDirection = Field(
         default="vlm||agt",
         description=(
@@ -120,6 +128,14 @@ class StudentConfig(BaseModel):
             raise ValueError(
                 "StudentConfig: alignment=True needs something to align: with "
                 "interaction_queries=False set align_on_original=True or alignment=False"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _one_kind_of_rows(self) -> StudentConfig:
+        if self.align_heads == "each" and self.align_rows != "cls":
+            raise ValueError(
+                "StudentConfig: align_heads='each' aligns CLS rows: set align_rows='cls'"
             )
         return self
 

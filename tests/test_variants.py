@@ -50,3 +50,29 @@ def test_train_backbone_makes_every_weight_trainable():
     _, open_ = build_pair(cfg(train_backbone=True))
     assert not frozen.vit.patch_embed.proj.weight.requires_grad
     assert all(p.requires_grad for p in open_.parameters())
+
+
+@torch.no_grad()
+def test_per_head_alignment_is_each_heads_kl_against_the_map():
+    from ivit_fixtures import block0_attention
+
+    from student.build import build
+
+    one_block = {**TINY, "depth": 1}
+    config = StudentConfig(
+        model="vit_tiny_patch16_224", weights="none", img_size=16, num_classes=3,
+        model_kwargs=one_block, align_heads="each",
+    )  # fmt: skip
+    plain, model = build_pair(config)
+    criterion = build(config)[1]
+    images = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    maps = torch.rand(3, 4, 4, generator=torch.Generator().manual_seed(3))
+    maps = maps / maps.sum((1, 2), keepdim=True)
+    batch = {"label": torch.zeros(3, dtype=torch.long), "c_vlm": maps,
+             "map_valid": torch.ones(3, dtype=torch.bool)}  # fmt: skip
+    got = criterion(model.forward_with_interactions(images), batch)["align"]
+    rows = block0_attention(plain, images)[:, :, 0, 1:]  # [B, H, P]: C_AGT = C_VFM at init
+    rows = rows / rows.sum(-1, keepdim=True)
+    target = maps.flatten(1)[:, None, :]  # [B, 1, P]
+    expected = (target * (target.log() - rows.log())).sum(-1).mean()  # mean over images, heads
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
