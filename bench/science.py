@@ -17,6 +17,8 @@ over seeds, every variant sees exactly the same batches:
   shuffled   the same I-ViT with each image given another image's map (a derangement)
   uniform    the same I-ViT with uniform maps
   control    the same I-ViT without the alignment (parameters, no maps)
+  ivit-*     with --named-variants: the I-ViT with one switch changed (the paper's literal KL
+             direction, per-head alignment, gates starting near C_VFM, a low-rank query)
 
 Before any of that it checks the backbone (checksum and linear probe against its card) and the
 calibration (ceiling - ViT on the shift >= 15 points). A benchmark whose best oracle does not beat
@@ -62,6 +64,12 @@ IVIT_VARIANTS = {  # name -> (StudentConfig switches, the train maps)
     "shuffled": ({}, "shuffled"),
     "uniform": ({}, "uniform"),
     "control": ({"alignment": False}, "teacher"),
+}
+NAMED_VARIANTS = {  # issue 19 item 5: the I-ViT with correct maps, one switch changed
+    "ivit-kl-agt||vlm": ({"kl_direction": "agt||vlm"}, "teacher"),  # the paper's literal Eq. 14
+    "ivit-per-head": ({"align_heads": "each"}, "teacher"),
+    "ivit-gate-0.05": ({"gate_init": 0.05}, "teacher"),  # fused attention starts near C_VFM
+    "ivit-rank-8": ({"query_rank": 8}, "teacher"),  # W_q + A B: a quarter of W_q's parameters
 }
 ORACLES = {  # name -> (mode, blocks steered: None = every block)
     "oracle-replace-all": ("replace", None),
@@ -128,7 +136,7 @@ def train_run(
         criterion = build(student_config(weights, seed, **VIT))[1]  # cross-entropy only
         forward, train = oracle_forward, data["train"]
     else:
-        switches, control = IVIT_VARIANTS.get(name, (VIT, "teacher"))
+        switches, control = {**IVIT_VARIANTS, **NAMED_VARIANTS}.get(name, (VIT, "teacher"))
         model, criterion = build(student_config(weights, seed, **switches))
         forward = classifier_forward
         train = data["train_indep"] if name == "ceiling" else data["train"]
@@ -168,6 +176,22 @@ def reference_kls(weights: Path, train: list[dict]) -> dict:
         frozen += kl_divergence(target.expand_as(rows), renormalize(rows)).mean(0).sum().item()
         n += int(valid.sum())
     return {"uniform": uniform / n, "frozen_attention": frozen / n}
+
+
+def pair_accuracy(hits: np.ndarray, labels: np.ndarray, cues: np.ndarray) -> dict:
+    """Top-1 per (shape, cue) pair [shape][cue] (mean over seeds), per shape, and where the cue
+    agrees / disagrees with the class."""
+    per_image = hits.mean(0)  # [N]
+    grid = [
+        [float(per_image[(labels == a) & (cues == b)].mean()) for b in range(int(cues.max()) + 1)]
+        for a in range(int(labels.max()) + 1)
+    ]  # fmt: skip
+    return {
+        "grid": [[round(v, 3) for v in row] for row in grid],
+        "per_shape": [float(per_image[labels == a].mean()) for a in range(len(grid))],
+        "agrees": float(per_image[labels == cues].mean()),
+        "disagrees": float(per_image[labels != cues].mean()),
+    }
 
 
 def summarize(runs: list[dict]) -> dict:
@@ -210,12 +234,12 @@ def run_benchmark(bench: Benchmark, weights: Path, args: argparse.Namespace) -> 
     print(f"backbone {weights.name} sha256 {check['sha256'][:16]} (card {str(check['card_sha256'])[:16]}); "
           f"linear probe now {check['probe']} (card {check['card_probe']}): "
           f"{'agrees with its card' if check['agrees'] else 'DIFFERS FROM ITS CARD'}")  # fmt: skip
-    data = prepare(bench, args.root, args.cache_root, correlation, not args.baseline_only)
+    data, cues = prepare(bench, args.root, args.cache_root, correlation, not args.baseline_only)
     sizes = {s: sum(len(b["label"]) for b in data[s]) for s in data}
     print(f"data {sizes}")
     names = ["ceiling", "vit"]
     if not args.baseline_only:
-        names += [*args.oracles, *IVIT_VARIANTS]
+        names += [*args.oracles, *IVIT_VARIANTS, *(NAMED_VARIANTS if args.named_variants else ())]
     runs: dict[str, list[dict]] = {n: [] for n in names}
     for seed in range(args.seeds):
         for name in names:
@@ -223,13 +247,20 @@ def run_benchmark(bench: Benchmark, weights: Path, args: argparse.Namespace) -> 
         print(f"seed {seed}: " + " ".join(
             f"{n} {100 * float(runs[n][-1]['shift_hits'].mean()):.1f}" for n in names))  # fmt: skip
     table = {n: summarize(r) for n, r in runs.items()}
+    labels = np.concatenate([b["label"].numpy() for b in data["test_shift"]])
+    pairs = {n: pair_accuracy(table[n]["hits"], labels, cues) for n in ("ceiling", "vit", "ivit")
+             if n in table}  # fmt: skip
+    for name, pair in pairs.items():
+        print(f"{name} on test_shift: cue agrees with the class {100 * pair['agrees']:.1f}, "
+              f"disagrees {100 * pair['disagrees']:.1f}; per shape "
+              f"{[round(100 * a, 1) for a in pair['per_shape']]}")  # fmt: skip
     ceiling, vit = table["ceiling"], table["vit"]
     cost = ceiling["shift"] - vit["shift"]
     print(f"calibration: ceiling {100 * ceiling['shift']:.1f}; ViT val {100 * vit['val']:.1f} shift "
           f"{100 * vit['shift']:.1f}: the cue costs the baseline {100 * cost:.1f} points of its ceiling "
           f"({'meets' if cost >= CALIBRATION_RULE else 'BELOW'} the {100 * CALIBRATION_RULE:.0f}-point rule)")  # fmt: skip
     result = {"bench": bench.name, "correlation": correlation, "backbone": check, "sizes": sizes,
-              "calibration_cost": cost}  # fmt: skip
+              "calibration_cost": cost, "pairs": pairs}  # fmt: skip
     if args.baseline_only:
         print(f"RESULT_BASELINE bench={bench.name} correlation={correlation:g} "
               f"ceiling={100 * ceiling['shift']:.1f} vit_val={100 * vit['val']:.1f} "
@@ -273,6 +304,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=3e-3, help="the same for every variant")
     parser.add_argument("--batch", type=int, default=50)
     parser.add_argument("--oracles", nargs="+", default=list(ORACLES), choices=list(ORACLES))
+    parser.add_argument("--named-variants", action="store_true",
+                        help=f"also the I-ViT variants {', '.join(NAMED_VARIANTS)}")  # fmt: skip
     parser.add_argument(
         "--correlation", type=float, default=None,
         help="P(cue names the class) in train/val; default: the dataset's own (fixed by the "

@@ -20,9 +20,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from experiments import backbone as bb
+from pipeline.datasets.adapters.base import make_key
 from pipeline.shards.build import ensure_shards
 from pipeline.shards.config import ShardsConfig
 from student.config import StudentConfig
@@ -46,6 +48,7 @@ class Benchmark:
     make_target: str  # how to build the backbone
     correlation: float  # P(cue names the class) in train/val, fixed by the ViT baseline alone
     write: Callable[[Path, float], Path]  # (raw root, correlation) -> root
+    cue_listing: str  # under the raw root: test_shift's "<file>\t<cue index>" lines
 
     def task(self) -> bb.PretrainTask:
         return bb.task_named("spot" if self.name == "sample-spot" else "shift")
@@ -70,11 +73,11 @@ def benchmarks() -> dict[str, Benchmark]:
     return {
         "sample-shift": Benchmark(
             "sample-shift", "background colour", "box", bb.DEFAULT_OUT, "make backbone",
-            SHIFT_CORRELATION, _write_shift,
+            SHIFT_CORRELATION, _write_shift, "test_shift/backgrounds.txt",
         ),
         "sample-spot": Benchmark(
             "sample-spot", "marker colour", "mask", bb.DEFAULT_OUT.with_name("spot-vit.safetensors"),
-            "make spot-backbone", SPOT_CORRELATION, _write_spot,
+            "make spot-backbone", SPOT_CORRELATION, _write_spot, "test_shift2017/markers.txt",
         ),
     }  # fmt: skip
 
@@ -125,15 +128,16 @@ def load_split(dataset: str, shards: Path, split: str, entry: str | None) -> lis
         patch_size=bb.MODEL_KWARGS["patch_size"], batch_size=100, train=False, num_workers=0,
         mean=MEAN, std=STD,
     )  # fmt: skip
-    return [{k: v for k, v in b.items() if k in KEYS} for b in build_loader(config)]
+    return [{k: v for k, v in b.items() if k in (*KEYS, "key")} for b in build_loader(config)]
 
 
 def prepare(
     bench: Benchmark, root: Path, cache: Path, correlation: float, with_maps: bool
-) -> dict[str, list[dict]]:
+) -> tuple[dict[str, list[dict]], np.ndarray]:
     """Raw data, shards, the correct maps (train, val, test_shift) and every split's batches,
     under root/<bench>/correlation-<level>/ (one copy per level: a calibration run never meets
-    another level's files; cache keys follow the shards' content, so one cache serves all)."""
+    another level's files; cache keys follow the shards' content, so one cache serves all);
+    and the cue of each test_shift image, in batch order."""
     folder = root / bench.name / f"correlation-{correlation:g}"
     raw, shards = folder / "raw", folder / "shards"
     if not raw.exists():
@@ -146,7 +150,10 @@ def prepare(
         split: extract_entry(bench.name, bench.teacher, split, shards, cache)
         for split in (MAPPED_SPLITS if with_maps else ())
     }
-    return {split: load_split(bench.name, shards, split, entries.get(split)) for split in SPLITS}
+    data = {split: load_split(bench.name, shards, split, entries.get(split)) for split in SPLITS}
+    lines = (raw / bench.cue_listing).read_text().splitlines()
+    cue_of = {make_key(Path(name).stem): int(cue) for name, cue in (ln.split("\t") for ln in lines)}
+    return data, np.array([cue_of[key] for b in data["test_shift"] for key in b["key"]])
 
 
 def epoch_batches(batches: list[dict], epoch: int, seed: int, size: int) -> list[dict]:
