@@ -93,3 +93,32 @@ def test_mask_teacher_without_masks_is_an_invalid_row():
     item = TeacherInput("k", Image.new("RGB", (64, 64)), [(0.0, 0.0, 9.0, 9.0)], "thing", 0)
     result = mask_teacher().extract_one(item)
     assert not result.valid and result.reason == NO_MASKS and result.c_vlm.sum() == 0
+
+
+def test_adapter_reads_every_split_with_masks(spot):
+    from pipeline.datasets.registry import open_adapter
+    from pipeline.shards.masks import decode
+
+    body, _ = read_split(spot, "test_shift")
+    truth = {a["image_id"]: a for a in body["annotations"]}
+    names = {i["file_name"]: i["id"] for i in body["images"]}
+    adapter, _ = open_adapter("sample-spot", "test_shift", spot)
+    result = adapter.load()
+    assert result.classes == ["circle", "square", "triangle", "cross"]
+    assert len(result.samples) == len(body["images"])
+    for sample in result.samples[:20]:
+        ann = truth[names[sample.path.name]]
+        assert sample.label == ann["category_id"] - 1
+        rle = mask_utils.merge(mask_utils.frPyObjects(ann["segmentation"], 64, 64))
+        np.testing.assert_array_equal(decode(sample.masks[0]), mask_utils.decode(rle))
+
+
+def test_spot_pretraining_patch_labels_name_the_shape_below_the_band():
+    from experiments.spot_backbone import render_pretraining
+
+    _, labels, patches = render_pretraining(16, np.random.default_rng(0))
+    grid = patches.reshape(16, 8, 8)
+    assert (grid[:, :2] == 0).all()  # the band (top 16 of 64 px = 2 patch rows) holds no shape
+    for i in range(16):
+        present = set(grid[i].unique().tolist()) - {0}
+        assert present == {1 + int(labels[i, 0])}  # every shape covers some patch centre
