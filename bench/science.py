@@ -18,7 +18,8 @@ over seeds, every variant sees exactly the same batches:
   uniform    the same I-ViT with uniform maps
   control    the same I-ViT without the alignment (parameters, no maps)
   ivit-*     with --named-variants: the I-ViT with one switch changed (the paper's literal KL
-             direction, per-head alignment, gates starting near C_VFM, a low-rank query)
+             direction, per-head alignment, gates starting near C_VFM or near C_AGT (with its
+             shuffled-map twin), a low-rank query)
 
 Before any of that it checks the backbone (checksum and linear probe against its card) and the
 calibration (ceiling - ViT on the shift >= 15 points). A benchmark whose best oracle does not beat
@@ -70,6 +71,10 @@ NAMED_VARIANTS = {  # issue 19 item 5: the I-ViT with correct maps, one switch c
     "ivit-per-head": ({"align_heads": "each"}, "teacher"),
     "ivit-gate-0.05": ({"gate_init": 0.05}, "teacher"),  # fused attention starts near C_VFM
     "ivit-rank-8": ({"query_rank": 8}, "teacher"),  # W_q + A B: a quarter of W_q's parameters
+    # The mirror image of gate 0.05: the block reads mostly C_AGT, the rows the maps constrain;
+    # with its shuffled-map control, does content matter once the fit reaches the CLS read?
+    "ivit-gate-0.95": ({"gate_init": 0.95}, "teacher"),
+    "shuffled-gate-0.95": ({"gate_init": 0.95}, "shuffled"),
 }
 ORACLES = {  # name -> (mode, blocks steered: None = every block)
     "oracle-replace-all": ("replace", None),
@@ -78,6 +83,8 @@ ORACLES = {  # name -> (mode, blocks steered: None = every block)
     "oracle-restrict-object-all": ("restrict-object", None),
 }
 HEADROOM_RULE, CALIBRATION_RULE = 0.10, 0.15  # points of top-1 (as fractions)
+# (correct maps, shuffled maps) pairs whose difference is the map-content test
+CONTENT_PAIRS = [("ivit", "shuffled"), ("ivit-gate-0.95", "shuffled-gate-0.95")]
 
 
 def cpu_seconds() -> float:
@@ -284,12 +291,24 @@ def run_benchmark(bench: Benchmark, weights: Path, args: argparse.Namespace) -> 
         f"ceiling={100 * ceiling['shift']:.1f}"
     )
     print(f"verdict: {verdict(table, references)}")
+    for correct, wrong in CONTENT_PAIRS:
+        if correct in table and wrong in table:
+            diff = table[correct]["shift"] - table[wrong]["shift"]
+            pair_se = bootstrap_se(table[correct]["hits"], table[wrong]["hits"])
+            print(f"content: {correct} - {wrong} = {100 * diff:+.1f} points, se {100 * pair_se:.1f} "
+                  f"({diff / pair_se:+.1f} se); {correct} - vit "
+                  f"{100 * (table[correct]['shift'] - vit['shift']):+.1f}")  # fmt: skip
     return {**result, "references": references, "best_oracle": best, "se_ivit_minus_shuffled": se,
             "verdict": verdict(table, references), "table": _jsonable(table), "result": line}  # fmt: skip
 
 
 def _jsonable(table: dict) -> dict:
-    return {n: {k: v for k, v in row.items() if k != "hits"} for n, row in table.items()}
+    """The table for result.json; the per-image hits as 0/1 lists, [seed][image] in test_shift
+    order, so that any paired difference can be resampled again."""
+    return {
+        n: {k: (v.astype(int).tolist() if k == "hits" else v) for k, v in row.items()}
+        for n, row in table.items()
+    }
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
