@@ -72,7 +72,7 @@ TEACHER_ARGS := $(call flag,--teacher,$(TEACHER)) $(call flag,--quant,$(QUANT)) 
 TINY_IF_NEEDED = $(if $(filter tiny,$(1)),test -f $(MODELS_DIR)/tiny-llava/config.json || $(MAKE) --no-print-directory tiny-teacher VOCAB=bpe;,) \
   $(if $(filter tiny-llama,$(1)),test -f $(MODELS_DIR)/tiny-llava-llama/config.json || $(MAKE) --no-print-directory tiny-teacher VOCAB=llama;,) true
 
-.PHONY: help setup lock test test-fast lint demo demo-detect bench-dense shards tiny-teacher extract train eval ui bench bench-extract bench-teacher bench-student bench-loader bench-integrity clean backbone dense-backbone bench-science experiment bench-gpu cluster launch
+.PHONY: help setup lock test test-fast lint demo demo-detect bench-dense shards tiny-teacher extract train eval ui bench bench-extract bench-teacher bench-student bench-loader bench-integrity clean backbone spot-backbone dense-backbone bench-science experiment bench-gpu cluster launch
 
 help: ## this list
 	@echo "Variables (empty = the command's own default): DATASET ROOT SPLIT SHARDS SHARD_SIZE TEACHER QUANT CACHE"
@@ -146,6 +146,11 @@ backbone: $(STAMP) ## pretrain the stand-in foundation ViT of bench-science (sha
 	$(PY) -m experiments.backbones.backbone --out $(basename $(BACKBONE))-stage1.safetensors $(ARGS)
 	$(PY) -m experiments.backbones.backbone --init $(basename $(BACKBONE))-stage1.safetensors --epochs 14 --lr 1.5e-3 --seed 1 --out $(BACKBONE) $(ARGS)
 
+SPOT_BACKBONE ?= $(MODELS_DIR)/spot-vit.safetensors
+spot-backbone: $(STAMP) ## pretrain the stand-in ViT of bench-science's sample-spot (shapes x marker colours) -> SPOT_BACKBONE
+	$(PY) -m experiments.backbones.backbone --task spot --out $(basename $(SPOT_BACKBONE))-stage1.safetensors $(ARGS)
+	$(PY) -m experiments.backbones.backbone --task spot --init $(basename $(SPOT_BACKBONE))-stage1.safetensors --epochs 14 --lr 1.5e-3 --seed 1 --out $(SPOT_BACKBONE) $(ARGS)
+
 DENSE_BACKBONE ?= $(MODELS_DIR)/dense-vit.safetensors
 dense-backbone: $(STAMP) ## pretrain the stand-in foundation ViT of demo-detect/bench-dense (per-patch shape classes) -> DENSE_BACKBONE
 	$(DEMO_ENV) $(PY) -m experiments.backbones.dense_backbone --out $(DENSE_BACKBONE) $(ARGS)
@@ -188,9 +193,11 @@ bench-loader: $(STAMP) ## image-only vs map-joined streaming throughput
 bench-integrity: $(STAMP) ## cost of the integrity checks: extraction and loader with vs without them, and the once-per-run check
 	$(PY) -m bench.integrity $(ARGS)
 
-bench-science: $(STAMP) ## sample-shift: ViT vs I-ViT (box maps) vs control vs tiny-LLaVA maps, 3 seeds, with ceiling
+BENCH_SCIENCE_ARGS ?=
+bench-science: $(STAMP) ## sample-shift + sample-spot: ceiling, ViT, attention oracles, I-ViT (correct/shuffled/uniform maps), control; 3 seeds; one RESULT per benchmark
 	@test -f $(BACKBONE) || $(MAKE) --no-print-directory backbone
-	$(PY) -m bench.science --weights $(BACKBONE) $(ARGS)
+	@test -f $(SPOT_BACKBONE) || $(MAKE) --no-print-directory spot-backbone
+	TQDM_DISABLE=1 $(PY) -m bench.science --shift-weights $(BACKBONE) --spot-weights $(SPOT_BACKBONE) $(ARGS)
 bench-dense: $(STAMP) ## detection on sample-coco (box teacher maps) with vs without C_VLM alignment, equal budget, 2 seeds; overheads
 	@test -f $(DENSE_BACKBONE) || $(MAKE) --no-print-directory dense-backbone
 	$(DEMO_ENV) $(PY) -m bench.dense $(call flag,--shards-root,$(SHARDS)) $(call flag,--cache-root,$(CACHE)) \

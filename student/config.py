@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 KlDirection = Literal["vlm||agt", "agt||vlm"]
 AlignRows = Literal["cls", "all"]
+AlignHeads = Literal["mean", "each"]
 
 
 class StudentConfig(BaseModel):
@@ -62,6 +63,24 @@ class StudentConfig(BaseModel):
             "is B*H*N*2N*hidden: 16 keeps S/16 far below the paper's +17 % FLOPs"
         ),
     )
+    query_rank: int | None = Field(
+        default=None,
+        gt=0,
+        description=(
+            "low-rank interaction query W_q' = W_q + A B (B zero at init, so the I-ViT still "
+            "equals the ViT); None: a full trainable copy of W_q (the paper's)"
+        ),
+    )
+    gate_init: float | None = Field(
+        default=None,
+        gt=0.0,
+        lt=1.0,
+        description="gates start at g1 = this, g2 = 1 - this (0.05: near C_VFM); None: 0.5 / 0.5",
+    )
+    train_backbone: bool = Field(
+        default=False,
+        description="every backbone weight trains too (paper Table 2); False: frozen (Table 1)",
+    )
     align_lambda: float = Field(default=1.0, ge=0.0, description="weight of the alignment term")
     align_last_blocks: int | None = Field(
         default=None,
@@ -76,6 +95,13 @@ class StudentConfig(BaseModel):
         description=(
             "'cls': only the CLS query's row meets C_VLM (paper Eq. 13); 'all': every query row "
             "(CLS and patches) meets the same C_VLM, a denser signal for the interaction queries"
+        ),
+    )
+    align_heads: AlignHeads = Field(
+        default="mean",
+        description=(
+            "'mean': the head mean of the CLS row meets C_VLM (docs/maps.md); 'each': every head's "
+            "CLS row meets it on its own (the loss averages over heads)"
         ),
     )
     kl_direction: KlDirection = Field(
@@ -102,6 +128,14 @@ class StudentConfig(BaseModel):
             raise ValueError(
                 "StudentConfig: alignment=True needs something to align: with "
                 "interaction_queries=False set align_on_original=True or alignment=False"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _one_kind_of_rows(self) -> StudentConfig:
+        if self.align_heads == "each" and self.align_rows != "cls":
+            raise ValueError(
+                "StudentConfig: align_heads='each' aligns CLS rows: set align_rows='cls'"
             )
         return self
 
@@ -176,5 +210,12 @@ class LoaderOptions(BaseModel):
             "train on although some cached map rows are damaged (unreadable chunk, non-finite or "
             "unnormalized map): their samples get no map, and the run says how many; default: "
             "stop with one error naming them"
+        ),
+    )
+    map_control: Literal["teacher", "shuffled", "uniform"] = Field(
+        default="teacher",
+        description=(
+            "the maps' content control (student.map_controls): 'shuffled' gives each image "
+            "another image's map of the same batch (none keeps its own), 'uniform' a uniform map"
         ),
     )

@@ -34,6 +34,10 @@ class InteractionRecord:
     gates: list[torch.Tensor] = field(default_factory=list)  # [B, 2] mean g1, g2 each (gate only)
     vfm_rows: list[torch.Tensor] = field(default_factory=list)  # [B, N, P] each (every_row)
     agt_rows: list[torch.Tensor] = field(default_factory=list)  # [B, N, P] each (every_row, IQ)
+    # Also keep each head's CLS row (StudentConfig.align_heads='each'): [B, H, P] per block.
+    per_head: bool = False
+    vfm_heads: list[torch.Tensor] = field(default_factory=list)  # [B, H, P] each (per_head)
+    agt_heads: list[torch.Tensor] = field(default_factory=list)  # [B, H, P] each (per_head, IQ)
 
 
 class GateNetwork(nn.Module):
@@ -260,6 +264,10 @@ class InteractionAttention(nn.Module):
             rec.agt_cls.append(c_agt[:, :, 0, p0:].mean(dim=1))  # [B, P]
         if gates is not None:
             rec.gates.append(gates.mean(dim=(1, 2)))  # [B, 2]
+        if rec.per_head:
+            rec.vfm_heads.append(c_vfm[:, :, 0, p0:])  # [B, H, P]
+            if c_agt is not None:
+                rec.agt_heads.append(c_agt[:, :, 0, p0:])  # [B, H, P]
         if rec.every_row:
             rec.vfm_rows.append(c_vfm[:, :, :, p0:].mean(dim=1))  # [B, N, P]
             if c_agt is not None:

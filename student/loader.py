@@ -21,6 +21,7 @@ from __future__ import annotations
 import io
 import logging
 import random
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ from pipeline.cache.integrity import DamagedCacheError, check_shard, damage_mess
 from pipeline.shards.reader import image_member
 from pipeline.shards.records import SampleRecord, read_index
 from student.config import LoaderOptions
+from student.map_controls import MapControl, apply_map_control
 from student.maps import (
     PairedTransform,
     Rect,
@@ -226,8 +228,9 @@ class DecodeAndView:
 class Collate:
     """Stack samples into a batch and move all its maps with their views in one computation."""
 
-    def __init__(self, grid: int) -> None:
+    def __init__(self, grid: int, map_control: MapControl = "teacher") -> None:
         self.grid = grid
+        self.map_control = map_control
 
     def maps(self, samples: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
         present = [s["teacher_map"] for s in samples if s["teacher_map"] is not None]
@@ -246,12 +249,18 @@ class Collate:
 
     def __call__(self, samples: list[dict[str, Any]]) -> Batch:
         c_vlm, map_valid = self.maps(samples)
+        keys = [s["key"] for s in samples]
+        # The same batch gets the same control maps in every process (seeded by its keys).
+        generator = torch.Generator().manual_seed(zlib.crc32("\n".join(keys).encode()))
+        maps, valid = apply_map_control(
+            self.map_control, torch.from_numpy(c_vlm), torch.from_numpy(map_valid), generator
+        )  # [B, g, g], [B]
         return {
             "image": torch.stack([s["image"] for s in samples]),  # [B, 3, S, S]
             "label": torch.tensor([s["label"] for s in samples], dtype=torch.long),  # [B]
-            "c_vlm": torch.from_numpy(c_vlm),  # [B, g, g]
-            "map_valid": torch.from_numpy(map_valid),  # [B]
-            "key": [s["key"] for s in samples],
+            "c_vlm": maps,  # [B, g, g]
+            "map_valid": valid,  # [B]
+            "key": keys,
             "domain": [s["domain"] for s in samples],
         }
 
@@ -370,7 +379,7 @@ class ShardMapLoader:
         return DecodeAndView(transform, geometry)
 
     def collate_stage(self) -> Collate:
-        return Collate(self.config.grid)
+        return Collate(self.config.grid, self.config.map_control)
 
     def _batches(self, epoch: int, repeat: int = 0) -> Iterator[Batch]:
         cfg = self.config

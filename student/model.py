@@ -25,6 +25,7 @@ from student.backbone_weights import (
 )
 from student.config import StudentConfig
 from student.layers import InteractionAttention, InteractionRecord
+from student.variants import init_gates, use_low_rank_queries
 
 
 def timm_kwargs(cfg: StudentConfig) -> dict:
@@ -119,6 +120,12 @@ class IViT(nn.Module):
                 trainable_original_queries=cfg.align_on_original,
             )
         vit.head.requires_grad_(True)
+        if cfg.train_backbone:  # paper Table 2's protocol: every weight trains
+            vit.requires_grad_(True)
+        if cfg.query_rank is not None:
+            use_low_rank_queries(self.interaction_layers, cfg.query_rank)
+        if cfg.gate_init is not None:
+            init_gates(self.interaction_layers, cfg.gate_init)
 
     @property
     def img_size(self) -> int:
@@ -162,7 +169,10 @@ class IViT(nn.Module):
     @contextlib.contextmanager
     def _recording(self) -> Iterator[InteractionRecord]:
         every_row = self.cfg.aligns and self.cfg.align_rows == "all"
-        rec = InteractionRecord(num_prefix_tokens=self.num_prefix_tokens, every_row=every_row)
+        per_head = self.cfg.aligns and self.cfg.align_heads == "each"
+        rec = InteractionRecord(
+            num_prefix_tokens=self.num_prefix_tokens, every_row=every_row, per_head=per_head
+        )
         layers = self.interaction_layers
         for layer in layers:
             layer.recorder = rec
@@ -176,8 +186,8 @@ class IViT(nn.Module):
 def interaction_outputs(rec: InteractionRecord, cfg: StudentConfig) -> dict:
     """A finished recording as the outputs every I-ViT head shares: vfm_cls, agt_cls [L, B, P]
     (agt None without IQ), gates [L, B, 2] or None, and align_rows: what the alignment
-    constrains (agt, or vfm with align_on_original), [L, B, P] for the CLS row or [L, B, N, P]
-    with align_rows='all'; None when nothing aligns."""
+    constrains (agt, or vfm with align_on_original), [L, B, P] for the CLS row, [L, B, N, P]
+    with align_rows='all', [L, B, H, P] with align_heads='each'; None when nothing aligns."""
     vfm = torch.stack(rec.vfm_cls)  # [L, B, P]
     agt = torch.stack(rec.agt_cls) if rec.agt_cls else None  # [L, B, P]
     align = None
@@ -185,6 +195,9 @@ def interaction_outputs(rec: InteractionRecord, cfg: StudentConfig) -> dict:
         if rec.every_row:
             rows = rec.vfm_rows if cfg.align_on_original else rec.agt_rows
             align = torch.stack(rows)  # [L, B, N, P]
+        elif rec.per_head:
+            heads = rec.vfm_heads if cfg.align_on_original else rec.agt_heads
+            align = torch.stack(heads)  # [L, B, H, P]: each head's CLS row meets the map
         else:
             align = vfm if cfg.align_on_original else agt  # [L, B, P]
     return {

@@ -20,7 +20,7 @@ class TeacherConfig(BaseModel):
         default=DEFAULT_MODEL,
         description=(
             "hub id, local dir, 'tiny' (= data/models/tiny-llava, built by `python -m "
-            "teacher.weights.tiny`), or a baseline: 'box', 'uniform'"
+            "teacher.weights.tiny`), or a baseline: 'box', 'mask', 'uniform'"
         ),
     )
     revision: str | None = Field(default=None, description="hub revision (None: default branch)")

@@ -25,6 +25,9 @@ class TeacherInput:
     class_name: str
     label: int
     object_names: list[str] | None = None  # dense prompt: classes present (default [class_name])
+    masks: list[dict] | None = (
+        None  # COCO RLE per box (pipeline.shards.masks), when the data has them
+    )
 
 
 @dataclass

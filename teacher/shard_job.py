@@ -38,6 +38,7 @@ def teacher_input(sample: ShardSample, shard_path: Path, vocabulary: list[str]) 
         class_name=record.class_name,
         label=record.label,
         object_names=[vocabulary[i] for i in present] if present else None,
+        masks=list(record.masks) or None,
     )
 
 

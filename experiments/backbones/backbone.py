@@ -16,6 +16,7 @@ in its training ties a shape to a background.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -27,15 +28,16 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from experiments.backbones.common import (
+    DEFAULT_OUT,
+    IMG_SIZE,
+    MODEL,
+    MODEL_KWARGS,
+    PretrainTask,
+)
 from pipeline.datasets.generated import SHAPES
 from pipeline.datasets.shift import BACKGROUNDS
-from pipeline.paths import models_dir
 
-# The benchmark student: 32 px, 4 px patches (an 8x8 grid), 3 blocks of width 64 (2 heads):
-# small enough that 3 seeds of every variant train in minutes on 2 CPU cores.
-MODEL = "vit_tiny_patch16_224"
-IMG_SIZE = 32
-MODEL_KWARGS = {"patch_size": 4, "depth": 3, "embed_dim": 64, "num_heads": 2}
 # Pretraining backgrounds: the benchmark's four, then four others.
 PRETRAIN_BACKGROUNDS = [rgb for _, rgb in BACKGROUNDS] + [
     (170, 60, 50),
@@ -43,7 +45,6 @@ PRETRAIN_BACKGROUNDS = [rgb for _, rgb in BACKGROUNDS] + [
     (60, 150, 160),
     (180, 180, 60),
 ]
-DEFAULT_OUT = models_dir() / "shift-vit.safetensors"
 # Pretraining budget (docs/science.md: how the probe chose it).
 IMAGES = 8000
 EPOCHS = 14
@@ -76,20 +77,40 @@ def render_batch(
     return pixels, labels, torch.from_numpy(patches).flatten(1)
 
 
-def create_model() -> torch.nn.Module:
+def shift_probe(model: torch.nn.Module, img_size: int, **kwargs) -> dict:
+    from experiments.backbones.probe import probe
+
+    return probe(model, img_size, **kwargs)
+
+
+SHIFT_TASK = PretrainTask(
+    name="sample-shift",
+    shapes=len(SHAPES),
+    cues=len(PRETRAIN_BACKGROUNDS),
+    cue_name="background",
+    render=lambda count, rng: render_batch(count, rng),
+    probe=shift_probe,
+    description="shape (10 sample shapes) and background colour (8) in independent random pairs, "
+    "plus which shape covers each patch (dense head, discarded)",
+)
+
+
+def create_model(task: PretrainTask = SHIFT_TASK) -> torch.nn.Module:
     return timm.create_model(
         MODEL,
         pretrained=False,
-        num_classes=len(SHAPES) + len(PRETRAIN_BACKGROUNDS),
+        num_classes=task.shapes + task.cues,
         img_size=IMG_SIZE,
         **MODEL_KWARGS,
     )
 
 
-def losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two tasks on one head: the first len(SHAPES) logits name the shape, the rest the
-    background. Returns the summed loss and the per-task hits [N, 2]."""
-    shape_logits, bg_logits = logits[:, : len(SHAPES)], logits[:, len(SHAPES) :]
+def losses(
+    logits: torch.Tensor, labels: torch.Tensor, shapes: int = len(SHAPES)
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two tasks on one head: the first `shapes` logits name the shape, the rest the cue
+    (background or marker). Returns the summed loss and the per-task hits [N, 2]."""
+    shape_logits, bg_logits = logits[:, :shapes], logits[:, shapes:]
     loss = F.cross_entropy(shape_logits, labels[:, 0]) + F.cross_entropy(bg_logits, labels[:, 1])
     hits = torch.stack(
         [shape_logits.argmax(-1) == labels[:, 0], bg_logits.argmax(-1) == labels[:, 1]], dim=1
@@ -108,17 +129,18 @@ def pretrain(
     dense_weight: float = DENSE_WEIGHT,
     probe_images: int = 800,
     init: Path | None = None,
+    task: PretrainTask = SHIFT_TASK,
 ) -> dict:
     """Train the backbone and save it (plus a JSON card next to it); returns the card, with the
     linear-probe top-1 of its frozen features on benchmark-like images."""
-    from experiments.backbones.probe import probe
-
-    torch.manual_seed(seed)
+    # The same file on any machine: fixed seeds, deterministic kernels, one thread (a different
+    # thread count changes the order of float reductions, hence the weights).
+    deterministic(seed)
     rng = np.random.default_rng(seed)
     start, cpu0 = time.perf_counter(), time.process_time()
-    x, y, patch_y = render_batch(images, rng)
-    x_test, y_test, _ = render_batch(heldout, np.random.default_rng(seed + 1000))
-    model = create_model()
+    x, y, patch_y = task.render(images, rng)
+    x_test, y_test, _ = task.render(heldout, np.random.default_rng(seed + 1000))
+    model = create_model(task)
     if init is not None:
         # Continue an earlier pretraining (a new dense head and a new schedule: a warm restart).
         model.load_state_dict(load_file(str(init)))
@@ -126,7 +148,7 @@ def pretrain(
     # it makes the patch tokens, hence the keys the interaction queries will attend over, tell
     # object from background, as a foundation model's patch features do; it also speeds up
     # learning the shapes (measured in docs/science.md).
-    dense_head = torch.nn.Linear(MODEL_KWARGS["embed_dim"], 1 + len(SHAPES))
+    dense_head = torch.nn.Linear(MODEL_KWARGS["embed_dim"], 1 + task.shapes)
     params = [*model.parameters(), *dense_head.parameters()]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
     steps = epochs * ((images + batch - 1) // batch)
@@ -139,29 +161,29 @@ def pretrain(
         for i in range(0, images, batch):
             idx = order[i : i + batch]
             tokens = model.forward_features(x[idx])  # [b, N, C]
-            loss, _ = losses(model.forward_head(tokens), y[idx])
+            loss, _ = losses(model.forward_head(tokens), y[idx], task.shapes)
             patch_logits = dense_head(tokens[:, model.num_prefix_tokens :])  # [b, P, 11]
             dense = F.cross_entropy(patch_logits.flatten(0, 1), patch_y[idx].flatten())
             optimizer.zero_grad(set_to_none=True)
             (loss + dense_weight * dense).backward()
             optimizer.step()
             schedule.step()
-        accuracy = evaluate(model, x_test, y_test)
+        accuracy = evaluate(model, x_test, y_test, task.shapes)
         print(
             f"backbone epoch {epoch + 1}/{epochs}: loss {loss.item():.3f} dense {dense.item():.3f} "
-            f"held-out shape {accuracy[0]:.3f} background {accuracy[1]:.3f} "
+            f"held-out shape {accuracy[0]:.3f} {task.cue_name} {accuracy[1]:.3f} "
             f"({time.process_time() - cpu0:.0f} CPU-s)",
             flush=True,
         )
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out))
-    probe_top1 = probe(model, IMG_SIZE, train=probe_images, test=probe_images, seed=seed)
+    probe_top1 = task.probe(model, IMG_SIZE, train=probe_images, test=probe_images, seed=seed)
     card = {
+        "benchmark": task.name,
         "model": MODEL,
         "img_size": IMG_SIZE,
         "model_kwargs": MODEL_KWARGS,
-        "task": "shape (10 sample shapes) and background colour (8) in independent random pairs, "
-        "plus which shape covers each patch (dense head, discarded)",
+        "task": task.description,
         "images": images,
         "epochs": epochs,
         "init": None if init is None else {"file": str(init), **_card_of(init)},
@@ -169,13 +191,29 @@ def pretrain(
         "dense_weight": dense_weight,
         "seed": seed,
         "heldout_shape_top1": accuracy[0],
-        "heldout_background_top1": accuracy[1],
+        f"heldout_{task.cue_name}_top1": accuracy[1],
         "linear_probe_top1": probe_top1,
         "seconds": round(time.perf_counter() - start, 1),
         "cpu_seconds": round(time.process_time() - cpu0, 1),
     }
+    card["sha256"] = sha256_of(out)
     out.with_suffix(".json").write_text(json.dumps(card, indent=1))
     return card
+
+
+def deterministic(seed: int) -> None:
+    """Seeds, deterministic algorithms and one torch thread for a reproducible pretraining."""
+    torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(1)
+    torch.manual_seed(seed)
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _card_of(weights: Path) -> dict:
@@ -188,11 +226,23 @@ def _card_of(weights: Path) -> dict:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+def evaluate(
+    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, shapes: int = len(SHAPES)
+) -> tuple[float, float]:
     model.eval()
-    _, hits = losses(model(x), y)
+    _, hits = losses(model(x), y, shapes)
     shape, background = hits.float().mean(0).tolist()
     return shape, background
+
+
+def task_named(name: str) -> PretrainTask:
+    if name == "spot":
+        from experiments.backbones.spot_backbone import (
+            SPOT_TASK,  # imports this module: loaded late
+        )
+
+        return SPOT_TASK
+    return SHIFT_TASK
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -210,23 +260,23 @@ def main(argv: list[str] | None = None) -> int:
         help="continue pretraining from this backbone file (its card is kept in the new card)",
     )  # fmt: skip
     parser.add_argument(
-        "--threads", type=int, default=1,
-        help="torch threads: this model's small matmuls gain little from a second thread, and "
-        "on a shared machine two spin-waiting threads cost several times the CPU",
+        "--task", choices=["shift", "spot"], default="shift",
+        help="shift: shapes x background colours (sample-shift); spot: shapes x marker colours "
+        "on varied backgrounds (sample-spot)",
     )  # fmt: skip
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
     card = pretrain(
         args.out, args.images, args.epochs, seed=args.seed, lr=args.lr,
-        dense_weight=args.dense_weight, init=args.init,
+        dense_weight=args.dense_weight, init=args.init, task=task_named(args.task),
     )  # fmt: skip
     print(json.dumps(card, indent=1))
     probe = card["linear_probe_top1"]
+    figures = " ".join(f"{name} {top1:.3f}" for name, top1 in probe.items())
     print(
-        f"linear probe on the frozen features (benchmark's 4 shapes x 4 backgrounds, held out): "
-        f"shape {probe['shape']:.3f} background {probe['background']:.3f} (chance 0.25 each)"
+        f"linear probe on the frozen features ({card['benchmark']}'s 4 shapes x 4 cues, held out):"
+        f" {figures} (chance 0.25 each)"
     )
-    print(f"backbone: {args.out}")
+    print(f"backbone: {args.out} sha256 {card['sha256']}")
     return 0
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -71,20 +72,29 @@ def linear_probe(
 
 
 def probe(
-    model: nn.Module, img_size: int, train: int = 800, test: int = 800, seed: int = 0
+    model: nn.Module,
+    img_size: int,
+    train: int = 800,
+    test: int = 800,
+    seed: int = 0,
+    render: Callable[[int, int, np.random.Generator], tuple[torch.Tensor, torch.Tensor]]
+    | None = None,
+    names: tuple[str, str] = ("shape", "background"),
 ) -> dict:
-    """Linear-probe top-1 on held-out benchmark-like images: {'shape': .., 'background': ..}."""
-    x, y = render_benchmark_like(train, img_size, np.random.default_rng(seed + 7000))
-    x_test, y_test = render_benchmark_like(test, img_size, np.random.default_rng(seed + 8000))
+    """Linear-probe top-1 on held-out benchmark-like images (`render`: sample-shift's by
+    default): {'shape': .., names[1]: ..}."""
+    render = render or render_benchmark_like
+    x, y = render(train, img_size, np.random.default_rng(seed + 7000))
+    x_test, y_test = render(test, img_size, np.random.default_rng(seed + 8000))
     features, features_test = frozen_features(model, x), frozen_features(model, x_test)
     return {
         name: round(linear_probe(features, y[:, i], features_test, y_test[:, i]), 3)
-        for i, name in enumerate(("shape", "background"))
+        for i, name in enumerate(names)
     }
 
 
 def main(argv: list[str] | None = None) -> int:
-    from experiments.backbones import backbone as bb
+    from experiments.backbones import common as bb
     from student.config import StudentConfig
     from student.model import create_backbone
 

@@ -27,7 +27,9 @@ class DatasetEntry(BaseModel):
     obtain: str
     classes: str
     generated: bool = False
-    generator: Literal["sample", "sample-coco", "sample-shift"] = "sample"  # which one writes it
+    generator: Literal["sample", "sample-coco", "sample-shift", "sample-spot"] = (
+        "sample"  # which one writes it
+    )
     # detection: boxes with categories (and masks) for dense students; extraction defaults to
     # the dense prompt (Eq. 12)
     task: Literal["classification", "detection"] = "classification"
@@ -78,6 +80,10 @@ def open_adapter(name: str, split: str, root: Path | None = None) -> tuple[Datas
     if not root.exists():
         if entry.generated and entry.generator == "sample-shift":
             write_shift_dataset(root)
+        elif entry.generated and entry.generator == "sample-spot":
+            from pipeline.datasets.spot import write_spot_dataset
+
+            write_spot_dataset(root)
         elif entry.generated and entry.generator == "sample-coco":
             from pipeline.datasets.sample_coco import write_sample_coco
 

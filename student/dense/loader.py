@@ -94,7 +94,7 @@ class DenseShardLoader(ShardMapLoader):
         return DenseDecode(transform, geometry, self.masks)
 
     def collate_stage(self) -> DenseCollate:
-        return DenseCollate(self.config.grid)
+        return DenseCollate(self.config.grid, self.config.map_control)
 
 
 def build_dense_loader(config: LoaderConfig, masks: bool) -> DenseShardLoader:

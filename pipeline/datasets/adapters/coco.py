@@ -24,7 +24,14 @@ from pipeline.shards.records import SkippedSample
 
 class CocoAdapter(DatasetAdapter):
     def splits(self) -> list[str]:
-        return ["train", "val"]
+        """train and val, plus any other split with its annotations file (sample-spot's
+        test_shift and train_indep)."""
+        year = str(self.options.get("year", "2017"))
+        found = sorted(
+            p.name.removeprefix("instances_").removesuffix(f"{year}.json")
+            for p in (self.root / "annotations").glob(f"instances_*{year}.json")
+        )
+        return list(dict.fromkeys(["train", "val", *found]))
 
     def load(self) -> AdapterResult:
         self.check_split()
