@@ -84,21 +84,3 @@ def test_fidelity_compares_answers_and_maps_by_hand():
     assert bench_extract.fidelity_ok(agreeing)  # 1e-5 <= 1e-4
     assert not bench_extract.fidelity_ok({**agreeing, "max_map_diff": 2e-4})
     assert bench_extract.compare(fast[1:2], naive[1:2])["max_map_diff_agreeing"] is None
-
-
-@pytest.mark.slow
-def test_smoke_run_prints_one_result_line_per_mode_with_fidelity(capsys):
-    """The real thing on the CPU, nothing mocked: the tiny Llama-vocabulary teacher in bfloat16
-    (so the float32 comparison runs in its own worker), fp16 and NF4 modes, both ways each."""
-    gpu.main(["--smoke", "--arch", "tiny-llama", "--dtype", "bfloat16"])
-    out = capsys.readouterr().out
-    lines = [line for line in out.splitlines() if line.startswith("RESULT")]
-    assert [line.split()[1] for line in lines] == ["mode=fp16", "mode=nf4"]
-    for line in lines:
-        fields = dict(item.split("=", 1) for item in line.split()[1:])
-        assert float(fields["fast_images_per_s"]) > 0 and float(fields["speedup"]) > 0
-        assert fields["same_answers"].endswith("/2")
-        assert fields["fp32_same_answers"] == "2/2"
-        assert float(fields["fp32_max_map_diff"]) <= 1e-4
-        assert fields["fidelity"] == "ok"
-    assert "float32, both ways on 2 images: answers identical 2/2" in out

@@ -178,6 +178,7 @@ def test_a_dense_run_refuses_maps_of_another_prompt(shards: Path, tmp_path: Path
         _matching_entry(explicit, index, required=True)
 
 
+@pytest.mark.slow
 def test_detection_step_under_torchrun_then_resume(shards: Path, tmp_path: Path) -> None:
     from student.config import TrainConfig
     from student.run import run_training

@@ -75,6 +75,7 @@ def run(run_dir, epochs: int, seed: int = 123) -> torch.nn.Module:
     return model
 
 
+@pytest.mark.slow
 def test_resume_after_a_stop_equals_the_uninterrupted_run(tmp_path) -> None:
     straight = run(tmp_path / "straight", epochs=4)
     run(tmp_path / "resumed", epochs=2)

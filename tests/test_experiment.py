@@ -137,6 +137,7 @@ def test_domains_are_tabled_per_domain(tmp_path: Path) -> None:
     assert "## Per domain: val" in results_markdown(results)
 
 
+@pytest.mark.slow
 def test_flow_resumes_without_rerunning_finished_members(
     tmp_path: Path, prefect_server: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -69,6 +69,7 @@ def test_a_chunk_damaged_under_a_worker_stops_the_loader_with_one_line(tmp_path,
         assert part in message, message
 
 
+@pytest.mark.slow
 def test_an_unnormalized_valid_row_stops_the_loader_or_is_skipped_when_asked(tmp_path, toy):
     entry = write_toy_cache(tmp_path / "cache", toy)
     group = zarr.open_group(f"{entry.path}/maps.zarr", mode="r+")

@@ -101,6 +101,7 @@ def assert_one_clear_error(result: subprocess.CompletedProcess, *expected: str) 
         assert text in result.stderr, output
 
 
+@pytest.mark.slow
 def test_default_teacher_without_network_fails_with_the_fix(tmp_path):
     result = run_offline(["-m", "flows.extract", "--dataset", "sample"], tmp_path)
     assert_one_clear_error(
@@ -115,6 +116,7 @@ def test_default_teacher_without_network_fails_with_the_fix(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_default_backbone_without_network_fails_with_the_fix(tmp_path):
     result = run_offline(["-m", "flows.train", "--dataset", "sample"], tmp_path)
     assert_one_clear_error(
@@ -144,6 +146,7 @@ print(json.dumps({{"weights": teacher.spec()["weights"], "projector": projector.
 """
 
 
+@pytest.mark.slow
 def test_checkpoints_in_local_hf_cache_load_without_network(tiny_dir, tmp_path):
     """The tiny teacher under a hub id, and a timm ViT under the id timm fetches, in a fresh
     cache; one process loads both (one subprocess start instead of two)."""

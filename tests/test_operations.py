@@ -117,6 +117,7 @@ sys.exit(run_command(main))
 """
 
 
+@pytest.mark.slow
 def test_user_error_in_a_run_is_not_retried_nor_a_traceback(
     prefect_server: str, tmp_path: Path
 ) -> None:

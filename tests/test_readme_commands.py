@@ -11,6 +11,7 @@ keeps the list honest: a command added to the README's table without a run here 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -49,13 +50,18 @@ RUN_HERE = {
     "make ui": "test_make_ui",
     "make bench": "test_make_benches",
     "make bench-gpu": "test_make_benches",
+    "make bench-integrity": "test_make_benches",
+    "make bench-teacher": "test_make_benches",
+    "make backbone": "test_make_backbones_and_bench_science",
+    "make spot-backbone": "test_make_backbones_and_bench_science",
+    "make bench-science": "test_make_backbones_and_bench_science",
     "make lint": "test_make_lint",
     "make lock": "test_make_lock",
     "python -m pipeline datasets": "test_cache_and_dataset_commands",
     "python -m pipeline cache": "test_cache_and_dataset_commands",
 }
 # Run elsewhere, as their users run them: the scale-out pair by tests/test_cluster.py (a server
-# and two workers), the science pair by tests/test_science_bench.py, `make test` by CI itself.
+# and two workers), `make test` by CI itself.
 RUN_ELSEWHERE = {
     "make cluster",
     "make launch",
@@ -226,16 +232,53 @@ def test_cache_and_dataset_commands(data):
     assert report and (entry / "report.png").is_file()
 
 
+def result_fields(output: str, prefix: str = "RESULT ") -> list[dict[str, str]]:
+    """The `key=value` fields of every RESULT line a benchmark printed."""
+    lines = [line for line in output.splitlines() if line.startswith(prefix)]
+    return [dict(item.split("=", 1) for item in line.split()[1:]) for line in lines]
+
+
 def test_make_benches(data):
-    extract = make(data, "bench-extract", "ARGS=--images 4 --repeats 1").stdout
-    assert re.search(r"^RESULT speedup=\S+ memory_ratio=\S+", extract, re.M), extract
+    extract = result_fields(make(data, "bench-extract", "ARGS=--images 4 --repeats 1").stdout)
+    assert len(extract) == 1 and extract[0]["fidelity"] == "ok", extract
+    teacher = make(data, "bench-teacher",
+                   "ARGS=--images 4 --batch-sizes 1,2 --repeats 1").stdout  # fmt: skip
+    assert result_fields(teacher)[0]["host_reads_per_decode_step"] == "1", teacher
     student = make(data, "bench-student",
                    "ARGS=--model vit_tiny_patch16_224 --batch 2 --reps 1 --warmup 1").stdout  # fmt: skip
-    assert re.search(r"^RESULT .*step_ratio=", student, re.M), student
+    assert float(result_fields(student)[0]["flops_ratio"]) > 1.0, student
     loader = make(data, "bench-loader", "ARGS=--images 64 --batch-size 16 --reps 1").stdout
-    assert re.search(r"^RESULT ", loader, re.M), loader
-    gpu = make(data, "bench-gpu", "ARGS=--smoke").stdout
-    assert len(re.findall(r"^RESULT mode=", gpu, re.M)) == 2, gpu
+    assert "join_overhead" in result_fields(loader)[0], loader
+    integrity = make(data, "bench-integrity",
+                     "ARGS=--images 64 --shard-size 32 --reps 1").stdout  # fmt: skip
+    assert float(result_fields(integrity)[0]["sha256_mb_per_s"]) > 0, integrity
+    # The GPU benchmark's whole logic on the CPU, nothing mocked: the tiny Llama-vocabulary
+    # teacher in bfloat16 (so the float32 comparison runs in its own worker), both modes.
+    gpu = result_fields(make(data, "bench-gpu",
+                             "ARGS=--smoke --arch tiny-llama --dtype bfloat16").stdout)  # fmt: skip
+    assert [fields["mode"] for fields in gpu] == ["fp16", "nf4"]
+    for fields in gpu:
+        assert float(fields["fast_images_per_s"]) > 0 and float(fields["speedup"]) > 0
+        assert fields["same_answers"].endswith("/2") and fields["fp32_same_answers"] == "2/2"
+        assert float(fields["fp32_max_map_diff"]) <= 1e-4 and fields["fidelity"] == "ok"
+
+
+def test_make_backbones_and_bench_science(data):
+    """The science benchmark on its smallest setting: both stand-in backbones pretrained for one
+    epoch on few images (deterministic, with their cards), one seed, one epoch, one oracle."""
+    small = "ARGS=--images 256 --epochs 1"
+    make(data, "backbone", small)
+    make(data, "spot-backbone", small)
+    for name in ("shift-vit", "spot-vit"):
+        card = json.loads((data / "models" / f"{name}.json").read_text())
+        weights = (data / "models" / f"{name}.safetensors").read_bytes()
+        assert card["sha256"] == hashlib.sha256(weights).hexdigest(), card
+    out = make(data, "bench-science",
+               "ARGS=--seeds 0 --epochs 1 --oracles oracle-restrict-all").stdout  # fmt: skip
+    results = result_fields(out)
+    assert [fields["bench"] for fields in results] == ["sample-shift", "sample-spot"], out
+    for fields in results:
+        assert set(fields) >= {"vit", "oracle", "ivit", "shuffled", "control", "se", "ceiling"}
 
 
 def test_make_demo_detect_and_bench_dense(data):

@@ -90,6 +90,7 @@ def test_spec_records_what_changes_a_map(tiny_dir):
         assert make_teacher(tiny_dir, **change).spec() != spec, change
 
 
+@pytest.mark.slow
 def test_tiny_builder_cli_is_deterministic(tiny_dir, tmp_path):
     out = tmp_path / "again"
     subprocess.run([sys.executable, "-m", "teacher.weights.tiny", "--out", str(out)], check=True)
