@@ -18,13 +18,7 @@ def build(cfg: StudentConfig) -> tuple[IViT, InteractionCriterion]:
     model = IViT(create_backbone(cfg), cfg)
     # The new parts (W_q' copies, gates) are deterministic; the head was seeded in
     # create_backbone, so two builds of one config are identical (resume relies on it).
-    criterion = InteractionCriterion(
-        align_lambda=cfg.align_lambda,
-        kl_direction=cfg.kl_direction,
-        kl_eps=cfg.kl_eps,
-        alignment=cfg.aligns,
-        last_blocks=cfg.align_last_blocks,
-    )
+    criterion = InteractionCriterion(cfg)
     return model, criterion
 
 

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from timm.layers import Attention
 from torch import nn
 
+from student.config import StudentConfig
 from student.fused_attention import attend, attend_with_extra_values, first_query_rows
 
 
@@ -94,11 +95,7 @@ class InteractionAttention(nn.Module):
         self,
         frozen: Attention,
         num_tokens: int,
-        *,
-        interaction_queries: bool = True,
-        gate: bool = True,
-        gate_hidden: int = 16,
-        trainable_original_queries: bool = False,
+        cfg: StudentConfig,
     ) -> None:
         super().__init__()
         if type(frozen) is not Attention:
@@ -121,9 +118,10 @@ class InteractionAttention(nn.Module):
         self.fused_attention = True
 
         # Both new query projections start as copies of the frozen W_q: C_AGT == C_VFM at init.
-        self.interaction_q = self._copy_of_query() if interaction_queries else None
-        self.original_q = self._copy_of_query() if trainable_original_queries else None
-        self.gate = GateNetwork(num_tokens, gate_hidden) if (gate and interaction_queries) else None
+        self.interaction_q = self._copy_of_query() if cfg.interaction_queries else None
+        self.original_q = self._copy_of_query() if cfg.align_on_original else None
+        with_gate = cfg.gate and cfg.interaction_queries
+        self.gate = GateNetwork(num_tokens, cfg.gate_hidden) if with_gate else None
 
     def _copy_of_query(self) -> nn.Linear:
         w_q = self.qkv.weight[: self.attn_dim]  # [D_attn, C]

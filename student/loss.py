@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from student.config import KlDirection
+from student.config import KlDirection, StudentConfig
 
 
 def renormalize(rows: torch.Tensor) -> torch.Tensor:
@@ -30,27 +30,19 @@ class InteractionCriterion(nn.Module):
 
     `outputs` is IViT.forward_with_interactions's dict, whose align_rows are [L, B, P] (the CLS
     row) or [L, B, N, P] (every query row, each meeting the image's one C_VLM); `batch` is the
-    loader's dict with c_vlm [B, g, g] and map_valid [B]. With `last_blocks` = k only the last k
-    of the L blocks count. Rows whose map is invalid in the cache carry no alignment signal; a
+    loader's dict with c_vlm [B, g, g] and map_valid [B]. Its settings are the StudentConfig's
+    (align_lambda, kl_direction, kl_eps, align_last_blocks); with align_last_blocks = k only the
+    last k of the L blocks count. Rows whose map is invalid in the cache carry no alignment signal; a
     batch without any valid row has align = 0 (never NaN).
     """
 
-    def __init__(
-        self,
-        align_lambda: float = 1.0,
-        kl_direction: KlDirection = "vlm||agt",
-        kl_eps: float = 1e-6,
-        alignment: bool = True,
-        last_blocks: int | None = None,
-    ) -> None:
+    def __init__(self, cfg: StudentConfig) -> None:
         super().__init__()
-        if last_blocks is not None and last_blocks <= 0:
-            raise ValueError(f"align_last_blocks: must be positive or None, got {last_blocks}")
-        self.align_lambda = align_lambda
-        self.kl_direction = kl_direction
-        self.kl_eps = kl_eps
-        self.alignment = alignment and align_lambda > 0
-        self.last_blocks = last_blocks
+        self.align_lambda = cfg.align_lambda
+        self.kl_direction: KlDirection = cfg.kl_direction
+        self.kl_eps = cfg.kl_eps
+        self.alignment = cfg.aligns
+        self.last_blocks = cfg.align_last_blocks  # validated by StudentConfig (> 0)
 
     def forward(
         self, outputs: dict[str, torch.Tensor | None], batch: dict

@@ -111,14 +111,7 @@ class IViT(nn.Module):
         for p in vit.parameters():
             p.requires_grad_(False)
         for block in vit.blocks:
-            block.attn = InteractionAttention(
-                block.attn,
-                num_tokens,
-                interaction_queries=cfg.interaction_queries,
-                gate=cfg.gate,
-                gate_hidden=cfg.gate_hidden,
-                trainable_original_queries=cfg.align_on_original,
-            )
+            block.attn = InteractionAttention(block.attn, num_tokens, cfg)
         vit.head.requires_grad_(True)
         if cfg.train_backbone:  # paper Table 2's protocol: every weight trains
             vit.requires_grad_(True)

@@ -43,23 +43,27 @@ def batch_of(c_vlm: torch.Tensor, valid: list[bool]) -> dict:
 def test_last_blocks_average_only_the_deepest_blocks() -> None:
     rows, c_vlm = rows_and_maps((4, 3, 4))  # [L, B, P]
     valid = [True, False, True]
-    align = InteractionCriterion(last_blocks=2).alignment_term(rows, batch_of(c_vlm, valid))
+    align = InteractionCriterion(StudentConfig(align_last_blocks=2)).alignment_term(
+        rows, batch_of(c_vlm, valid)
+    )
     terms = []
     for layer in (2, 3):  # the last two of four blocks
         for b in (0, 2):  # the valid images
             student = [v / sum(rows[layer, b].tolist()) for v in rows[layer, b].tolist()]
             terms.append(hand_kl(c_vlm[b].reshape(-1).tolist(), student))
     assert align.item() == pytest.approx(sum(terms) / len(terms), rel=1e-5)
-    everything = InteractionCriterion().alignment_term(rows, batch_of(c_vlm, valid))
+    everything = InteractionCriterion(StudentConfig()).alignment_term(rows, batch_of(c_vlm, valid))
     assert not torch.isclose(align, everything)  # the first blocks really left out
     with pytest.raises(ValueError, match="align_last_blocks=5 but the model has 4 blocks"):
-        InteractionCriterion(last_blocks=5).alignment_term(rows, batch_of(c_vlm, valid))
+        InteractionCriterion(StudentConfig(align_last_blocks=5)).alignment_term(
+            rows, batch_of(c_vlm, valid)
+        )
 
 
 def test_every_query_row_meets_the_same_map() -> None:
     rows, c_vlm = rows_and_maps((2, 2, 3, 4))  # [L, B, R, P]: 3 query rows per image
     valid = [True, True]
-    align = InteractionCriterion().alignment_term(rows, batch_of(c_vlm, valid))
+    align = InteractionCriterion(StudentConfig()).alignment_term(rows, batch_of(c_vlm, valid))
     terms = []
     for layer in range(2):
         for b in range(2):
@@ -68,8 +72,12 @@ def test_every_query_row_meets_the_same_map() -> None:
                 terms.append(hand_kl(c_vlm[b].reshape(-1).tolist(), [v / sum(row) for v in row]))
     assert align.item() == pytest.approx(sum(terms) / len(terms), rel=1e-5)
     # One row per image is today's CLS-only case: [L, B, 1, P] equals [L, B, P].
-    cls_only = InteractionCriterion().alignment_term(rows[:, :, 0], batch_of(c_vlm, valid))
-    one_row = InteractionCriterion().alignment_term(rows[:, :, :1], batch_of(c_vlm, valid))
+    cls_only = InteractionCriterion(StudentConfig()).alignment_term(
+        rows[:, :, 0], batch_of(c_vlm, valid)
+    )
+    one_row = InteractionCriterion(StudentConfig()).alignment_term(
+        rows[:, :, :1], batch_of(c_vlm, valid)
+    )
     assert torch.allclose(cls_only, one_row)
 
 

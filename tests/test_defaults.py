@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The Makefile variables that become flags of a command (the interface the README documents).
@@ -110,3 +111,34 @@ def test_every_shard_size_default_is_the_shards_config_one():
     parser = argparse.ArgumentParser()
     add_model_arguments(parser, ExtractParams)  # unset flags keep the model's default
     assert parser.parse_args([]).shard_size is None
+
+
+def test_the_layers_and_the_criterion_read_the_student_config():
+    """align_lambda, kl_eps, kl_direction, gate_hidden and align_last_blocks have one default,
+    StudentConfig's: the modules take the config itself, so a value set there arrives."""
+    import inspect
+
+    from student.build import build
+    from student.config import StudentConfig
+    from student.layers import InteractionAttention
+    from student.loss import InteractionCriterion
+
+    for module in (InteractionAttention, InteractionCriterion):
+        defaults = [p.name for p in inspect.signature(module).parameters.values()
+                    if p.default is not inspect.Parameter.empty]  # fmt: skip
+        assert defaults == [], (module.__name__, defaults)
+    cfg = StudentConfig(
+        model="vit_tiny_patch16_224", weights="none", img_size=32, num_classes=3,
+        model_kwargs={"patch_size": 8, "depth": 2}, gate_hidden=5, kl_eps=1e-3, align_lambda=0.3,
+        kl_direction="agt||vlm", align_last_blocks=1,
+    )  # fmt: skip
+    model, criterion = build(cfg)
+    hidden = {m.out_features for m in model.vit.blocks[0].attn.gate.modules()
+              if isinstance(m, torch.nn.Linear)}  # fmt: skip
+    assert 5 in hidden
+    assert (criterion.kl_eps, criterion.align_lambda, criterion.kl_direction) == (
+        1e-3,
+        0.3,
+        "agt||vlm",
+    )
+    assert criterion.last_blocks == 1

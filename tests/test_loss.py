@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from student.config import StudentConfig
 from student.loss import InteractionCriterion
 
 torch.set_num_threads(1)
@@ -68,7 +69,9 @@ def test_loss_terms_match_a_hand_computation_with_invalid_rows_excluded(literal:
     outputs, batch = example(valid)
     eps, lam = 1e-3, 0.5
     criterion = InteractionCriterion(
-        align_lambda=lam, kl_direction="agt||vlm" if literal else "vlm||agt", kl_eps=eps
+        StudentConfig(
+            align_lambda=lam, kl_direction="agt||vlm" if literal else "vlm||agt", kl_eps=eps
+        )
     )
     losses = criterion(outputs, batch)
     ce = hand_cross_entropy(outputs["logits"].double().numpy(), batch["label"].numpy())
@@ -82,7 +85,7 @@ def test_loss_terms_match_a_hand_computation_with_invalid_rows_excluded(literal:
 
 def test_invalid_rows_do_not_change_the_alignment_term() -> None:
     outputs, batch = example([True, False, True, True])
-    criterion = InteractionCriterion()
+    criterion = InteractionCriterion(StudentConfig())
     before = criterion(outputs, batch)["align"]
     outputs["align_rows"][:, 1] = torch.rand_like(outputs["align_rows"][:, 1])  # the invalid row
     assert torch.equal(criterion(outputs, batch)["align"], before)
@@ -91,7 +94,7 @@ def test_invalid_rows_do_not_change_the_alignment_term() -> None:
 def test_no_valid_rows_gives_zero_alignment_and_finite_gradients() -> None:
     outputs, batch = example([False, False, False])
     outputs["align_rows"].requires_grad_(True)
-    losses = InteractionCriterion()(outputs, batch)
+    losses = InteractionCriterion(StudentConfig())(outputs, batch)
     assert losses["align"].item() == 0.0
     assert torch.equal(losses["loss"], losses["ce"])
     losses["loss"].backward()
@@ -100,8 +103,12 @@ def test_no_valid_rows_gives_zero_alignment_and_finite_gradients() -> None:
 
 def test_disabled_alignment_and_wrong_grid() -> None:
     outputs, batch = example([True, True])
-    assert InteractionCriterion(alignment=False)(outputs, batch)["align"].item() == 0.0
-    assert InteractionCriterion(align_lambda=0.0)(outputs, batch)["align"].item() == 0.0
+    assert (
+        InteractionCriterion(StudentConfig(alignment=False))(outputs, batch)["align"].item() == 0.0
+    )
+    assert (
+        InteractionCriterion(StudentConfig(align_lambda=0.0))(outputs, batch)["align"].item() == 0.0
+    )
     batch["c_vlm"] = torch.rand(2, 3, 3)
     with pytest.raises(ValueError, match="student's grid"):
-        InteractionCriterion()(outputs, batch)
+        InteractionCriterion(StudentConfig())(outputs, batch)
