@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pipeline.paths import PROJECT_ROOT
+from student.train_params import TrainParams  # a member's parameters, checked before any run
 
 SPEC_DIR = PROJECT_ROOT / "experiments" / "specs"
 # Keys of a variant that are about the report, not the run.
@@ -83,10 +84,6 @@ class ExperimentSpec(BaseModel):
 
     @model_validator(mode="after")
     def _known_baselines(self) -> ExperimentSpec:
-        from student.train_params import (
-            TrainParams,  # the member's parameters: checked before any run
-        )
-
         for label, overrides in {"base": self.base, **self.variants}.items():
             run_keys = {k: v for k, v in overrides.items() if k not in VARIANT_REPORT_KEYS}
             known = set(TrainParams.flat_fields()) | set(TrainParams.flat_sections)
@@ -114,8 +111,6 @@ class ExperimentSpec(BaseModel):
         return self.variants[label].get("baseline", self.baseline)
 
     def aligns(self, label: str) -> bool:
-        from student.train_params import TrainParams
-
         return TrainParams.model_validate(self.variant_params(label)).student.aligns
 
 

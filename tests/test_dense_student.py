@@ -154,7 +154,8 @@ def _entry(root: Path, shards: Path, prompt: str, box_width: int) -> CacheEntry:
 
 
 def test_a_dense_run_refuses_maps_of_another_prompt(shards: Path, tmp_path: Path) -> None:
-    from student.train_params import TrainParams, _matching_entry
+    from flows.train import _matching_entry
+    from student.train_params import TrainParams
 
     classification = _entry(tmp_path, shards, "prompt1", 3)
     with pytest.raises(ValueError, match=r"prompt 'prompt1'.*dense"):

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 from loader_fixtures import is_invalid_row, write_toy_cache, write_toy_split
 
+from flows.train import _matching_entry
 from pipeline.shards.records import read_index
-from student.train_params import TrainParams, _matching_entry
+from student.train_params import TrainParams
 
 TINY_VIT = [
     "--model", "vit_tiny_patch16_224", "--weights", "none", "--img-size", "32",
