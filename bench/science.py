@@ -318,7 +318,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         choices=list(benchmarks()))  # fmt: skip
     parser.add_argument("--shift-weights", type=Path, default=None, help="make backbone's file")
     parser.add_argument("--spot-weights", type=Path, default=None, help="make spot-backbone's")
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seeds", type=int, default=3, help="how many seeds (0, 1, ...)")
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--lr", type=float, default=3e-3, help="the same for every variant")
     parser.add_argument("--batch", type=int, default=50)
@@ -340,7 +340,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--root", type=Path, default=bench_dir() / "science")
     parser.add_argument("--cache-root", type=Path, default=bench_dir() / "science" / "cache")
     parser.add_argument("--out", type=Path, default=bench_dir() / "science" / "result.json")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.seeds < 1 or args.epochs < 1:
+        parser.error(f"--seeds {args.seeds} --epochs {args.epochs}: both must be at least 1")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
