@@ -121,7 +121,7 @@ shards: $(STAMP) ## write DATASET/SPLIT as WebDataset shards under SHARDS (sampl
 tiny-teacher: $(STAMP) ## the offline tiny LLaVA-1.5 teacher in data/models/tiny-llava (VOCAB=llama: real vocabulary, -llama)
 	$(PY) -m teacher.weights.tiny $(call flag,--vocab,$(VOCAB))
 
-extract: $(STAMP) ## teacher maps for DATASET/SPLIT into CACHE (TEACHER=<hub id|dir|tiny|tiny-llama|box|uniform> QUANT PROMPT; detection sets: dense prompt, BOXES=0 no overlay)
+extract: $(STAMP) ## teacher maps for DATASET/SPLIT into CACHE (TEACHER=<hub id|dir|tiny|tiny-llama|box|mask|uniform> QUANT PROMPT; detection sets: dense prompt, BOXES=0 no overlay)
 	@$(call TINY_IF_NEEDED,$(TEACHER))
 	$(PY) -m flows.extract $(SHARDS_ARGS) $(TEACHER_ARGS) $(call flag,--cache-root,$(CACHE))
 
@@ -155,7 +155,7 @@ DENSE_BACKBONE ?= $(MODELS_DIR)/dense-vit.safetensors
 dense-backbone: $(STAMP) ## pretrain the stand-in foundation ViT of demo-detect/bench-dense (per-patch shape classes) -> DENSE_BACKBONE
 	$(DEMO_ENV) $(PY) -m experiments.backbones.dense_backbone --out $(DENSE_BACKBONE) $(ARGS)
 
-ui: $(STAMP) ## Prefect UI on http://127.0.0.1:PORT with deployments of the extract, train and evaluate flows
+ui: $(STAMP) ## Prefect UI on http://127.0.0.1:PORT with deployments of the extract, train, evaluate and experiment flows
 	$(PY) -m flows.ops.serve $(call flag,--port,$(PORT)) $(call flag,--host,$(HOST))
 
 cluster: $(STAMP) ## server with an auth string, process pool POOL, WORKERS workers (one per GPU; or GPUS=0,1), deployments; Ctrl-C stops all

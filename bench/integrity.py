@@ -38,7 +38,8 @@ import student.loader
 from bench.loader import synthetic_inputs
 from pipeline.cache import CacheEntry, CacheSpec, ShardMaps, open_entry
 from pipeline.cache.integrity import require_sound_entry
-from pipeline.shards.integrity import check_shard_files, file_sha256
+from pipeline.io import file_sha256
+from pipeline.shards.integrity import check_shard_files
 from pipeline.shards.reader import iter_shard
 from pipeline.shards.records import read_index
 from student.loader import LoaderConfig, build_loader

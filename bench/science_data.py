@@ -25,6 +25,7 @@ import torch
 
 from experiments.backbones import backbone as bb
 from pipeline.datasets.adapters.base import make_key
+from pipeline.io import file_sha256
 from pipeline.shards.build import ensure_shards
 from pipeline.shards.config import ShardsConfig
 from student.config import StudentConfig
@@ -95,7 +96,7 @@ def check_backbone(bench: Benchmark, weights: Path) -> dict:
     (shape and cue top-1 on held-out benchmark-like images). Returns both, and whether they agree."""
     card_path = weights.with_suffix(".json")
     card = json.loads(card_path.read_text()) if card_path.is_file() else {}
-    sha = bb.sha256_of(weights)
+    sha = file_sha256(weights)
     model = create_backbone(student_config(weights, 0))
     with torch.random.fork_rng(devices=[]):
         probe = bench.task().probe(

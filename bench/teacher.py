@@ -30,6 +30,8 @@ from teacher.model import Teacher
 from teacher.weights.aliases import default_tiny_dir
 from teacher.weights.tiny import build_tiny_teacher
 
+# Ops whose result the host must wait for on a GPU (under inference_mode the mode sees
+# item/is_nonzero before they decompose to _local_scalar_dense); nonzero's size is data.
 READ_OPS = {
     torch.ops.aten._local_scalar_dense.default,
     torch.ops.aten.item.default,

@@ -15,10 +15,10 @@ import pytest
 import teacher_fixtures
 import torch
 from teacher_fixtures import make_teacher, sample_items
-from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import AutoTokenizer
 
 from bench.llava7b import llava_15_7b_config
+from bench.teacher import HostReads
 from teacher.batching import auto_batch_size, kv_cache_bytes_per_token
 from teacher.prompting.generation import MARKS, AnswerStop, answer_closed, mark_counts
 
@@ -58,46 +58,13 @@ def test_on_device_stop_equals_answer_closed_on_the_text(
     assert any(decided) and not all(decided)  # both outcomes were exercised
 
 
-# Ops whose result the host must wait for on a GPU (under inference_mode the mode sees
-# item/is_nonzero before they decompose to _local_scalar_dense); nonzero's size is data.
-READ_OPS = {
-    torch.ops.aten._local_scalar_dense.default,
-    torch.ops.aten.item.default,
-    torch.ops.aten.is_nonzero.default,
-    torch.ops.aten._is_all_true.default,
-    torch.ops.aten._is_any_true.default,
-    torch.ops.aten.equal.default,
-    torch.ops.aten.nonzero.default,
-}
-
-
-class HostReads(TorchDispatchMode):
-    """Counts the reads of a tensor's value by the host: item(), bool(), int() of a tensor,
-    nonzero, and (through a wrapper the test installs) `Tensor.tolist`."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func in READ_OPS:
-            self.count += 1
-        return func(*args, **(kwargs or {}))
-
-
 def test_decode_steps_read_nothing_back_but_the_loop_condition(monkeypatch, tiny_dir) -> None:
     """Between two decode forwards the host reads exactly one value: transformers' own
     `unfinished_sequences.max() == 0` loop condition. Neither the row capture, the stopping
     criterion nor the mask reads anything (before: the criterion decoded the text every step
     and SDPA's mask asked whether the batch had padding)."""
     teacher = make_teacher(tiny_dir, batch_size=3)
-    reads = HostReads()
-    original_tolist = torch.Tensor.tolist
-
-    def counted_tolist(self):
-        reads.count += 1
-        return original_tolist(self)
-
+    reads = HostReads()  # bench.teacher's counter: it also counts Tensor.tolist while entered
     per_forward: list[tuple[int, int]] = []  # (query length, host reads so far)
 
     def before_forward(module, args, kwargs):
@@ -108,7 +75,6 @@ def test_decode_steps_read_nothing_back_but_the_loop_condition(monkeypatch, tiny
 
     language = teacher.model.model.language_model
     hook = language.register_forward_pre_hook(before_forward, with_kwargs=True)
-    monkeypatch.setattr(torch.Tensor, "tolist", counted_tolist)
     batch = [teacher.prepare(item) for item in sample_items()]
     try:
         with reads:

@@ -16,7 +16,6 @@ in its training ties a shape to a background.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import time
@@ -37,6 +36,7 @@ from experiments.backbones.common import (
 )
 from pipeline.datasets.generated import SHAPES
 from pipeline.datasets.shift import BACKGROUNDS
+from pipeline.io import file_sha256
 
 # Pretraining backgrounds: the benchmark's four, then four others.
 PRETRAIN_BACKGROUNDS = [rgb for _, rgb in BACKGROUNDS] + [
@@ -196,7 +196,7 @@ def pretrain(
         "seconds": round(time.perf_counter() - start, 1),
         "cpu_seconds": round(time.process_time() - cpu0, 1),
     }
-    card["sha256"] = sha256_of(out)
+    card["sha256"] = file_sha256(out)
     out.with_suffix(".json").write_text(json.dumps(card, indent=1))
     return card
 
@@ -206,14 +206,6 @@ def deterministic(seed: int) -> None:
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(1)
     torch.manual_seed(seed)
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _card_of(weights: Path) -> dict:

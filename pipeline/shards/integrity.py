@@ -13,26 +13,18 @@ or DDP rank exists, on a few threads (hashlib releases the GIL).
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from pipeline.errors import DamagedDataError
+from pipeline.io import file_sha256
 from pipeline.shards.records import INDEX_FILE, ShardIndex, ShardInfo
 
 
 class DamagedShardError(DamagedDataError):
     """A shard file that does not match its index.json."""
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def shard_file_problem(path: Path, info: ShardInfo) -> str | None:

@@ -20,10 +20,10 @@ from tqdm import tqdm
 
 from pipeline.datasets.adapters import AdapterResult, RawSample
 from pipeline.errors import BadParametersError
-from pipeline.io import TMP_SUFFIX, atomic_path, atomic_write_text
+from pipeline.io import TMP_SUFFIX, atomic_path, atomic_write_text, file_sha256
 from pipeline.shards.checks import BadSample, CheckedImage, check_image
 from pipeline.shards.config import DEFAULT_SHARD_SIZE
-from pipeline.shards.integrity import damaged_shards, file_sha256
+from pipeline.shards.integrity import damaged_shards
 from pipeline.shards.masks import check_dense_targets
 from pipeline.shards.records import (
     INDEX_FILE,

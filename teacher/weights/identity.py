@@ -27,6 +27,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from pipeline.io import file_sha256
+
 # What transformers reads besides the weights (config, processor, tokenizer, generation); a
 # checkpoint's README, licence or git files do not change a map.
 READ_FILES = (
@@ -111,11 +113,7 @@ class DigestMemo:
         memo_key = f"{real}|{stat.st_size}|{stat.st_mtime_ns}"
         entries = self._load()
         if memo_key not in entries:
-            digest = hashlib.sha256()
-            with real.open("rb") as fh:
-                while chunk := fh.read(1 << 24):
-                    digest.update(chunk)
-            entries[memo_key] = digest.hexdigest()
+            entries[memo_key] = file_sha256(real)
             self._save()
         return entries[memo_key]
 
