@@ -351,7 +351,8 @@ def test_make_lock(tmp_path):
     result = subprocess.run(["make", "--no-print-directory", "lock"], cwd=project,
                             capture_output=True, text=True, timeout=600)  # fmt: skip
     output = result.stdout + result.stderr
-    if result.returncode != 0 and "error sending request" in output.lower():
+    offline_signs = ("error sending request", "failed to fetch", "dns error", "connection refused")
+    if result.returncode != 0 and any(sign in output.lower() for sign in offline_signs):
         pytest.skip(f"the package registry is not reachable: {output[-300:]}")
     assert result.returncode == 0, output
     assert "requirements.lock:" in result.stdout
