@@ -122,8 +122,9 @@ def decode_steps(teacher: Teacher, items: list, repeats: int) -> dict:
     return {"steps": steps, "ms_per_step": per_step}
 
 
-def host_reads(teacher: Teacher, items: list) -> dict:
-    """Host reads in one run_fast, and between consecutive decode forwards."""
+def reads_per_forward(teacher: Teacher, items: list) -> tuple[list[tuple[int, int]], int]:
+    """(query length, host reads so far) at each language-model forward of one run_fast (the
+    prefill has the prompt's length, a decode step 1), and the batch's reads in all."""
     batch = [teacher.prepare(item) for item in items]
     reads = HostReads()
     marks: list[tuple[int, int]] = []
@@ -140,9 +141,15 @@ def host_reads(teacher: Teacher, items: list) -> dict:
             teacher.run_fast(batch)
     finally:
         hook.remove()
+    return marks, reads.count
+
+
+def host_reads(teacher: Teacher, items: list) -> dict:
+    """Host reads in one run_fast, and between consecutive decode forwards."""
+    marks, total = reads_per_forward(teacher, items)
     decode = [count for length, count in marks if length == 1]
     between = [b - a for a, b in itertools.pairwise(decode)]
-    return {"per_batch": reads.count, "per_step": max(between, default=0)}
+    return {"per_batch": total, "per_step": max(between, default=0)}
 
 
 def main(argv: list[str] | None = None) -> None:

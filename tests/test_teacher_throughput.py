@@ -18,7 +18,7 @@ from teacher_fixtures import make_teacher, sample_items
 from transformers import AutoTokenizer
 
 from bench.llava7b import llava_15_7b_config
-from bench.teacher import HostReads
+from bench.teacher import reads_per_forward
 from teacher.batching import auto_batch_size, kv_cache_bytes_per_token
 from teacher.prompting.generation import MARKS, AnswerStop, answer_closed, mark_counts
 
@@ -58,29 +58,13 @@ def test_on_device_stop_equals_answer_closed_on_the_text(
     assert any(decided) and not all(decided)  # both outcomes were exercised
 
 
-def test_decode_steps_read_nothing_back_but_the_loop_condition(monkeypatch, tiny_dir) -> None:
+def test_decode_steps_read_nothing_back_but_the_loop_condition(tiny_dir) -> None:
     """Between two decode forwards the host reads exactly one value: transformers' own
     `unfinished_sequences.max() == 0` loop condition. Neither the row capture, the stopping
     criterion nor the mask reads anything (before: the criterion decoded the text every step
     and SDPA's mask asked whether the batch had padding)."""
     teacher = make_teacher(tiny_dir, batch_size=3)
-    reads = HostReads()  # bench.teacher's counter: it also counts Tensor.tolist while entered
-    per_forward: list[tuple[int, int]] = []  # (query length, host reads so far)
-
-    def before_forward(module, args, kwargs):
-        embeds = kwargs.get("inputs_embeds")
-        ids = kwargs.get("input_ids")
-        length = (embeds if embeds is not None else ids).shape[1]
-        per_forward.append((length, reads.count))
-
-    language = teacher.model.model.language_model
-    hook = language.register_forward_pre_hook(before_forward, with_kwargs=True)
-    batch = [teacher.prepare(item) for item in sample_items()]
-    try:
-        with reads:
-            teacher.run_fast(batch)
-    finally:
-        hook.remove()
+    per_forward, _ = reads_per_forward(teacher, sample_items())  # (query length, reads so far)
     decode = [count for length, count in per_forward if length == 1]
     assert per_forward[0][0] > 1 and len(decode) >= 2, per_forward  # a prefill, then steps
     between = [b - a for a, b in itertools.pairwise(decode)]
