@@ -10,7 +10,8 @@ from pipeline.cache.cli import add_cache_commands
 from pipeline.datasets.generated import write_sample_dataset
 from pipeline.datasets.registry import load_registry
 from pipeline.errors import UserError
-from pipeline.shards.config import DEFAULT_SHARD_SIZE, ShardsConfig, default_shards_root
+from pipeline.paths import shards_root
+from pipeline.shards.config import DEFAULT_SHARD_SIZE, ShardsConfig
 
 
 def _datasets(_: argparse.Namespace) -> int:
@@ -52,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     shards.add_argument("--dataset", default="sample")
     shards.add_argument("--split", default="train")
     shards.add_argument("--root", type=Path, default=None, help="raw dataset folder")
-    shards.add_argument("--out", type=Path, default=default_shards_root(), help="shards root")
+    shards.add_argument("--out", type=Path, default=shards_root(), help="shards root")
     shards.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE)
     shards.set_defaults(func=_shards)
 

@@ -13,15 +13,11 @@ from pipeline.paths import shards_root
 DEFAULT_SHARD_SIZE = 1000
 
 
-def default_shards_root() -> Path:
-    return shards_root()
-
-
 class ShardsConfig(BaseModel):
     dataset: str = Field("sample", description="a name from data/registry.json")
     split: str = Field("train", description="train | val (ImageFolder sets: a domain or 'all')")
     root: Path | None = Field(None, description="raw dataset folder; default: the registry's")
-    shards: Path = Field(default_factory=default_shards_root, description="output root")
+    shards: Path = Field(default_factory=shards_root, description="output root")
     shard_size: int = Field(
         DEFAULT_SHARD_SIZE, ge=1, description="samples per shard (the last is shorter)"
     )
