@@ -1,5 +1,6 @@
 """The experiment's write-up: results.md (paper-style tables), results.json and convergence.png
-(Fig. 3: val top-1 per epoch for every row, with epochs to reach the baseline's best)."""
+(Fig. 3: val top-1 per epoch for every row, with epochs to reach the baseline's best, one panel
+per data fraction)."""
 
 from __future__ import annotations
 
@@ -67,6 +68,7 @@ def results_markdown(results: dict) -> str:
         cells.append("/".join(str(n) for n in done) + f" of {len(seeds)}")
         lines.append("| " + " | ".join(cells) + " |")
     lines += _convergence_lines(results)
+    lines += _convergence_by_fraction_lines(results)
     lines += _domain_lines(results, rows_by_name)
     if results["missing"]:
         lines += [
@@ -106,6 +108,36 @@ def _convergence_lines(results: dict) -> list[str]:
             )
             + f" | {reached if reached is not None else 'not reached'} |"
         )
+    return lines
+
+
+def _convergence_by_fraction_lines(results: dict) -> list[str]:
+    """Epochs to reach the baseline's best at every data fraction, one column each (only when
+    the spec has more than one fraction)."""
+    by_fraction = results.get("convergence_by_fraction", {})
+    if len(by_fraction) < 2:
+        return []
+    fractions = list(by_fraction)
+    lines = [
+        "",
+        "## Epochs to reach the baseline's best val top-1, per data fraction (mean curves)",
+        "",
+        "| Model | " + " | ".join(f"{100 * float(f):g} % data" for f in fractions) + " |",
+        "|" + "---|" * (len(fractions) + 1),
+    ]
+    for row in results["rows"]:
+        cells = []
+        for fraction in fractions:
+            curve = by_fraction[fraction]["curves"].get(row["row"])
+            if curve is None or curve.get("baseline_best") is None:
+                cells.append("-")
+                continue
+            reached = curve["epochs_to_baseline_best"]
+            cells.append(
+                f"{reached if reached is not None else 'not reached'} "
+                f"(best {100 * max(curve['mean']):.1f} vs {100 * curve['baseline_best']:.1f})"
+            )
+        lines.append(f"| {row['row']} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -150,9 +182,21 @@ def _domain_lines(results: dict, rows_by_name: dict) -> list[str]:
 
 def plot_convergence(results: dict, out_path: Path) -> Path:
     """Every row's mean val top-1 per epoch (band: std over seeds); dotted: each baseline's best;
-    a marker where a row first reaches its baseline's best."""
-    curves = results["convergence"]["curves"]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    a marker where a row first reaches its baseline's best. One panel per data fraction."""
+    panels = list(results.get("convergence_by_fraction", {}).values()) or [results["convergence"]]
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(7 * len(panels), 4.5), squeeze=False, sharey=True
+    )
+    for ax, panel in zip(axes[0], panels, strict=True):
+        _plot_convergence_panel(ax, panel)
+        ax.set_title(f"{100 * panel['fraction']:g} % data")
+    axes[0][0].set_ylabel("val top-1 (%)")
+    fig.suptitle(f"{results['title']}: convergence")
+    return save_figure(fig, out_path, dpi=120)
+
+
+def _plot_convergence_panel(ax: plt.Axes, panel: dict) -> None:
+    curves = panel["curves"]
     drawn_targets = set()
     for row, curve in curves.items():
         mean, std = np.array(curve["mean"]) * 100, np.array(curve["std"]) * 100
@@ -178,14 +222,9 @@ def plot_convergence(results: dict, out_path: Path) -> Path:
                 1, 100 * target, f"{curve['baseline']} best", fontsize=8, color="gray", va="bottom"
             )
     ax.set_xlabel("epoch")
-    ax.set_ylabel("val top-1 (%)")
-    ax.set_title(
-        f"{results['title']}: convergence ({100 * results['convergence']['fraction']:g} % data)"
-    )
     if curves:
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    return save_figure(fig, out_path, dpi=120)
 
 
 def write_report(results: dict, out_dir: Path) -> dict[str, Path]:

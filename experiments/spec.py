@@ -62,6 +62,11 @@ class ExperimentSpec(BaseModel):
         description="label -> maps; empty: the train flow's own matching entry",
     )
     fractions: list[float] = Field(default_factory=lambda: [1.0])
+    fraction_params: dict[float, dict] = Field(
+        default_factory=dict,
+        description="data fraction -> TrainParams overrides for its members, applied after the "
+        "variant's (e.g. a smaller batch where 1 % of the data is fewer images than a batch)",
+    )
     seeds: list[int] = Field(default_factory=lambda: [0])
     eval_splits: list[str] = Field(
         default_factory=list, description="extra splits scored with each member's last checkpoint"
@@ -84,7 +89,15 @@ class ExperimentSpec(BaseModel):
 
     @model_validator(mode="after")
     def _known_baselines(self) -> ExperimentSpec:
-        for label, overrides in {"base": self.base, **self.variants}.items():
+        unused = sorted(set(self.fraction_params) - set(self.fractions))
+        if unused:
+            raise ValueError(f"fraction_params: {unused} are not among the fractions")
+        sections = {
+            "base": self.base,
+            **self.variants,
+            **{f"fraction_params[{f:g}]": p for f, p in self.fraction_params.items()},
+        }
+        for label, overrides in sections.items():
             run_keys = {k: v for k, v in overrides.items() if k not in VARIANT_REPORT_KEYS}
             known = set(TrainParams.flat_fields()) | set(TrainParams.flat_sections)
             unknown = set(run_keys) - known
@@ -152,7 +165,12 @@ def members(spec: ExperimentSpec) -> list[Member]:
         for teacher in teachers:
             for fraction in spec.fractions:
                 for seed in spec.seeds:
-                    params = {**spec.variant_params(variant), "fraction": fraction, "seed": seed}
+                    params = {
+                        **spec.variant_params(variant),
+                        **spec.fraction_params.get(fraction, {}),
+                        "fraction": fraction,
+                        "seed": seed,
+                    }
                     entry = spec.teachers[teacher].model_dump() if teacher else None
                     grid.append(
                         Member(

@@ -129,7 +129,7 @@ def experiment_flow(params: ExperimentParams) -> dict:
     root.mkdir(parents=True, exist_ok=True)
     (root / "spec.json").write_text(spec.model_dump_json(indent=1))
     grid = members(spec)
-    pending = [m for m in grid if not is_done(root, m)]
+    pending = [m for m in grid if not is_done(root, m, spec.eval_splits)]
     logger.info(
         "%s: %d members, %d finished, %d to run",
         spec.name,

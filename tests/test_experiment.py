@@ -179,3 +179,51 @@ def test_flow_resumes_without_rerunning_finished_members(
     results = json.loads((root / "results.json").read_text())
     assert results["rows"][1]["cells"]["1"]["val_top1"]["mean"] == pytest.approx(0.75)
     assert (root / "convergence.png").is_file() and (root / "results.md").is_file()
+
+
+def test_a_member_without_an_asked_evaluation_is_not_finished(tmp_path: Path) -> None:
+    """A split added to a spec after its members trained: they are listed as missing (the flow
+    re-runs them, resuming their finished training), not read as if the file were there."""
+    spec = ExperimentSpec.model_validate(SPEC)
+    grid = members(spec)
+    write_member(tmp_path, grid[0], [0.1, 0.2, 0.3], shift=None)
+    write_member(tmp_path, grid[1], [0.1, 0.2, 0.3], shift=0.5)
+    results = aggregate(spec, tmp_path)
+    assert grid[0].name in results["missing"] and grid[1].name not in results["missing"]
+
+
+def test_convergence_is_measured_at_every_fraction(tmp_path: Path) -> None:
+    """Epochs to reach the baseline's best, per data fraction, against hand-made curves."""
+    spec = ExperimentSpec.model_validate(
+        {**SPEC, "fractions": [1.0, 0.1], "seeds": [0], "eval_splits": []}
+    )
+    curves = {
+        ("ViT", 1.0): [0.5, 0.8, 0.8],
+        ("I-ViT", 1.0): [0.6, 0.7, 0.9],  # reaches 0.8 at epoch 3
+        ("ViT", 0.1): [0.2, 0.3, 0.4],
+        ("I-ViT", 0.1): [0.4, 0.5, 0.5],  # reaches 0.4 at epoch 1
+    }
+    for member in members(spec):
+        write_member(tmp_path, member, curves[(member.variant, member.fraction)], shift=None)
+    results = aggregate(spec, tmp_path)
+    by_fraction = results["convergence_by_fraction"]
+    assert by_fraction["1"]["curves"]["I-ViT [box]"]["epochs_to_baseline_best"] == 3
+    assert by_fraction["0.1"]["curves"]["I-ViT [box]"]["epochs_to_baseline_best"] == 1
+    assert by_fraction["0.1"]["curves"]["I-ViT [box]"]["baseline_best"] == pytest.approx(0.4)
+    assert results["convergence"] == by_fraction["1"]  # the headline figure: all the data
+    markdown = results_markdown(results)
+    assert "| I-ViT [box] | 3 (best 90.0 vs 80.0) | 1 (best 50.0 vs 40.0) |" in markdown
+    assert write_report(results, tmp_path)["convergence.png"].stat().st_size > 1000
+
+
+def test_fraction_params_reach_only_their_fraction() -> None:
+    spec = ExperimentSpec.model_validate(
+        {**SPEC, "fractions": [1.0, 0.01], "fraction_params": {0.01: {"batch": 4}}}
+    )
+    batches = {(m.variant, m.fraction): m.params.get("batch") for m in members(spec)}
+    assert batches[("ViT", 0.01)] == 4 and batches[("I-ViT", 0.01)] == 4
+    assert batches[("ViT", 1.0)] is None  # the base's (the train flow's default)
+    with pytest.raises(ValueError, match=r"fraction_params: \[0\.5\] are not among"):
+        ExperimentSpec.model_validate({**SPEC, "fraction_params": {0.5: {"batch": 4}}})
+    with pytest.raises(ValueError, match=r"fraction_params\[1\]: unknown train parameters"):
+        ExperimentSpec.model_validate({**SPEC, "fraction_params": {1.0: {"bach": 4}}})
