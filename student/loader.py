@@ -182,9 +182,12 @@ class ShardMapJoin:
 class DecodeAndView:
     """Pipeline stage: raw sample -> image tensor of one view, plus that view for its map."""
 
-    def __init__(self, transform: PairedTransform, geometry: dict[str, Any] | None) -> None:
+    def __init__(
+        self, transform: PairedTransform, geometry: dict[str, Any] | None, view_seed: int = 0
+    ) -> None:
         self.transform = transform
         self.geometry = geometry
+        self.view_seed = view_seed  # with the sample's key, it fixes the sample's crop and flip
         self._views: dict[tuple[int, int], Rect] = {}  # datasets repeat a few image sizes
 
     def view_rect(self, width: int, height: int) -> Rect:
@@ -207,7 +210,11 @@ class DecodeAndView:
                 f"{url}: sample {key!r} decodes to {image.size} but its record says "
                 f"{(record.width, record.height)}; maps would land on the wrong pixels"
             )
-        tensor, crop, flip = self.transform.view_image(image)
+        # torchvision draws views from torch's global RNG: fork it, seeded by (pass, key), so a
+        # sample's view is the same with any number of workers, on resume and in any process.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(self.view_seed, key))
+            tensor, crop, flip = self.transform.view_image(image)
         teacher_map = sample.get("teacher_map")
         has_map = teacher_map is not None and self.geometry is not None
         return {
@@ -276,8 +283,8 @@ class ShardMapLoader:
     every rank, repeating this rank's shards if they run short, so DDP ranks step together.
     Evaluation is deterministic: shard order, center view, every selected sample once.
 
-    Crops and flips draw from torch's RNG: in workers it is seeded from (seed, epoch); with
-    num_workers=0 it is the main process's global RNG, which the training run seeds.
+    A sample's crop and flip are a function of (seed, epoch, repeat, its key) alone: the same
+    with any number of workers, ranks or resumes, and independent of the caller's RNG.
     """
 
     def __init__(self, config: LoaderConfig) -> None:
@@ -363,12 +370,13 @@ class ShardMapLoader:
             pipeline = pipeline.shuffle(
                 cfg.shuffle_buffer, seed=derive_seed("samples", cfg.seed, epoch, repeat)
             )
-        pipeline = pipeline.map(self.decode_stage(geometry))
+        view_seed = derive_seed("views", cfg.seed, epoch, repeat)
+        pipeline = pipeline.map(self.decode_stage(geometry, view_seed))
         return pipeline.batched(
             cfg.batch_size, collation_fn=self.collate_stage(), partial=not cfg.train
         )
 
-    def decode_stage(self, geometry: dict[str, Any] | None) -> DecodeAndView:
+    def decode_stage(self, geometry: dict[str, Any] | None, view_seed: int) -> DecodeAndView:
         """Decode + view of one sample (dense students override it to carry their targets)."""
         cfg = self.config
         transform = PairedTransform(
@@ -376,7 +384,7 @@ class ShardMapLoader:
             scale=cfg.crop_scale, ratio=cfg.crop_ratio, hflip_p=cfg.hflip_p,
             eval_crop_fraction=cfg.eval_crop_fraction,
         )  # fmt: skip
-        return DecodeAndView(transform, geometry)
+        return DecodeAndView(transform, geometry, view_seed)
 
     def collate_stage(self) -> Collate:
         return Collate(self.config.grid, self.config.map_control)
@@ -388,7 +396,7 @@ class ShardMapLoader:
             self.dataset(epoch, repeat),
             batch_size=None,  # batched inside the workers
             num_workers=cfg.num_workers,
-            generator=generator,  # seeds the workers' crops and flips per epoch
+            generator=generator,  # seeds the workers' own RNG (views do not use it)
             persistent_workers=False,
         )
         yield from loader

@@ -59,8 +59,10 @@ def dense_targets(record: SampleRecord, flip: bool, size: int, masks: bool, key:
 
 
 class DenseDecode(DecodeAndView):
-    def __init__(self, transform: PairedTransform, geometry: dict | None, masks: bool) -> None:
-        super().__init__(transform, geometry)
+    def __init__(
+        self, transform: PairedTransform, geometry: dict | None, masks: bool, view_seed: int
+    ) -> None:
+        super().__init__(transform, geometry, view_seed)
         self.masks = masks
 
     def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
@@ -86,12 +88,12 @@ class DenseShardLoader(ShardMapLoader):
         self.masks = masks
         super().__init__(config)
 
-    def decode_stage(self, geometry: dict[str, Any] | None) -> DenseDecode:
+    def decode_stage(self, geometry: dict[str, Any] | None, view_seed: int) -> DenseDecode:
         cfg = self.config
         transform = WholeImageTransform(
             cfg.img_size, cfg.patch_size, cfg.mean, cfg.std, cfg.train, hflip_p=cfg.hflip_p
         )
-        return DenseDecode(transform, geometry, self.masks)
+        return DenseDecode(transform, geometry, self.masks, view_seed)
 
     def collate_stage(self) -> DenseCollate:
         return DenseCollate(self.config.grid, self.config.map_control)
