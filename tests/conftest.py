@@ -88,4 +88,9 @@ def prefect_server(prefect_server_home: Path) -> Iterator[str]:
             wait_until_healthy(api, process, timeout_s=120)
             yield api
         finally:
+            # Send the flows' buffered logs while the server still listens (else Prefect's
+            # log worker tries at exit and prints "Error logging to API").
+            from prefect.logging.handlers import APILogWorker
+
+            APILogWorker.drain_all(timeout=10)
             stop(process)
