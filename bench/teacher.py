@@ -1,6 +1,8 @@
 """The teacher's throughput on the CPU (`make bench-teacher`): the tiny teacher's images/s by
-batch size, the cost of one decode step with and without the row capture, and the host reads
-(GPU synchronisations, where there is a GPU) per batch.
+batch size, the cost of one decode step with and without the row capture, the host reads
+(GPU synchronisations, where there is a GPU) per batch, and the CPU time to build a batch's
+inputs (views drawn, image processor, tokenizer), which `Teacher.extract` does on a second
+thread while the model runs the batch before.
 
     python -m bench.teacher [--images 32] [--batch-sizes 1,8,32] [--repeats 2] [--arch tiny]
 
@@ -10,7 +12,7 @@ budget of one token (the prompt's forward); a step costs (whole - prompt) / (ste
 reads are counted by a TorchDispatchMode (item, bool and int of a tensor, nonzero) plus
 `Tensor.tolist`, over a whole `run_fast` and between its decode forwards. Ends with one line:
 RESULT images_per_s_b<k>=<x>... decode_step_ms=<d> capture_ms_per_step=<c>
-host_reads_per_batch=<r> host_reads_per_decode_step=<s>
+host_reads_per_batch=<r> host_reads_per_decode_step=<s> inputs_ms_per_image=<i>
 """
 
 from __future__ import annotations
@@ -90,6 +92,16 @@ def images_per_s(teacher: Teacher, items: list, batch_size: int, repeats: int) -
         teacher.extract(items)
         seconds.append(time.perf_counter() - started)
     return len(items) / statistics.median(seconds)
+
+
+def inputs_ms_per_image(teacher: Teacher, items: list, repeats: int) -> float:
+    """Median ms per image to build a batch's inputs (the input thread's work)."""
+    seconds = []
+    for _ in range(repeats + 1):  # the first round warms up
+        started = time.perf_counter()
+        teacher.prepared_batch(items)
+        seconds.append(time.perf_counter() - started)
+    return statistics.median(seconds[1:]) / len(items) * 1e3
 
 
 @torch.inference_mode()
@@ -183,12 +195,18 @@ def main(argv: list[str] | None = None) -> None:
         f"host reads: {reads['per_batch']} in one batch of {args.step_batch}, "
         f"{reads['per_step']} per decode step (transformers' loop condition)"
     )
+    inputs_ms = inputs_ms_per_image(teacher, items[: args.step_batch], args.repeats)
+    print(
+        f"inputs: {inputs_ms:.2f} ms per image (views, image processor, tokenizer), built on a "
+        "second thread while the model runs the previous batch"
+    )
     print(
         "RESULT "
         + " ".join(f"images_per_s_b{size}={rate:.2f}" for size, rate in rates.items())
         + f" decode_step_ms={capture:.2f} capture_ms_per_step={capture - plain:.2f}"
         + f" host_reads_per_batch={reads['per_batch']}"
         + f" host_reads_per_decode_step={reads['per_step']}"
+        + f" inputs_ms_per_image={inputs_ms:.2f}"
     )
 
 

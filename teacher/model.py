@@ -10,8 +10,10 @@ carries (teacher.spec); this class adds the weights, the forward and the capture
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -74,6 +76,9 @@ class Teacher:
         self.layers, self.heads, self.max_new_tokens = d.layers, d.heads, d.max_new_tokens
         self.num_image_tokens, self.image_token_id = d.num_image_tokens, d.facts.image_token_id
         self.grid, self.forced = d.grid, d.forced
+        # The input thread's own processor: a fast tokenizer used from two threads at once can
+        # fail ("Already borrowed") while the main thread decodes answers.
+        self._input_processor = copy.deepcopy(processor)
 
     def spec(self) -> dict:
         """Everything that changes a map (teacher.spec.TeacherSpec.spec)."""
@@ -116,11 +121,17 @@ class Teacher:
         dtype = self.model.get_input_embeddings().weight.dtype  # the cache's (NF4 too)
         return auto_batch_size(self.model.config.text_config, dtype, tokens, free)
 
-    def encode(self, batch: list[Prepared]) -> Encoded:
+    def encode(self, batch: list[Prepared], processor: LlavaProcessor | None = None) -> Encoded:
         return encode(
-            self.processor, batch, self.num_image_tokens, self.image_token_id,
+            processor or self.processor, batch, self.num_image_tokens, self.image_token_id,
             self.model.dtype, self.model.device,
         )  # fmt: skip
+
+    def prepared_batch(self, items: list[TeacherInput]) -> tuple[list[Prepared], Encoded]:
+        """One batch's drawn views and model inputs (CPU work: PIL, the image processor, the
+        tokenizer), with the input thread's processor."""
+        batch = [self.prepare(item) for item in items]
+        return batch, self.encode(batch, self._input_processor)
 
     def generate_kwargs(self, encoded: Encoded) -> dict:
         return greedy_kwargs(
@@ -131,8 +142,12 @@ class Teacher:
     # ---- fast path ---------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def run_fast(self, batch: list[Prepared]) -> tuple[Encoded, torch.Tensor, RowFn]:
-        encoded = self.encode(batch)
+    def run_fast(
+        self, batch: list[Prepared], encoded: Encoded | None = None
+    ) -> tuple[Encoded, torch.Tensor, RowFn]:
+        """Generate for one batch while capturing its rows; `encoded`: the batch's inputs if
+        already built (extract builds them ahead, on its input thread)."""
+        encoded = self.encode(batch) if encoded is None else encoded
         requested = [
             list(range(start - 1, encoded.prompt_length)) for start in encoded.answer_start
         ]
@@ -156,32 +171,51 @@ class Teacher:
         self, items: list[TeacherInput], on_images: Callable[[int], None] | None = None
     ) -> list[MapResult]:
         """MapResults in the order of `items` (batches are formed by prompt length);
-        `on_images(n)` hears of each finished batch of n images. A batch that runs out of GPU
-        memory is retried at half the size (the maps do not depend on the batch size)."""
+        `on_images(n)` hears of each finished batch of n images. The next batch's views and
+        inputs are built on a second thread while the model runs this one. A batch that runs
+        out of GPU memory is retried at half the size (the maps do not depend on the batch
+        size)."""
         results: list[MapResult | None] = [None] * len(items)
         order = self.length_order(items)
         size = self.batch_size_for(items) if items else 1
-        start = 0
-        while start < len(order):
-            chosen = order[start : start + size]
-            batch = [self.prepare(items[i]) for i in chosen]
-            try:
-                encoded, sequences, row = self.run_fast(batch)
-            except torch.OutOfMemoryError:
-                if size == 1:
-                    raise
-                size //= 2
-                LOG.warning(
-                    "teacher batch of %d ran out of memory; retrying at %d", len(chosen), size
-                )
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-                continue
-            for b, (i, prepared) in enumerate(zip(chosen, batch, strict=True)):
-                results[i] = self.finish(prepared, b, encoded, sequences[b], row)
-            if on_images is not None:
-                on_images(len(chosen))
-            start += len(chosen)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="teacher-inputs") as inputs:
+            ahead: dict[tuple[int, int], Future] = {}
+
+            def submit(start: int) -> tuple[int, int]:
+                """Queue the inputs of the batch at `start` (of the current size) once."""
+                key = (start, size)
+                if start < len(order) and key not in ahead:
+                    chosen = [items[i] for i in order[start : start + size]]
+                    ahead[key] = inputs.submit(self.prepared_batch, chosen)
+                return key
+
+            start = 0
+            while start < len(order):
+                key = submit(start)
+                submit(start + size)  # built while this batch runs
+                chosen = order[start : start + size]
+                batch, encoded = ahead.pop(key).result()
+                try:
+                    encoded, sequences, row = self.run_fast(batch, encoded)
+                except torch.OutOfMemoryError:
+                    if size == 1:
+                        raise
+                    size //= 2
+                    LOG.warning(
+                        "teacher batch of %d ran out of memory; retrying at %d", len(chosen), size
+                    )
+                    for future in ahead.values():  # built for the old size
+                        future.cancel()
+                    ahead.clear()
+                    del batch, encoded
+                    if torch.cuda.is_available():
+                        torch.cuda.empty_cache()
+                    continue
+                for b, (i, prepared) in enumerate(zip(chosen, batch, strict=True)):
+                    results[i] = self.finish(prepared, b, encoded, sequences[b], row)
+                if on_images is not None:
+                    on_images(len(chosen))
+                start += len(chosen)
         return results  # type: ignore[return-value]
 
     # ---- from rows to maps -------------------------------------------------------------------

@@ -244,6 +244,7 @@ def test_make_benches(data):
     teacher = make(data, "bench-teacher",
                    "ARGS=--images 4 --batch-sizes 1,2 --repeats 1").stdout  # fmt: skip
     assert result_fields(teacher)[0]["host_reads_per_decode_step"] == "1", teacher
+    assert float(result_fields(teacher)[0]["inputs_ms_per_image"]) > 0, teacher
     student = make(data, "bench-student",
                    "ARGS=--model vit_tiny_patch16_224 --batch 2 --reps 1 --warmup 1").stdout  # fmt: skip
     assert float(result_fields(student)[0]["flops_ratio"]) > 1.0, student

@@ -182,8 +182,8 @@ def test_non_finite_rows_are_invalid_not_nan(tiny_dir):
     teacher = make_teacher(tiny_dir)
     run_fast = teacher.run_fast
 
-    def overflowing(batch):  # what an fp16 overflow in the teacher would hand over
-        encoded, sequences, row = run_fast(batch)
+    def overflowing(batch, encoded=None):  # what an fp16 overflow in the teacher hands over
+        encoded, sequences, row = run_fast(batch, encoded)
         return encoded, sequences, lambda b, p: row(b, p) * float("nan")
 
     teacher.run_fast = overflowing  # type: ignore[method-assign]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import threading
 
 import pytest
 import teacher_fixtures
@@ -94,11 +95,11 @@ def test_auto_batch_is_8_on_a_cpu_and_halves_after_out_of_memory(monkeypatch, ti
     sizes: list[int] = []
     run_fast = teacher.run_fast
 
-    def failing_above_two(batch):
+    def failing_above_two(batch, encoded=None):
         sizes.append(len(batch))
         if len(batch) > 2:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return run_fast(batch)
+        return run_fast(batch, encoded)
 
     monkeypatch.setattr(teacher, "run_fast", failing_above_two)
     monkeypatch.setattr(teacher, "batch_size_for", lambda items: 8)
@@ -107,6 +108,37 @@ def test_auto_batch_is_8_on_a_cpu_and_halves_after_out_of_memory(monkeypatch, ti
     assert [r.key for r in results] == [r.key for r in reference]
     for got, want in zip(results, reference, strict=True):
         assert got.answer == want.answer
+        assert float(abs(got.c_vlm - want.c_vlm).max()) < 1e-5
+
+
+def test_the_next_batch_is_built_while_the_model_runs(monkeypatch, tiny_dir) -> None:
+    """The first batch's generation waits until the second batch's inputs exist, which only
+    an input thread working during generation can give; the maps are those of one image at a
+    time."""
+    teacher = make_teacher(tiny_dir, batch_size=2)
+    items = sample_items()  # 3 items: batches of 2 and 1
+    reference = make_teacher(tiny_dir, batch_size=1).extract(items)
+    second_built = threading.Event()
+    built: list[str] = []
+    prepared_batch, run_fast = teacher.prepared_batch, teacher.run_fast
+
+    def recording_prepared_batch(chosen):
+        out = prepared_batch(chosen)
+        built.append(threading.current_thread().name)
+        if len(built) == 2:
+            second_built.set()
+        return out
+
+    def run_fast_once_the_next_exists(batch, encoded=None):
+        assert second_built.wait(timeout=120), "the next batch was not built during this one"
+        return run_fast(batch, encoded)
+
+    monkeypatch.setattr(teacher, "prepared_batch", recording_prepared_batch)
+    monkeypatch.setattr(teacher, "run_fast", run_fast_once_the_next_exists)
+    results = teacher.extract(items)
+    assert len(built) == 2 and all(name.startswith("teacher-inputs") for name in built)
+    for got, want in zip(results, reference, strict=True):
+        assert got.key == want.key and got.answer == want.answer
         assert float(abs(got.c_vlm - want.c_vlm).max()) < 1e-5
 
 
