@@ -51,6 +51,7 @@ from student.sampling import (
     derive_seed,
     distributed_position,
     epoch_length,
+    fraction_threshold,
     resolve_split_dir,
 )
 
@@ -306,8 +307,9 @@ class ShardMapLoader:
                         self.split_dir, shards, self.world_size, self.rank,
                         "nothing" if self.rank >= shards else "one shard")  # fmt: skip
         self.epoch = 0
+        self.fraction_threshold = fraction_threshold(self.index, config.fraction, config.seed)
         self._length = epoch_length(
-            self.index, config.batch_size, config.train, config.fraction, config.seed,
+            self.index, config.batch_size, config.train, self.fraction_threshold, config.seed,
             config.num_workers, self.rank, self.world_size,
         )  # fmt: skip
         if self._length == 0 and (config.train or self.world_size == 1):
@@ -358,8 +360,8 @@ class ShardMapLoader:
             workersplitter=wds.split_by_worker,
             empty_check=False,  # a worker may own no shard when workers outnumber shards
         )
-        if cfg.fraction < 1.0:
-            pipeline = pipeline.select(FractionFilter(cfg.fraction, cfg.seed))
+        if self.fraction_threshold is not None:
+            pipeline = pipeline.select(FractionFilter(self.fraction_threshold, cfg.seed))
         geometry = None
         if self.entry is not None:
             pipeline = pipeline.compose(

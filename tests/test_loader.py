@@ -239,8 +239,9 @@ def test_fraction_is_a_fixed_seeded_nested_subset(tmp_path):
         return got
 
     tenth, half = set(keys(0.1, 0)), set(keys(0.5, 0))
-    assert 5 <= len(tenth) <= 40  # binomial(200, 0.1): far inside these bounds
-    assert 70 <= len(half) <= 130
+    assert len(tenth) == 20 and len(half) == 100  # exactly that share of the 200 keys
+    assert len(set(keys(0.01, 0))) == len(set(keys(0.01, 1))) == 2  # every seed: 1 % is 2
+    assert len(set(keys(0.001, 0))) == 1  # never empty
     assert tenth < half  # a larger fraction contains the smaller one
     assert set(keys(0.5, 0, workers=2)) == half  # workers agree on the subset
     assert set(keys(0.5, 1)) != half  # the seed picks another subset
