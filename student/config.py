@@ -186,7 +186,10 @@ class LoaderOptions(BaseModel):
         default=2, ge=0, description="decoding processes per loader (2 suits a 2-core machine)"
     )
     fraction: float = Field(
-        default=1.0, gt=0.0, le=1.0, description="seeded share of the train keys (1/10/50/100 %): exactly round(fraction x samples)"
+        default=1.0,
+        gt=0.0,
+        le=1.0,
+        description="seeded share of the train keys (1/10/50/100 %): exactly round(fraction x samples)",
     )
     crop_scale: tuple[float, float] = Field(
         default=(0.25, 1.0),
