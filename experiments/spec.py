@@ -89,9 +89,11 @@ class ExperimentSpec(BaseModel):
 
     @model_validator(mode="after")
     def _known_baselines(self) -> ExperimentSpec:
-        unused = sorted(set(self.fraction_params) - set(self.fractions))
-        if unused:
-            raise ValueError(f"fraction_params: {unused} are not among the fractions")
+        # Entries for fractions outside the grid stay unused: an override that narrows
+        # `fractions` (one cell, more seeds) cannot delete them.
+        bad = sorted(f for f in self.fraction_params if not 0 < f <= 1)
+        if bad:
+            raise ValueError(f"fraction_params: {bad} are not fractions in (0, 1]")
         sections = {
             "base": self.base,
             **self.variants,

@@ -223,7 +223,9 @@ def test_fraction_params_reach_only_their_fraction() -> None:
     batches = {(m.variant, m.fraction): m.params.get("batch") for m in members(spec)}
     assert batches[("ViT", 0.01)] == 4 and batches[("I-ViT", 0.01)] == 4
     assert batches[("ViT", 1.0)] is None  # the base's (the train flow's default)
-    with pytest.raises(ValueError, match=r"fraction_params: \[0\.5\] are not among"):
-        ExperimentSpec.model_validate({**SPEC, "fraction_params": {0.5: {"batch": 4}}})
+    with pytest.raises(ValueError, match=r"fraction_params: \[1\.5\] are not fractions"):
+        ExperimentSpec.model_validate({**SPEC, "fraction_params": {1.5: {"batch": 4}}})
+    narrowed = ExperimentSpec.model_validate({**SPEC, "fraction_params": {0.5: {"batch": 4}}})
+    assert all("batch" not in m.params for m in members(narrowed))  # 0.5 is not in the grid
     with pytest.raises(ValueError, match=r"fraction_params\[1\]: unknown train parameters"):
         ExperimentSpec.model_validate({**SPEC, "fraction_params": {1.0: {"bach": 4}}})
