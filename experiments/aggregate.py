@@ -37,6 +37,18 @@ def is_done(root: Path, member: Member, eval_splits: list[str]) -> bool:
     return all((run / f"eval-{split}.json").is_file() for split in eval_splits)
 
 
+def paired_difference(stat: dict, base: dict) -> dict | None:
+    """Mean and standard error of stat - base over the seeds both have (a seed fixes the data
+    subset and the batches, so the pair shares them); None under two common seeds."""
+    base_by_seed = dict(zip(base["seeds"], base["values"], strict=True))
+    diffs = [v - base_by_seed[s] for s, v in zip(stat["seeds"], stat["values"], strict=True)
+             if s in base_by_seed]  # fmt: skip
+    if len(diffs) < 2:
+        return None
+    array = np.asarray(diffs, dtype=float)
+    return {"mean": float(array.mean()), "se": float(array.std(ddof=1) / np.sqrt(len(array)))}
+
+
 def mean_std(values: list[float]) -> dict:
     array = np.asarray(values, dtype=float)
     std = float(array.std(ddof=1)) if len(array) > 1 else 0.0
@@ -74,7 +86,7 @@ def aggregate(spec: ExperimentSpec, root: Path) -> dict:
             missing.append(member.name)
             continue
         grouped[(member.row, member.fraction)].append(
-            member_scores(member_dir(root, member), spec.eval_splits)
+            {**member_scores(member_dir(root, member), spec.eval_splits), "seed": member.seed}
         )
     metrics = ["val_top1", "val_best_top1", *(f"{s}_top1" for s in spec.eval_splits)]
     table = []
@@ -82,7 +94,11 @@ def aggregate(spec: ExperimentSpec, root: Path) -> dict:
         cells = {}
         for fraction in spec.fractions:
             runs = grouped.get((row, fraction), [])
-            cell = {m: mean_std([r[m] for r in runs]) for m in metrics if runs and m in runs[0]}
+            cell = {
+                m: {**mean_std([r[m] for r in runs]), "seeds": [r["seed"] for r in runs]}
+                for m in metrics
+                if runs and m in runs[0]
+            }
             domains = _domain_cell(runs)
             if domains:
                 cell["domains"] = domains

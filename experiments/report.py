@@ -13,6 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from experiments.aggregate import paired_difference
 from pipeline.figures import save_figure
 
 
@@ -23,9 +24,14 @@ def _pct(stat: dict | None) -> str:
 
 
 def _delta(stat: dict | None, base: dict | None) -> str:
+    """The difference to the baseline in points; with the standard error of the per-seed
+    (paired) differences where both rows share at least two seeds."""
     if not stat or not base:
         return ""
-    return f" ({100 * (stat['mean'] - base['mean']):+.1f})"
+    paired = paired_difference(stat, base) if "seeds" in stat and "seeds" in base else None
+    if paired is None:
+        return f" ({100 * (stat['mean'] - base['mean']):+.1f})"
+    return f" ({100 * paired['mean']:+.1f} ± {100 * paired['se']:.1f} se)"
 
 
 def _metric_columns(results: dict) -> list[tuple[str, str]]:
@@ -43,7 +49,9 @@ def results_markdown(results: dict) -> str:
         f"# {results['title']}",
         "",
         f"Dataset `{results['dataset']}`; mean ± std (sample, ddof=1) over seeds {seeds}; "
-        "the final epoch's top-1; in brackets the difference to the row's baseline in points.",
+        "the final epoch's top-1; in brackets the difference to the row's baseline in points, "
+        "± the standard error of the per-seed differences (paired by seed: the same data "
+        "subset and batches).",
         "",
     ]
     header = ["Model", "Teacher"]

@@ -105,7 +105,12 @@ def test_seeds_aggregate_to_hand_computed_mean_and_std(tmp_path: Path) -> None:
     assert results["missing"] == []
 
     markdown = results_markdown(results)
-    assert "| I-ViT | box | 80.00 ± 10.00 (+20.0) | 50.00 ± 17.32 (+20.0) | 3 of 3 |" in markdown
+    # Paired by seed: val differences 0.2, 0.2, 0.2 (se 0); shift 0.2, 0.1, 0.3 -> mean 0.2,
+    # se = std 0.1 / sqrt(3) = 0.0577.
+    assert (
+        "| I-ViT | box | 80.00 ± 10.00 (+20.0 ± 0.0 se) | 50.00 ± 17.32 (+20.0 ± 5.8 se) | 3 of 3 |"
+        in markdown
+    )
     paths = write_report(results, tmp_path)
     assert json.loads(paths["results.json"].read_text())["rows"][0]["row"] == "ViT"
     assert paths["convergence.png"].stat().st_size > 1000
