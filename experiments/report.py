@@ -192,13 +192,16 @@ def plot_convergence(results: dict, out_path: Path) -> Path:
     """Every row's mean val top-1 per epoch (band: std over seeds); dotted: each baseline's best;
     a marker where a row first reaches its baseline's best. One panel per data fraction."""
     panels = list(results.get("convergence_by_fraction", {}).values()) or [results["convergence"]]
-    fig, axes = plt.subplots(
-        1, len(panels), figsize=(7 * len(panels), 4.5), squeeze=False, sharey=True
-    )
-    for ax, panel in zip(axes[0], panels, strict=True):
+    cols = min(2, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(7 * cols, 4.5 * rows), squeeze=False)
+    for ax, panel in zip(axes.flat, panels, strict=False):
         _plot_convergence_panel(ax, panel)
         ax.set_title(f"{100 * panel['fraction']:g} % data")
-    axes[0][0].set_ylabel("val top-1 (%)")
+        ax.set_ylabel("val top-1 (%)")
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.set_visible(False)
+    fig.tight_layout()
     fig.suptitle(f"{results['title']}: convergence")
     return save_figure(fig, out_path, dpi=120)
 
