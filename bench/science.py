@@ -50,7 +50,7 @@ from bench.science_data import (
     prepare,
     student_config,
 )
-from bench.science_stats import bootstrap_se
+from experiments.stats import bootstrap_se
 from pipeline.paths import bench_dir
 from student.build import build, build_optimizer, build_scheduler
 from student.config import TrainConfig

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from experiments.spec import ExperimentSpec, Member, members
+from experiments.stats import bootstrap_se
 from student.plots import read_metrics
 
 DONE = "member.json"
@@ -37,16 +38,26 @@ def is_done(root: Path, member: Member, eval_splits: list[str]) -> bool:
     return all((run / f"eval-{split}.json").is_file() for split in eval_splits)
 
 
-def paired_difference(stat: dict, base: dict) -> dict | None:
-    """Mean and standard error of stat - base over the seeds both have (a seed fixes the data
-    subset and the batches, so the pair shares them); None under two common seeds."""
-    base_by_seed = dict(zip(base["seeds"], base["values"], strict=True))
-    diffs = [v - base_by_seed[s] for s, v in zip(stat["seeds"], stat["values"], strict=True)
-             if s in base_by_seed]  # fmt: skip
-    if len(diffs) < 2:
+def difference(runs: list[dict], base_runs: list[dict], metric: str) -> dict | None:
+    """`metric` of these runs minus the baseline's, paired by seed (a seed fixes the data subset
+    and the batches): the mean and its standard error. Where both sides kept per-image hits of
+    the split, the error is a paired bootstrap over seeds and test images together
+    (experiments.stats); else over seeds only. None under two common seeds."""
+    base_by_seed = {r["seed"]: r for r in base_runs if metric in r}
+    pairs = [
+        (r, base_by_seed[r["seed"]]) for r in runs if metric in r and r["seed"] in base_by_seed
+    ]
+    if len(pairs) < 2:
         return None
-    array = np.asarray(diffs, dtype=float)
-    return {"mean": float(array.mean()), "se": float(array.std(ddof=1) / np.sqrt(len(array)))}
+    diffs = np.array([r[metric] - b[metric] for r, b in pairs], dtype=float)
+    out = {"mean": float(diffs.mean()), "seeds": len(pairs)}
+    hits_key = metric.removesuffix("_top1") + "_hits"
+    keys = sorted(pairs[0][0].get(hits_key) or {})
+    if keys and all(sorted(side.get(hits_key) or {}) == keys for pair in pairs for side in pair):
+        row = np.array([[r[hits_key][k] for k in keys] for r, _ in pairs], dtype=float)
+        base = np.array([[b[hits_key][k] for k in keys] for _, b in pairs], dtype=float)
+        return {**out, "se": bootstrap_se(row, base), "se_over": "seeds and images"}
+    return {**out, "se": float(diffs.std(ddof=1) / np.sqrt(len(diffs))), "se_over": "seeds"}
 
 
 def mean_std(values: list[float]) -> dict:
@@ -70,6 +81,8 @@ def member_scores(run_dir: Path, eval_splits: list[str]) -> dict:
     for split in eval_splits:
         result = json.loads((run_dir / f"eval-{split}.json").read_text())
         scores[f"{split}_top1"] = result["top1"]
+        if result.get("hits"):  # sample key -> 1/0 (evaluations written since per-image hits)
+            scores[f"{split}_hits"] = result["hits"]
         if result.get("domains"):
             scores.setdefault("domains", {})[split] = result["domains"]
     return scores
@@ -94,11 +107,13 @@ def aggregate(spec: ExperimentSpec, root: Path) -> dict:
         cells = {}
         for fraction in spec.fractions:
             runs = grouped.get((row, fraction), [])
-            cell = {
-                m: {**mean_std([r[m] for r in runs]), "seeds": [r["seed"] for r in runs]}
-                for m in metrics
-                if runs and m in runs[0]
-            }
+            cell = {m: mean_std([r[m] for r in runs]) for m in metrics if runs and m in runs[0]}
+            base_row = _baseline_row(spec, row_info, info["variant"])
+            if base_row != row:
+                for m, stat in cell.items():
+                    paired = difference(runs, grouped.get((base_row, fraction), []), m)
+                    if paired is not None:
+                        stat["vs_baseline"] = paired
             domains = _domain_cell(runs)
             if domains:
                 cell["domains"] = domains
@@ -122,6 +137,13 @@ def aggregate(spec: ExperimentSpec, root: Path) -> dict:
         },
         "missing": missing,
     }
+
+
+def _baseline_row(spec: ExperimentSpec, row_info: dict[str, dict], variant: str) -> str:
+    """The row a variant is measured against (a baseline that aligns has one row per
+    teacher: its first)."""
+    wanted = spec.baseline_of(variant)
+    return next((r for r, i in row_info.items() if i["variant"] == wanted), wanted)
 
 
 def _domain_cell(runs: list[dict]) -> dict:
@@ -165,9 +187,7 @@ def convergence(
     for row, info in row_info.items():
         if row not in curves:
             continue
-        wanted = spec.baseline_of(info["variant"])
-        # A baseline that aligns has one row per teacher: compare with its first.
-        baseline_row = next((r for r, i in row_info.items() if i["variant"] == wanted), wanted)
+        baseline_row = _baseline_row(spec, row_info, info["variant"])
         base = curves.get(baseline_row)
         if base is None:
             curves[row]["epochs_to_baseline_best"] = None

@@ -13,7 +13,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from experiments.aggregate import paired_difference
 from pipeline.figures import save_figure
 
 
@@ -24,11 +23,11 @@ def _pct(stat: dict | None) -> str:
 
 
 def _delta(stat: dict | None, base: dict | None) -> str:
-    """The difference to the baseline in points; with the standard error of the per-seed
-    (paired) differences where both rows share at least two seeds."""
+    """The difference to the baseline in points; ± its standard error where the baseline shares
+    at least two seeds (paired: experiments.aggregate.difference)."""
     if not stat or not base:
         return ""
-    paired = paired_difference(stat, base) if "seeds" in stat and "seeds" in base else None
+    paired = stat.get("vs_baseline")
     if paired is None:
         return f" ({100 * (stat['mean'] - base['mean']):+.1f})"
     return f" ({100 * paired['mean']:+.1f} ± {100 * paired['se']:.1f} se)"
@@ -50,8 +49,8 @@ def results_markdown(results: dict) -> str:
         "",
         f"Dataset `{results['dataset']}`; mean ± std (sample, ddof=1) over seeds {seeds}; "
         "the final epoch's top-1; in brackets the difference to the row's baseline in points, "
-        "± the standard error of the per-seed differences (paired by seed: the same data "
-        "subset and batches).",
+        "± its standard error, paired by seed (the same data subset and batches): a bootstrap "
+        "over seeds and test images where the runs kept per-image hits, else over seeds.",
         "",
     ]
     header = ["Model", "Teacher"]

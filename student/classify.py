@@ -51,7 +51,7 @@ class ClassifyTask:
             load_human_maps(human_maps) if human_maps else None,
             str(human_maps) if human_maps else None,
         )  # fmt: skip
-        result = evaluate(model, loader, device, human=human)
+        result = evaluate(model, loader, device, human=human, per_sample=True)
         result["human_alignment"] = {**human.result(), "c_vlm_entry": cache_entry}
         figure = plot_human_alignment(
             result["human_alignment"], run_dir / f"human-alignment-{split}.png",

@@ -156,14 +156,17 @@ def evaluate(
     amp: bool = False,
     amp_dtype: torch.dtype = torch.bfloat16,
     human: HumanAlignment | None = None,
+    per_sample: bool = False,
 ) -> dict:
     """Top-1 and loss (cross-entropy, or the criterion's terms when given); batches carrying a
     "domain" list add per-domain top-1 and their variance across domains. With `human` (and
-    no criterion) every batch's interactions also go to its cosine-to-C_HUM figures."""
+    no criterion) every batch's interactions also go to its cosine-to-C_HUM figures.
+    `per_sample`: also "hits", sample key -> 1 or 0 (what a bootstrap over test images needs)."""
     model.eval()
     sums: dict[str, float] = defaultdict(float)
     seen = correct = 0
     per_domain: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # domain -> [correct, seen]
+    hits_by_key: dict[str, int] = {}
     for batch in tqdm(loader, desc="eval", leave=False, dynamic_ncols=True):
         batch = to_device(batch, device)
         with autocast(device, amp, amp_dtype):
@@ -187,6 +190,8 @@ def evaluate(
         correct += hits.sum().item()
         for name, value in losses.items():
             sums[name] += value.item() * n
+        if per_sample:
+            hits_by_key.update(zip(batch["key"], map(int, hits.tolist()), strict=True))
         for domain, hit in zip(batch.get("domain") or [], hits.tolist(), strict=False):
             if domain is None:  # datasets without domains carry None
                 continue
@@ -202,6 +207,8 @@ def evaluate(
         raise ValueError("evaluation loader yielded no batches")
     result = {name: total / seen for name, total in sums.items() if name != "correct"}
     result.update(top1=sums["correct"] / seen, samples=seen)
+    if per_sample:  # keys are unique across ranks: the sum is the union
+        result["hits"] = {k: int(v) for k, v in sorted(sum_over_ranks(hits_by_key).items())}
     if per_domain:
         accuracies = {d: c / s for d, (c, s) in sorted(per_domain.items())}
         result["domains"] = accuracies

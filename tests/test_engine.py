@@ -129,13 +129,15 @@ def test_evaluate_reports_top1_per_domain_and_their_variance() -> None:
     logits = torch.tensor([[2.0, 0.0], [0.0, 2.0], [2.0, 0.0], [2.0, 0.0], [0.0, 2.0], [0.0, 2.0]])
     labels = torch.tensor([0, 1, 1, 0, 0, 1])
     domains = ["photo", "sketch", "sketch", "art", "photo", "sketch"]
+    keys = ["a", "b", "c", "d", "e", "f"]
     loader = [
-        {"image": logits[:3], "label": labels[:3], "domain": domains[:3]},
-        {"image": logits[3:], "label": labels[3:], "domain": domains[3:]},
+        {"image": logits[:3], "label": labels[:3], "domain": domains[:3], "key": keys[:3]},
+        {"image": logits[3:], "label": labels[3:], "domain": domains[3:], "key": keys[3:]},
     ]
-    result = evaluate(LogitsAreTheImage(), loader, torch.device("cpu"))
+    result = evaluate(LogitsAreTheImage(), loader, torch.device("cpu"), per_sample=True)
     # photo: hit, miss -> 0.5; sketch: hit, miss, hit -> 2/3; art: hit -> 1.
     assert result["top1"] == pytest.approx(4 / 6)
+    assert result["hits"] == {"a": 1, "b": 1, "c": 0, "d": 1, "e": 0, "f": 1}
     assert result["domains"] == pytest.approx({"art": 1.0, "photo": 0.5, "sketch": 2 / 3})
     assert result["domain_variance"] == pytest.approx(np.var([1.0, 0.5, 2 / 3]))
     ce = [

@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
 from experiments.aggregate import DONE, aggregate, member_dir
 from experiments.report import results_markdown, write_report
 from experiments.spec import ExperimentSpec, load_spec, members
+from experiments.stats import bootstrap_se
 
 SPEC = {
     "name": "handmade",
@@ -234,3 +236,32 @@ def test_fraction_params_reach_only_their_fraction() -> None:
     assert all("batch" not in m.params for m in members(narrowed))  # 0.5 is not in the grid
     with pytest.raises(ValueError, match=r"fraction_params\[1\]: unknown train parameters"):
         ExperimentSpec.model_validate({**SPEC, "fraction_params": {1.0: {"bach": 4}}})
+
+
+def test_differences_with_per_image_hits_are_bootstrapped_over_seeds_and_images(
+    tmp_path: Path,
+) -> None:
+    """Where evaluations kept per-image hits, the difference to the baseline is paired by seed
+    and its error is the bootstrap over seeds and images (experiments.stats, tested on its
+    own); where they did not, the error is over seeds only."""
+    spec = ExperimentSpec.model_validate(SPEC)
+    hits = {  # variant -> seed -> hits on images k0..k3
+        "ViT": {0: [1, 0, 0, 0], 1: [1, 1, 0, 0], 2: [0, 1, 0, 0]},
+        "I-ViT": {0: [1, 1, 1, 0], 1: [1, 1, 0, 1], 2: [1, 1, 1, 1]},
+    }
+    for member in members(spec):
+        row = hits[member.variant][member.seed]
+        write_member(tmp_path, member, CURVES[member.variant][member.seed], sum(row) / 4)
+        record = {"top1": sum(row) / 4, "hits": {f"k{i}": h for i, h in enumerate(row)}}
+        (member_dir(tmp_path, member) / "eval-shift.json").write_text(json.dumps(record))
+    cell = aggregate(spec, tmp_path)["rows"][1]["cells"]["1"]
+    shift = cell["shift_top1"]["vs_baseline"]
+    # I-ViT 3/4, 3/4, 4/4 against ViT 1/4, 2/4, 1/4: differences 2/4, 1/4, 3/4, mean 0.5.
+    assert shift["mean"] == pytest.approx(0.5) and shift["se_over"] == "seeds and images"
+    want = bootstrap_se(
+        np.array(list(hits["I-ViT"].values())), np.array(list(hits["ViT"].values()))
+    )
+    assert shift["se"] == pytest.approx(want)
+    val = cell["val_top1"]["vs_baseline"]  # no per-image hits in metrics.jsonl
+    assert val["mean"] == pytest.approx(0.2) and val["se_over"] == "seeds"
+    assert val["se"] == pytest.approx(0.0)  # 0.2 on every seed

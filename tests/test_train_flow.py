@@ -114,6 +114,7 @@ def test_train_then_resume_then_evaluate(toy_data, prefect_server) -> None:
     photo, sketch = result["domains"]["photo"], result["domains"]["sketch"]
     assert photo * 4 == round(photo * 4) and sketch * 4 == round(sketch * 4)  # k of 4 images
     assert result["top1"] == pytest.approx((photo + sketch) / 2)  # 8 images, 4 per domain
+    assert len(result["hits"]) == 8 and sum(result["hits"].values()) / 8 == result["top1"]
     assert result["domain_variance"] == pytest.approx(((photo - sketch) / 2) ** 2)  # by hand
     assert '"top1"' in evaluation.stdout
     # Without an annotation file the box mask stands in for C_HUM, and says so.

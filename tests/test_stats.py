@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench.science_stats import bootstrap_se
+from experiments.stats import bootstrap_se
 
 
 def test_one_seed_matches_the_binomial_standard_error():
