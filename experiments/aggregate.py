@@ -101,7 +101,11 @@ def aggregate(spec: ExperimentSpec, root: Path) -> dict:
         grouped[(member.row, member.fraction)].append(
             {**member_scores(member_dir(root, member), spec.eval_splits), "seed": member.seed}
         )
-    metrics = ["val_top1", "val_best_top1", *(f"{s}_top1" for s in spec.eval_splits)]
+    # An eval split of "val" scores the last checkpoint on val again: one metric, with per-image
+    # hits (the training curve's last point is the same number).
+    metrics = list(
+        dict.fromkeys(["val_top1", "val_best_top1", *(f"{s}_top1" for s in spec.eval_splits)])
+    )
     table = []
     for row, info in row_info.items():
         cells = {}

@@ -35,9 +35,9 @@ def _delta(stat: dict | None, base: dict | None) -> str:
 
 def _metric_columns(results: dict) -> list[tuple[str, str]]:
     """(metric key, column title) for each split a table shows."""
-    columns = [("val_top1", "val top-1 (%)")]
-    columns += [(f"{s}_top1", f"{s} top-1 (%)") for s in results["eval_splits"]]
-    return columns
+    columns = {"val_top1": "val top-1 (%)"}
+    columns |= {f"{s}_top1": f"{s} top-1 (%)" for s in results["eval_splits"] if s != "val"}
+    return list(columns.items())
 
 
 def results_markdown(results: dict) -> str:

@@ -265,3 +265,13 @@ def test_differences_with_per_image_hits_are_bootstrapped_over_seeds_and_images(
     val = cell["val_top1"]["vs_baseline"]  # no per-image hits in metrics.jsonl
     assert val["mean"] == pytest.approx(0.2) and val["se_over"] == "seeds"
     assert val["se"] == pytest.approx(0.0)  # 0.2 on every seed
+
+
+def test_an_eval_split_of_val_is_one_column(tmp_path: Path) -> None:
+    """Scoring val again (for its per-image hits) does not add a second val column."""
+    spec = ExperimentSpec.model_validate({**SPEC, "eval_splits": ["val"], "seeds": [0]})
+    for member in members(spec):
+        write_member(tmp_path, member, CURVES[member.variant][0], shift=None)
+        (member_dir(tmp_path, member) / "eval-val.json").write_text(json.dumps({"top1": 0.5}))
+    header = results_markdown(aggregate(spec, tmp_path)).splitlines()[4]
+    assert header == "| Model | Teacher | val top-1 (%) | seeds done |"
