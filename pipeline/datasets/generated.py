@@ -106,6 +106,17 @@ def _background(rng: np.random.Generator, size: int = IMAGE_SIZE) -> Image.Image
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
 
 
+def draw_cue(label: int, count: int, correlation: float | None, rng: np.random.Generator) -> int:
+    """A class-correlated cue out of `count` (a background, a marker) for a class-`label`
+    image: the class's own with probability `correlation`, else one of the others uniformly;
+    None: uniform over all (independent of the class)."""
+    if correlation is None:
+        return int(rng.integers(count))
+    if rng.random() < correlation:
+        return label
+    return int(rng.choice([c for c in range(count) if c != label]))
+
+
 def render_sample(
     label: int, rng: np.random.Generator
 ) -> tuple[Image.Image, tuple[int, int, int, int]]:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipeline.datasets.generated import SHAPES, TinyImageNetLayout, paste_shape, wnid
+from pipeline.datasets.generated import SHAPES, TinyImageNetLayout, draw_cue, paste_shape, wnid
 from pipeline.errors import BadInputDataError
 
 IMAGE_SIZE = 64
@@ -75,18 +75,6 @@ def render_pair(
     return image, paste_shape(image, shape, cx, cy, r, color)
 
 
-def draw_background(label: int, correlation: float | None, rng: np.random.Generator) -> int:
-    """The background of a class-`label` image: its own with probability `correlation`, else
-    one of the others uniformly; None: uniform over all (independent of the class)."""
-    count = len(BACKGROUNDS)
-    if correlation is None:
-        return int(rng.integers(count))
-    if rng.random() < correlation:
-        return label
-    others = [b for b in range(count) if b != label]
-    return int(rng.choice(others))
-
-
 def write_shift_dataset(
     root: Path,
     seed: int = 0,
@@ -119,7 +107,7 @@ def write_shift_dataset(
         )
         backgrounds = []
         for label, n in order:
-            background = draw_background(label, split_correlation, rng)
+            background = draw_cue(label, len(BACKGROUNDS), split_correlation, rng)
             name = layout.add(split, label, n, *render_pair(SHIFT_SHAPES[label], background, rng))
             backgrounds.append(f"{name}\t{background}\n")
         (root / split / "backgrounds.txt").write_text("".join(backgrounds))

@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from pipeline.datasets.generated import _background
+from pipeline.datasets.generated import _background, draw_cue
 from pipeline.datasets.sample_coco import rasterize, shape_polygon
 
 IMAGE_SIZE = 64
@@ -65,16 +65,6 @@ def render_spot(
     return image, polygon, mask
 
 
-def draw_marker(label: int, correlation: float | None, rng: np.random.Generator) -> int:
-    """The class's own marker with probability `correlation`, else another one uniformly;
-    None: uniform over all (independent of the class)."""
-    if correlation is None:
-        return int(rng.integers(len(MARKERS)))
-    if rng.random() < correlation:
-        return label
-    return int(rng.choice([m for m in range(len(MARKERS)) if m != label]))
-
-
 def write_spot_dataset(
     root: Path,
     seed: int = 0,
@@ -96,7 +86,7 @@ def write_spot_dataset(
         images, annotations, markers = [], [], []
         for n in range(count * len(SPOT_SHAPES)):
             label = n % len(SPOT_SHAPES)
-            marker = draw_marker(label, split_correlation, rng)
+            marker = draw_cue(label, len(MARKERS), split_correlation, rng)
             image, polygon, mask = render_spot(SPOT_SHAPES[label], MARKERS[marker], rng)
             name = f"{split}_{n:06d}.png"  # lossless: the marker's colour and the mask stay exact
             image.save(image_dir / name)
