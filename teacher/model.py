@@ -11,6 +11,7 @@ carries (teacher.spec); this class adds the weights, the forward and the capture
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -76,9 +77,6 @@ class Teacher:
         self.layers, self.heads, self.max_new_tokens = d.layers, d.heads, d.max_new_tokens
         self.num_image_tokens, self.image_token_id = d.num_image_tokens, d.facts.image_token_id
         self.grid, self.forced = d.grid, d.forced
-        # The input thread's own processor: a fast tokenizer used from two threads at once can
-        # fail ("Already borrowed") while the main thread decodes answers.
-        self._input_processor = copy.deepcopy(processor)
 
     def spec(self) -> dict:
         """Everything that changes a map (teacher.spec.TeacherSpec.spec)."""
@@ -126,6 +124,13 @@ class Teacher:
             processor or self.processor, batch, self.num_image_tokens, self.image_token_id,
             self.model.dtype, self.model.device,
         )  # fmt: skip
+
+    @functools.cached_property
+    def _input_processor(self) -> LlavaProcessor:
+        """The input thread's own processor (copied on first use, by `extract` only): a fast
+        tokenizer used from two threads at once can fail ("Already borrowed") while the main
+        thread decodes answers."""
+        return copy.deepcopy(self.processor)
 
     def prepared_batch(self, items: list[TeacherInput]) -> tuple[list[Prepared], Encoded]:
         """One batch's drawn views and model inputs (CPU work: PIL, the image processor, the
@@ -179,22 +184,20 @@ class Teacher:
         order = self.length_order(items)
         size = self.batch_size_for(items) if items else 1
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="teacher-inputs") as inputs:
-            ahead: dict[tuple[int, int], Future] = {}
 
-            def submit(start: int) -> tuple[int, int]:
-                """Queue the inputs of the batch at `start` (of the current size) once."""
-                key = (start, size)
-                if start < len(order) and key not in ahead:
-                    chosen = [items[i] for i in order[start : start + size]]
-                    ahead[key] = inputs.submit(self.prepared_batch, chosen)
-                return key
+            def inputs_at(start: int) -> Future | None:
+                """The inputs of the batch at `start`, queued on the input thread."""
+                if start >= len(order):
+                    return None
+                chosen = [items[i] for i in order[start : start + size]]
+                return inputs.submit(self.prepared_batch, chosen)
 
             start = 0
-            while start < len(order):
-                key = submit(start)
-                submit(start + size)  # built while this batch runs
+            current = inputs_at(start)
+            while current is not None:
                 chosen = order[start : start + size]
-                batch, encoded = ahead.pop(key).result()
+                following = inputs_at(start + len(chosen))  # built while this batch runs
+                batch, encoded = current.result()
                 try:
                     encoded, sequences, row = self.run_fast(batch, encoded)
                 except torch.OutOfMemoryError:
@@ -204,18 +207,19 @@ class Teacher:
                     LOG.warning(
                         "teacher batch of %d ran out of memory; retrying at %d", len(chosen), size
                     )
-                    for future in ahead.values():  # built for the old size
-                        future.cancel()
-                    ahead.clear()
+                    if following is not None:  # built for the old size
+                        following.cancel()
                     del batch, encoded
                     if torch.cuda.is_available():
                         torch.cuda.empty_cache()
+                    current = inputs_at(start)
                     continue
                 for b, (i, prepared) in enumerate(zip(chosen, batch, strict=True)):
                     results[i] = self.finish(prepared, b, encoded, sequences[b], row)
                 if on_images is not None:
                     on_images(len(chosen))
                 start += len(chosen)
+                current = following
         return results  # type: ignore[return-value]
 
     # ---- from rows to maps -------------------------------------------------------------------
