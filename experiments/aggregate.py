@@ -109,10 +109,10 @@ def aggregate(spec: ExperimentSpec, root: Path) -> dict:
     table = []
     for row, info in row_info.items():
         cells = {}
+        base_row = _baseline_row(spec, row_info, info["variant"])
         for fraction in spec.fractions:
             runs = grouped.get((row, fraction), [])
             cell = {m: mean_std([r[m] for r in runs]) for m in metrics if runs and m in runs[0]}
-            base_row = _baseline_row(spec, row_info, info["variant"])
             if base_row != row:
                 for m, stat in cell.items():
                     paired = difference(runs, grouped.get((base_row, fraction), []), m)
@@ -123,7 +123,13 @@ def aggregate(spec: ExperimentSpec, root: Path) -> dict:
                 cell["domains"] = domains
             cells[f"{fraction:g}"] = cell
         table.append(
-            {"row": row, **info, "baseline": spec.baseline_of(info["variant"]), "cells": cells}
+            {
+                "row": row,
+                **info,
+                "baseline": spec.baseline_of(info["variant"]),
+                "baseline_row": base_row,
+                "cells": cells,
+            }
         )
     return {
         "name": spec.name,

@@ -63,7 +63,7 @@ def results_markdown(results: dict) -> str:
     header.append("seeds done")
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in results["rows"]:
-        base_row = _baseline_row(results, row)
+        base_row = rows_by_name.get(row["baseline_row"])
         cells = [row["variant"], row["teacher"] or "-"]
         for metric, fraction in keys:
             stat = row["cells"].get(fraction, {}).get(metric)
@@ -84,10 +84,6 @@ def results_markdown(results: dict) -> str:
             + ", ".join(f"`{m}`" for m in results["missing"]),
         ]
     return "\n".join(lines) + "\n"
-
-
-def _baseline_row(results: dict, row: dict) -> dict | None:
-    return next((r for r in results["rows"] if r["variant"] == row["baseline"]), None)
 
 
 def _convergence_lines(results: dict) -> list[str]:
