@@ -21,6 +21,7 @@ import argparse
 import itertools
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -83,25 +84,26 @@ def load(arch: str, threads: int) -> Teacher:
     return load_teacher(cfg, VOCABULARY)
 
 
-def images_per_s(teacher: Teacher, items: list, batch_size: int, repeats: int) -> float:
-    teacher.cfg = teacher.cfg.model_copy(update={"batch_size": batch_size})
-    teacher.extract(items[:batch_size])  # warm-up
+def median_seconds(action: Callable[[], object], repeats: int) -> float:
+    """Median wall time of `repeats` calls of `action` (warm it up first)."""
     seconds = []
     for _ in range(repeats):
         started = time.perf_counter()
-        teacher.extract(items)
+        action()
         seconds.append(time.perf_counter() - started)
-    return len(items) / statistics.median(seconds)
+    return statistics.median(seconds)
+
+
+def images_per_s(teacher: Teacher, items: list, batch_size: int, repeats: int) -> float:
+    teacher.cfg = teacher.cfg.model_copy(update={"batch_size": batch_size})
+    teacher.extract(items[:batch_size])  # warm-up
+    return len(items) / median_seconds(lambda: teacher.extract(items), repeats)
 
 
 def inputs_ms_per_image(teacher: Teacher, items: list, repeats: int) -> float:
     """Median ms per image to build a batch's inputs (the input thread's work)."""
-    seconds = []
-    for _ in range(repeats + 1):  # the first round warms up
-        started = time.perf_counter()
-        teacher.prepared_batch(items)
-        seconds.append(time.perf_counter() - started)
-    return statistics.median(seconds[1:]) / len(items) * 1e3
+    teacher.prepared_batch(items)  # warm-up
+    return median_seconds(lambda: teacher.prepared_batch(items), repeats) / len(items) * 1e3
 
 
 @torch.inference_mode()
