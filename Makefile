@@ -180,7 +180,7 @@ bench-extract: $(STAMP) ## fast vs naive attention extraction with the tiny teac
 	@$(call TINY_IF_NEEDED,tiny)
 	$(PY) -m bench.extract --arch tiny $(ARGS)
 
-bench-teacher: $(STAMP) ## tiny teacher on the CPU: images/s at batch 1/8/32, ms per decode step, host reads per batch
+bench-teacher: $(STAMP) ## tiny teacher on the CPU: images/s at batch 1/8/32, ms per decode step, host reads per batch, ms per image to build inputs
 	@$(call TINY_IF_NEEDED,tiny)
 	$(PY) -m bench.teacher $(ARGS)
 
